@@ -1,0 +1,122 @@
+"""The dataset interface: every benchmark yields :class:`Record` objects in a fixed order.
+
+A dataset module exposes ``load(cfg) -> Dataset``. Loaders are looked up by ``cfg.name`` in
+``LOADERS`` ("module:function"), so GQA / TextVQA / easy-VQA plug in without touching the runner.
+
+The ``local`` format (also LLaVA's eval layout) is a folder with:
+  questions.jsonl   one object per line: question_id, image (file name relative to the image folder),
+                    question (or LLaVA's ``text``), optional answers (list) / answer (str),
+                    optional ocr_tokens (list), optional question_type
+  images/           the image files (``image_folder`` overrides the location)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from PIL import Image, UnidentifiedImageError
+
+from svdprune.errors import UserError
+from svdprune.prompts import ANSWER_INSTRUCTION
+
+
+@dataclass
+class Record:
+    """One question. ``question`` is the full question line the prompt carries (for TextVQA it already
+    includes the OCR line); the answer instruction is appended by the prompt builder."""
+
+    question_id: str
+    question: str
+    answers: list[str]
+    image: str | Path | Callable[[], Image.Image]  # a file path, or a callable returning a PIL image
+    image_id: str = ""
+    ocr_tokens: list[str] | None = None
+    question_type: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    name: str
+    records: list[Record]
+    scorer: str  # name of a function in eval.scoring: "gqa" (exact match) or "vqa" (VQA accuracy)
+    instruction: str | None = ANSWER_INSTRUCTION
+    revision: str | None = None  # dataset version/revision, recorded in metrics.json
+    info: dict = field(default_factory=dict)  # anything else metrics.json should carry (e.g. use_ocr)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+
+def load_image(record: Record) -> Image.Image:
+    """The record's image as RGB; an unreadable or missing file is a one-line UserError."""
+    try:
+        image = record.image() if callable(record.image) else Image.open(record.image)
+        image.load()
+        return image.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        where = record.image if not callable(record.image) else record.image_id
+        raise UserError(f"cannot read image {str(where)!r} of question {record.question_id!r}: "
+                        f"{type(exc).__name__}") from None
+
+
+def load_local(cfg) -> Dataset:
+    """The local folder format described in the module docstring."""
+    root = Path(cfg.path).expanduser()
+    questions_file = root / cfg.get("questions_file", "questions.jsonl")
+    if not root.is_dir():
+        raise UserError(f"dataset.path={str(root)!r} does not exist; point it at a folder with questions.jsonl and images/")
+    if not questions_file.is_file():
+        raise UserError(f"no question file {str(questions_file)!r}; expected questions.jsonl (one JSON object per line)")
+    image_folder = Path(cfg.get("image_folder") or root / "images").expanduser()
+    if not image_folder.is_dir():
+        raise UserError(f"image folder {str(image_folder)!r} does not exist; set dataset.image_folder")
+    records = []
+    with questions_file.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                question = item["question"] if "question" in item else item["text"]
+                answers = item.get("answers", [item["answer"]] if "answer" in item else [])
+                record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
+                                answers=[str(a) for a in answers], image=image_folder / item["image"],
+                                image_id=str(item["image"]), ocr_tokens=item.get("ocr_tokens"),
+                                question_type=item.get("question_type"))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UserError(f"{questions_file}:{line_no}: bad question line ({type(exc).__name__}: {exc}); "
+                                "need question_id, image and question (or text)") from None
+            records.append(record)
+    if not records:
+        raise UserError(f"question file {str(questions_file)!r} is empty")
+    ids = [r.question_id for r in records]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"question file {str(questions_file)!r} has duplicate question_id values")
+    return Dataset(name=cfg.name, records=records, scorer=cfg.get("scorer", "gqa"), revision=None,
+                   info={"path": str(root)})
+
+
+def _strip_instruction(text: str) -> str:
+    """LLaVA's eval JSONLs carry the answer instruction inside ``text``; the prompt builder adds it again."""
+    suffix = "\n" + ANSWER_INSTRUCTION
+    return text[: -len(suffix)] if text.endswith(suffix) else text
+
+
+LOADERS: dict[str, str] = {
+    "local": "eval.datasets:load_local",
+}
+
+
+def load_dataset(cfg) -> Dataset:
+    """Load ``cfg.name`` through its registered loader."""
+    if cfg.name not in LOADERS:
+        raise UserError(f"unknown dataset {cfg.name!r}; allowed: {', '.join(sorted(LOADERS))}")
+    module_name, function_name = LOADERS[cfg.name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)(cfg)

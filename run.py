@@ -1,0 +1,24 @@
+"""Entry point: ``python run.py method=svd budget=32 dataset=gqa`` (Hydra; see configs/)."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from svdprune.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from svdprune.runner import run
+
+    try:
+        run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Loading LLaVA-1.5 (hub id or local folder) and building the random ``tiny`` model for tests.
+
+Whatever the source, loading returns a :class:`LoadedModel`: the HF ``LlavaForConditionalGeneration``,
+its tokenizer and the preprocessing constants the engine needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # LlavaForConditionalGeneration
+    tokenizer: object
+    name: str
+    revision: str | None
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    image_token_id: int
+    feature_layer: int  # index into the vision tower's hidden_states (LLaVA-1.5: -2)
+    num_patches: int  # image tokens LLaVA feeds the LLM unpruned (576 for 336 px / 14 px patches)
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vision_tower(self):
+        return self.model.model.vision_tower
+
+    @property
+    def projector(self):
+        return self.model.model.multi_modal_projector
+
+    @property
+    def language_model(self):
+        return self.model.model.language_model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device={device!r} but no CUDA device is available; use device=cpu or auto")
+    return torch.device(device)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown model.dtype {name!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
+    config = model.config
+    if config.vision_feature_select_strategy != "default":
+        raise UserError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} "
+                        "is not LLaVA-1.5's; allowed: 'default' (CLS dropped)")
+    if not isinstance(config.vision_feature_layer, int):
+        raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (LLaVA-1.5: -2)")
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
+        image_mean=tuple(image_mean), image_std=tuple(image_std), image_token_id=config.image_token_id,
+        feature_layer=config.vision_feature_layer, num_patches=grid * grid, device=device, dtype=dtype,
+    )
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
+    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf)."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
+    if looks_local:
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise UserError(f"model.path={path!r}: no config.json there; point it at a llava-hf format folder "
+                            "(config.json, *.safetensors, tokenizer files) or a hub id")
+    torch_dtype, torch_device = _dtype(dtype), resolve_device(device)
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {path!r} (revision {revision}): {first_line}; for offline use "
+                        "download it once and set model.path=/local/folder") from None
+    image_mean, image_std = _preprocessor_stats(path, revision)
+    return _finish(model, tokenizer, path, revision, image_mean, image_std, torch_device, torch_dtype)
+
+
+def _preprocessor_stats(path: str, revision: str | None):
+    """image_mean / image_std from preprocessor_config.json (CLIP's when the file is absent)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(path) / "preprocessor_config.json"
+        file = local if local.is_file() else Path(hf_hub_download(path, "preprocessor_config.json", revision=revision))
+        stats = json.loads(file.read_text())
+        return stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD)
+    except Exception:  # noqa: BLE001 - the CLIP constants are LLaVA-1.5's anyway
+        return CLIP_MEAN, CLIP_STD
+
+
+# ---------------------------------------------------------------- tiny random model (tests, first runs)
+
+_TINY_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: ASSISTANT:",
+    "Answer the question using a single word or phrase. Reference OCR token:",
+    "What color is the shape? Is there a circle, a square or a triangle in the image? yes no",
+    "red green blue black white gray yellow brown left right top bottom how many what is the name",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in memory on a fixed corpus (deterministic, offline).
+
+    Any text tokenises (byte fallback); ``<s>`` is prepended like Llama's tokenizer; ``<image>`` is special.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_PLACEHOLDER]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, vision_hidden: int = 32,
+               vision_layers: int = 3, text_hidden: int = 64, text_layers: int = 4, heads: int = 4,
+               initializer_range: float = 0.2, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """A random-weight LlavaForConditionalGeneration with LLaVA-1.5's token geometry (577 = CLS + 24 x 24).
+
+    Same classes and forward code as the 7B model, built from a LlavaConfig in milliseconds, no download.
+    ``initializer_range`` is larger than HF's 0.02 so that image features visibly move the logits.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                              patch_size=patch_size, projection_dim=vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                       num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       initializer_range=initializer_range)
+    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default",
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+                         initializer_range=initializer_range)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype))
+
+
+def load_model(cfg) -> LoadedModel:
+    """Dispatch on ``cfg.kind``: ``pretrained`` (hub id / local folder) or ``tiny``."""
+    if cfg.kind == "pretrained":
+        return load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device)
+    if cfg.kind == "tiny":
+        return build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                          **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in cfg})
+    raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")

@@ -1,0 +1,162 @@
+"""The pruning interface every method implements, and the method registry.
+
+Two kinds of method, one engine (``svdprune.surgery``):
+
+* **Encoder-side** (``kind = "encoder"``): ``reduce(features, context)`` receives the patch features of
+  the vision layer LLaVA uses, before the projector, ``(B, N, D)``, and returns the features the LLM
+  should see, ``(B, k, D)``, in the order it should see them. A method that must run inside the vision
+  tower (ToMe) overrides ``encode`` instead. Only the k surviving tokens reach the LLM: the prompt holds
+  k image positions, so projector and LLM cost really shrink.
+* **Decoder-side** (``kind = "decoder"``): ``after_layer(layer_idx, view)`` is called during prefill after
+  every LLM decoder layer with a :class:`LayerView`; returning a new :class:`TokenState` (usually
+  ``state.gather(keep)``) makes the following layers see only those tokens. Each layer's KV cache keeps
+  exactly the tokens that layer saw, and decoding continues from each layer's own next position.
+
+Algorithms stay pure (tensors in, indices out) in their own files; this module holds only the glue types.
+"""
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class PruneContext:
+    """Per-batch inputs a method may need, and per-image statistics it may record.
+
+    questions: the raw question strings of the batch (text-aware methods, e.g. TRIM).
+    vision_hidden_states: all hidden states of the vision tower, CLS included (filled by ``encode``).
+    seed: the run seed, for methods with randomness.
+    """
+
+    def __init__(self, questions: list[str], seed: int = 0, model: nn.Module | None = None):
+        self.questions = questions
+        self.seed = seed
+        self.model = model
+        self.vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+        self.stats: dict[str, Any] = defaultdict(list)
+
+    def record(self, **per_image: list) -> None:
+        """Store per-image values (each a list of length B), e.g. ``record(rank=[...])``."""
+        for key, values in per_image.items():
+            self.stats[key] = values
+
+
+class EncoderPruner:
+    """Base class of encoder-side methods."""
+
+    kind = "encoder"
+    budget: int
+
+    def encode(self, vision_tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int,
+               context: PruneContext) -> torch.Tensor:
+        """Run the vision tower; return LLaVA's patch features (B, N, D) of ``feature_layer``, CLS dropped."""
+        outputs = vision_tower(pixel_values, output_hidden_states=True)
+        context.vision_hidden_states = outputs.hidden_states
+        return outputs.hidden_states[feature_layer][:, 1:]
+
+    def reduce(self, features: torch.Tensor, context: PruneContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Vanilla(EncoderPruner):
+    """No pruning: all N patch features go to the LLM (LLaVA-1.5 as published)."""
+
+    kind = "none"
+
+    def __init__(self, budget: int | None = None):
+        self.budget = budget
+
+    def reduce(self, features: torch.Tensor, context: PruneContext) -> torch.Tensor:
+        return features
+
+
+@dataclass
+class TokenState:
+    """The token sequence a decoder layer sees during prefill.
+
+    hidden: (B, L, d) hidden states; position_ids: (B, L) RoPE positions; padding: (B, L) bool, True at
+    left-padding; is_image: (B, L) bool, True at image tokens. All batch rows have the same L.
+    """
+
+    hidden: torch.Tensor
+    position_ids: torch.Tensor
+    padding: torch.Tensor
+    is_image: torch.Tensor
+
+    def gather(self, keep: torch.Tensor) -> "TokenState":
+        """Keep the positions ``keep`` (B, L') of every row, in the given order."""
+        expand = keep[..., None].expand(-1, -1, self.hidden.shape[-1])
+        return TokenState(
+            hidden=torch.gather(self.hidden, 1, expand),
+            position_ids=torch.gather(self.position_ids, 1, keep),
+            padding=torch.gather(self.padding, 1, keep),
+            is_image=torch.gather(self.is_image, 1, keep),
+        )
+
+    def with_hidden(self, hidden: torch.Tensor) -> "TokenState":
+        return replace(self, hidden=hidden)
+
+    @property
+    def image_count(self) -> torch.Tensor:
+        """(B,) number of image tokens still in the sequence."""
+        return self.is_image.sum(-1)
+
+
+@dataclass
+class LayerView:
+    """What a decoder-side method sees after decoder layer ``layer_idx`` ran during prefill.
+
+    layer_input: (B, L, d) the hidden states that entered the layer (before its input LayerNorm).
+    state: the layer's output sequence (``state.hidden`` is the layer output).
+    position_embeddings: (cos, sin) the layer used; attention_mask: (B, 1, L, L) bool, True = attend.
+    layers: all decoder layers (to recompute a row of attention from q/k of any layer).
+    rotary: the LLM's rotary embedding module (for recomputing positions after renumbering).
+    """
+
+    layer_idx: int
+    layer_input: torch.Tensor
+    state: TokenState
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    attention_mask: torch.Tensor
+    layers: nn.ModuleList
+    rotary: nn.Module
+    context: PruneContext = field(repr=False)
+
+
+class DecoderPruner:
+    """Base class of decoder-side methods."""
+
+    kind = "decoder"
+    budget: int
+
+    def encode(self, vision_tower, pixel_values, feature_layer, context):
+        return EncoderPruner.encode(self, vision_tower, pixel_values, feature_layer, context)
+
+    def reduce(self, features: torch.Tensor, context: PruneContext) -> torch.Tensor:
+        return features  # all image tokens enter the LLM
+
+    def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:
+        raise NotImplementedError
+
+
+# name -> "module:Class". Baselines add their line here; their module is imported only when chosen.
+METHODS: dict[str, str] = {
+    "vanilla": "svdprune.pruning:Vanilla",
+    "svd": "svdprune.svd:SvdPrune",
+}
+
+
+def build_method(name: str, budget: int, params: dict[str, Any]):
+    """Instantiate method ``name`` with ``budget`` and its config parameters."""
+    if name not in METHODS:
+        from .errors import UserError
+
+        raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+    module_name, class_name = METHODS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(budget=budget, **params)
