@@ -111,6 +111,8 @@ def _strip_instruction(text: str) -> str:
 
 LOADERS: dict[str, str] = {
     "local": "eval.datasets:load_local",
+    "gqa": "eval.gqa:load",
+    "textvqa": "eval.textvqa:load",
 }
 
 

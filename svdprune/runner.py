@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
 
     if not 1 <= budget:
         raise UserError(f"budget={budget} is outside 1..576 (vision tokens the LLM sees)")
-    params = OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True)
+    params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
     lm = load_model(cfg.model)
     if method.kind == "none":

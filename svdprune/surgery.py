@@ -140,6 +140,7 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
     """Greedy generation for one batch of (question, image) pairs with ``method`` applied."""
     from transformers import DynamicCache
 
+    assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
     context = PruneContext(questions=questions, seed=seed, model=lm.model)
     pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
     image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
