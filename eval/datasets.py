@@ -111,6 +111,7 @@ def _strip_instruction(text: str) -> str:
 
 LOADERS: dict[str, str] = {
     "local": "eval.datasets:load_local",
+    "easyvqa": "eval.easyvqa:load",
     "gqa": "eval.gqa:load",
     "textvqa": "eval.textvqa:load",
 }

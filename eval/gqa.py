@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from PIL import Image
@@ -333,7 +333,14 @@ class HFTable(Table):
 
 
 class ParquetTable(Table):
-    """Parquet shards as the hub stores them (read with pyarrow, images fetched one row group at a time)."""
+    """Parquet shards as the hub stores them (read with pyarrow, images fetched one row group at a time).
+
+    The last few row groups read are kept: the hub writes image datasets in groups of ~100 rows, so GQA's
+    398 images stay in memory whatever order the questions visit them, and TextVQA (one image per row, read
+    in row order) reads each group once.
+    """
+
+    CACHED_ROW_GROUPS = 8
 
     def __init__(self, files: list[Path], where: str):
         import pyarrow.parquet as pq
@@ -357,7 +364,7 @@ class ParquetTable(Table):
                 self._groups.append((start, file_index, group, rows))
                 start += rows
         self.columns = list(columns or [])
-        self._cache_key, self._cache_value = None, None
+        self._cache = OrderedDict()  # (file, row group, column) -> arrow column, least recently used first
 
     def read(self, columns) -> dict[str, list]:
         import pyarrow as pa
@@ -372,14 +379,18 @@ class ParquetTable(Table):
         for start, file_index, group, rows in self._groups:
             if start <= row < start + rows:
                 key = (file_index, group, column)
-                if key != self._cache_key:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                else:
                     table = pq.ParquetFile(self.files[file_index]).read_row_group(group, columns=[column])
-                    self._cache_key, self._cache_value = key, table.column(column)
-                return to_pil(self._cache_value[row - start].as_py())
+                    self._cache[key] = table.column(column)
+                    while len(self._cache) > self.CACHED_ROW_GROUPS:
+                        self._cache.popitem(last=False)
+                return to_pil(self._cache[key][row - start].as_py())
         raise IndexError(f"row {row} is outside {self.where}")
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache_key": None, "_cache_value": None}
+        return {**self.__dict__, "_cache": OrderedDict()}
 
 
 def _parquet_files(folder: Path, split: str) -> list[Path]:
@@ -424,11 +435,13 @@ def open_local_split(folder: Path, split: str, what: str) -> Table:
                     "dataset_dict.json) nor parquet files; point dataset.path at a local copy")
 
 
-def open_hub_split(repo: str, subset: str | None, split: str, revision: str, cfg, hint: str) -> Table:
-    """``datasets.load_dataset(repo, subset, split=..., revision=...)``; any failure is one UserError line."""
+def open_hub_split(repo: str, subset: str | None, split: str, revision: str, cfg, hint: str,
+                   data_files: dict | None = None) -> Table:
+    """``datasets.load_dataset(repo, subset, split=..., revision=...)``; any failure is one UserError line.
+    ``data_files`` limits the download to one split's files (TextVQA's train split alone is ~10 GB)."""
     datasets = _datasets_module()
     try:
-        loaded = datasets.load_dataset(repo, subset, split=split, revision=revision,
+        loaded = datasets.load_dataset(repo, subset, split=split, revision=revision, data_files=data_files,
                                        cache_dir=cfg.get("cache_dir") or None)
     except Exception as exc:  # offline, unknown revision, auth, missing split: all mean "use a local copy"
         detail = " ".join(str(exc).split())[:200]

@@ -63,7 +63,9 @@ def load(cfg) -> Dataset:
         revision, where = None, str(root)
     elif source == "hub":
         revision = _hub_revision(cfg)
-        records = _records_from_table(open_hub_split(HUB_REPO, None, split, revision, cfg, POINT_AT_LOCAL), use_ocr)
+        table = open_hub_split(HUB_REPO, None, split, revision, cfg, POINT_AT_LOCAL,
+                               data_files={split: f"data/{split}-*.parquet"})
+        records = _records_from_table(table, use_ocr)
         where = f"{HUB_REPO}@{revision}"
     elif source == "llava":
         root = local_root(cfg, "TextVQA")

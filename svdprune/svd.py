@@ -16,6 +16,10 @@ Decisions where the paper is silent (all config options of ``method=svd``):
 - ``weighting`` (default "uniform"): "uniform" is Eq. 4; "sigma" weights column j by s_j^2
   (normalised so the scores still sum to 1). Ablation only.
 - ``energy`` (default "s2"): "s2" is Eq. 2; "sigma" uses s_j instead of s_j^2. Ablation only.
+- ``solver`` (default "svd"): "svd" is ``torch.linalg.svd``; "gram" gets the same U and s from the
+  eigendecomposition of the N x N Gram matrix X X^T (s_j^2 = eigenvalues), several times cheaper. Both give
+  the same selection wherever the kept set is not decided by float noise (tested). At tau = 1 with a full-rank
+  X and N <= D every leverage equals 1/N exactly, so the kept set is decided by rounding under either solver.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .pruning import EncoderPruner
 
 WEIGHTINGS = ("uniform", "sigma")
 ENERGIES = ("s2", "sigma")
+SOLVERS = ("svd", "gram")
 
 
 def spectral_rank(singular_values: torch.Tensor, tau: float, energy: str = "s2",
@@ -50,6 +55,19 @@ def spectral_rank(singular_values: torch.Tensor, tau: float, energy: str = "s2",
     return torch.minimum(r, numerical_rank).clamp_min(1)
 
 
+def left_singular(x: torch.Tensor, solver: str = "svd") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values of x (B, N, D): u (B, N, M), s (B, M), M = min(N, D)."""
+    if solver == "svd":
+        u, s, _ = torch.linalg.svd(x, full_matrices=False)
+        return u, s
+    if solver == "gram":
+        m = min(x.shape[1], x.shape[2])
+        eigenvalues, eigenvectors = torch.linalg.eigh(x @ x.mT)  # ascending; X X^T = U diag(s^2) U^T
+        s = eigenvalues.flip(-1)[:, :m].clamp_min(0).sqrt()
+        return eigenvectors.flip(-1)[..., :m], s
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
 @dataclass
 class LeverageResult:
     scores: torch.Tensor  # (B, N) float32, each row sums to 1
@@ -63,6 +81,7 @@ def leverage(
     center: bool = False,
     weighting: str = "uniform",
     energy: str = "s2",
+    solver: str = "svd",
 ) -> LeverageResult:
     """Rank-r leverage scores and the rank r, batched over images. x: (B, N, D) -> scores (B, N)."""
     if x.dim() != 3:
@@ -70,7 +89,7 @@ def leverage(
     x = x.float()
     if center:
         x = x - x.mean(dim=1, keepdim=True)
-    u, s, _ = torch.linalg.svd(x, full_matrices=False)  # u: (B, N, M), s: (B, M), M = min(N, D)
+    u, s = left_singular(x, solver)  # u: (B, N, M), s: (B, M) descending, M = min(N, D)
     r = spectral_rank(s, tau, energy, max_dim=max(x.shape[1], x.shape[2]))  # (B,)
     in_subspace = torch.arange(s.shape[-1], device=x.device)[None, :] < r[:, None]  # (B, M)
     if weighting == "uniform":
@@ -112,16 +131,18 @@ class SvdPrune(EncoderPruner):
     kind = "encoder"
 
     def __init__(self, budget: int, tau: float = 0.9, center: bool = False,
-                 weighting: str = "uniform", energy: str = "s2"):
+                 weighting: str = "uniform", energy: str = "s2", solver: str = "svd"):
         if not (isinstance(tau, (int, float)) and 0 < tau <= 1):
             raise UserError(f"method.params.tau={tau!r} is outside (0, 1]")
         if weighting not in WEIGHTINGS:
             raise UserError(f"method.params.weighting={weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
         if energy not in ENERGIES:
             raise UserError(f"method.params.energy={energy!r}; allowed: {', '.join(ENERGIES)}")
+        if solver not in SOLVERS:
+            raise UserError(f"method.params.solver={solver!r}; allowed: {', '.join(SOLVERS)}")
         self.budget = budget
         self.tau = tau
-        self.options = dict(center=center, weighting=weighting, energy=energy)
+        self.options = dict(center=center, weighting=weighting, energy=energy, solver=solver)
 
     def reduce(self, features: torch.Tensor, context) -> torch.Tensor:
         """features: (B, N, D) layer -2 patch features -> (B, budget, D), raster order."""

@@ -132,3 +132,14 @@ def test_sigma_weighting_reference():
 def test_budget_outside_range_is_rejected():
     with pytest.raises(ValueError, match="budget must be in 1..64"):
         select_tokens(random_batch(), 65, 0.9)
+
+
+@pytest.mark.parametrize("make", [random_batch, low_rank_batch])
+@pytest.mark.parametrize("tau", [0.5, 0.9, 0.99])
+def test_gram_solver_gives_the_same_selection(make, tau):
+    x = make()
+    svd, gram = leverage(x, tau), leverage(x, tau, solver="gram")
+    assert torch.equal(svd.rank, gram.rank)
+    torch.testing.assert_close(gram.scores, svd.scores, rtol=1e-3, atol=1e-6)
+    for k in (1, 8, 16, 32):
+        assert torch.equal(select_tokens(x, k, tau, solver="gram"), select_tokens(x, k, tau))
