@@ -379,40 +379,68 @@ def run_image_tokens_per_layer(run: Run) -> list[float]:
     return list(per_layer) if per_layer else [float(run.budget)] * LLM_LAYERS
 
 
-# A results/efficiency/*.csv row gives compute for (dataset?, method, budget) in one of these columns
-# (first one present, in this order), scaled to T.
-COMPUTE_COLUMNS = {"tmacs": 1.0, "total_tmacs": 1.0, "tflops": 1.0, "total_tflops": 1.0, "gmacs": 1e-3,
-                   "total_gmacs": 1e-3, "gflops": 1e-3, "total_gflops": 1e-3, "macs": 1e-12, "flops": 1e-12}
+# results/efficiency/*.csv: rows with columns method and budget, and compute in T (or scaled) per sample.
+# Preference, per dataset: "<dataset>_total_T" (scripts/flops.py: paper-convention MACs with that dataset's real
+# prompt length and the per-layer token counts measured by running the method), then "paper_total_T" (same
+# with n_text = 50), then a generic column (first present of GENERIC_COMPUTE_COLUMNS, scaled to T).
+GENERIC_COMPUTE_COLUMNS = {"paper_total_t": 1.0, "tmacs": 1.0, "total_tmacs": 1.0, "tflops": 1.0,
+                           "total_tflops": 1.0, "gmacs": 1e-3, "total_gmacs": 1e-3, "gflops": 1e-3,
+                           "total_gflops": 1e-3, "macs": 1e-12, "flops": 1e-12}
+
+
+def _dataset_compute_columns(header: list[str]) -> dict[str, str]:
+    """{dataset: column} for columns named <dataset>_total_t (not paper_/true_ ones)."""
+    out = {}
+    for h in header:
+        if h.endswith("_total_t"):
+            prefix = h[: -len("_total_t")]
+            if prefix and prefix != "paper" and not prefix.startswith("true"):
+                out[prefix] = h
+    return out
 
 
 def read_efficiency(folder: Path | str) -> tuple[dict[tuple[str | None, str, int], float], str] | None:
-    """Compute per (dataset or None, method, budget) from ``folder/*.csv`` and a description of its source,
-    or None when no CSV there has columns method, budget and one of :data:`COMPUTE_COLUMNS`."""
+    """Compute (T per sample) per (dataset, method, budget) -- dataset None for a column valid for every
+    dataset -- from ``folder/*.csv``, and a description of the columns used; None when no CSV there has
+    columns method, budget and a compute column (see above)."""
     found: dict[tuple[str | None, str, int], float] = {}
-    used = []
+    used: list[str] = []
     for path in sorted(Path(folder).glob("*.csv")):
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            column = next((c for c in COMPUTE_COLUMNS if c in header), None)
-            if column is None or "method" not in header or "budget" not in header:
+            original = {h.strip().lower(): h for h in (reader.fieldnames or [])}
+            if "method" not in original or "budget" not in original:
                 continue
-            original = {h.strip().lower(): h for h in reader.fieldnames}
-            count = 0
+            per_dataset = _dataset_compute_columns(list(original))
+            generic = next((c for c in GENERIC_COMPUTE_COLUMNS if c in original), None)
+            columns = [(d, c, 1.0) for d, c in per_dataset.items()]
+            if generic:
+                columns.append((None, generic, GENERIC_COMPUTE_COLUMNS[generic]))
+            hits = set()
             for row in reader:
                 try:
-                    value = float(row[original[column]]) * COMPUTE_COLUMNS[column]
                     budget = int(float(row[original["budget"]]))
                 except (TypeError, ValueError):
                     continue
-                dataset = row[original["dataset"]].strip() if "dataset" in original else None
-                found[(dataset or None, row[original["method"]].strip(), budget)] = value
-                count += 1
-            if count:
-                used.append(f"{path.name}:{column}")
+                method = (row[original["method"]] or "").strip()
+                for dataset, column, scale in columns:
+                    try:
+                        value = float(row[original[column]]) * scale
+                    except (TypeError, ValueError):
+                        continue
+                    found[(dataset, method, budget)] = value
+                    hits.add(original[column])
+            used += [f"{path.name}:{c}" for c in sorted(hits)]
     if not found:
         return None
     return found, "measured: " + ", ".join(used)
+
+
+def efficiency_lookup(table: dict[tuple[str | None, str, int], float], dataset: str, method: str,
+                      budget: int) -> float | None:
+    """The dataset's own column first, then the dataset-independent one."""
+    value = table.get((dataset, method, budget))
+    return value if value is not None else table.get((None, method, budget))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -454,17 +482,14 @@ def _num_patches(model_cfg) -> int:
 
 def _run_identity(cfg) -> tuple[Path, str, int]:
     """(run folder, config hash, effective budget) exactly as svdprune.runner.run computes them."""
-    import importlib
+    from svdprune.runner import run_folder
 
-    from svdprune.pruning import METHODS as REGISTRY
-    from svdprune.runner import config_hash
-
-    module_name, class_name = REGISTRY[cfg.method.name].split(":")
-    kind = getattr(importlib.import_module(module_name), class_name).kind
+    kind = _method_kind(cfg.method.name)
+    if kind is None:
+        raise KeyError(cfg.method.name)
     budget = _num_patches(cfg.model) if kind == "none" else cfg.budget
-    digest = config_hash(cfg, budget)
-    run_name = cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}"
-    return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest, budget
+    out_dir, digest = run_folder(cfg, budget)
+    return out_dir, digest, budget
 
 
 def finished_run(cfg) -> bool:
@@ -497,34 +522,44 @@ def finished_run(cfg) -> bool:
         return False
 
 
-def skip_reason(cfg) -> str | None:
-    """Why a sweep job need not run, or None. Two reasons:
+def _method_kind(name: str) -> str | None:
+    """The method class's ``kind`` ("none" for vanilla) from the registry, without instantiating it."""
+    import importlib
 
-    * duplicate: the method ignores the budget (vanilla) and the config's ``sweep.budget_free_at`` (set by
-      configs/experiment/table1.yaml) names another budget -- the job at that budget runs it; the runner
-      would file every one of these jobs under the same k576 folder, and parallel jobs would write the same
-      files;
-    * finished: :func:`finished_run`.
-    """
+    from svdprune.pruning import METHODS as REGISTRY
+
+    if name not in REGISTRY:
+        return None
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name).kind
+
+
+def budget_free_duplicate(cfg) -> str | None:
+    """A reason to skip when the method ignores the budget (vanilla) and the config's
+    ``sweep.budget_free_at`` (set by configs/experiment/table1.yaml) names another budget: the job at that
+    budget runs it. The runner would file all of these jobs under the same k576 folder, and parallel jobs
+    (SLURM) would write the same files at once."""
     sweep = cfg.get("sweep")
     free_at = sweep.get("budget_free_at") if sweep is not None else None
-    if free_at is not None:
-        try:
-            import importlib
-
-            from svdprune.pruning import METHODS as REGISTRY
-
-            module_name, class_name = REGISTRY[cfg.method.name].split(":")
-            kind = getattr(importlib.import_module(module_name), class_name).kind
-        except Exception:  # noqa: BLE001 - unknown method: the runner reports it
-            kind = None
-        if kind == "none" and cfg.budget != free_at:
-            return (f"{cfg.method.name} ignores the budget: this sweep runs it once, in the budget={free_at} job "
-                    f"(sweep.budget_free_at)")
-    if finished_run(cfg):
-        out_dir, _, _ = _run_identity(cfg)
-        return f"finished: {out_dir} already holds every selected question (metrics.json, same config hash)"
+    if free_at is None:
+        return None
+    try:
+        kind = _method_kind(cfg.method.name)
+    except Exception:  # noqa: BLE001 - a broken method module: the runner reports it
+        return None
+    if kind == "none" and cfg.budget != free_at:
+        return (f"{cfg.method.name} ignores the budget: this sweep runs it once, in its budget={free_at} job "
+                "(sweep.budget_free_at)")
     return None
+
+
+def skip_reason(cfg) -> str | None:
+    """Why a (sweep) job need not run, or None: :func:`budget_free_duplicate`, or :func:`finished_run`."""
+    reason = budget_free_duplicate(cfg)
+    if reason is None and finished_run(cfg):
+        out_dir, _, _ = _run_identity(cfg)
+        reason = f"finished: {out_dir} already answers every selected question (metrics.json, same config hash)"
+    return reason
 
 
 # --------------------------------------------------------------------------------------- formatting

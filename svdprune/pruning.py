@@ -52,6 +52,9 @@ class EncoderPruner:
     kind = "encoder"
     budget: int
 
+    def check(self, lm) -> None:
+        """Raise UserError if the method cannot run on the loaded model (called before any result is written)."""
+
     def encode(self, vision_tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int,
                context: PruneContext) -> torch.Tensor:
         """Run the vision tower; return LLaVA's patch features (B, N, D) of ``feature_layer``, CLS dropped."""
@@ -134,6 +137,10 @@ class DecoderPruner:
     kind = "decoder"
     budget: int
 
+    def check(self, lm) -> None:
+        """Raise UserError if the method cannot run on the loaded model (e.g. a schedule deeper than the LLM);
+        called by the runner before any result is written."""
+
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         return EncoderPruner.encode(self, vision_tower, pixel_values, feature_layer, context)
 
@@ -148,6 +155,16 @@ class DecoderPruner:
 METHODS: dict[str, str] = {
     "vanilla": "svdprune.pruning:Vanilla",
     "svd": "svdprune.svd:SvdPrune",
+    "tome": "baselines.tome:ToMe",
+    "visionzip": "baselines.visionzip:VisionZip",
+    "trim": "baselines.trim:Trim",
+    "fastervlm": "baselines.fastervlm:FasterVLM",
+    "divprune": "baselines.divprune:DivPrune",
+    "random": "baselines.random_k:RandomK",
+    "pooling": "baselines.pooling:SpatialPooling",
+    "fastv": "baselines.fastv:FastV",
+    "pyramiddrop": "baselines.pyramiddrop:PyramidDrop",
+    "sparsevlm": "baselines.sparsevlm:SparseVLM",
 }
 
 

@@ -21,19 +21,24 @@ def read_predictions(path: Path) -> list[dict]:
 
 
 class PredictionWriter:
-    """Appends one JSON line per prediction; each line is written with one call and flushed."""
+    """Appends one JSON line per prediction; each batch is written with one call and flushed.
+    The file (and its folder) is created at the first write: a run that fails before answering leaves nothing."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._path = path
+        self._file = None
 
     def write(self, rows: list[dict]) -> None:
+        if self._file is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._path.open("a", encoding="utf-8")
         self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self):
         return self

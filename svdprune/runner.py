@@ -28,6 +28,10 @@ _NOT_HASHED_MODEL = ("device",)
 _NOT_HASHED_DATASET = ("path", "image_folder", "questions_file", "expect_full")
 
 
+# per-question fields the runner itself writes (not method statistics)
+_ROW_KEYS = {"kept_tokens", "prompt_tokens", "generated_tokens"}
+
+
 def config_hash(cfg: DictConfig, budget: int) -> str:
     """sha256 of everything that changes a prediction (model, method, budget, dataset version, decoding)."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -40,6 +44,15 @@ def config_hash(cfg: DictConfig, budget: int) -> str:
         "seed": container["seed"],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def run_folder(cfg: DictConfig, budget: int) -> tuple[Path, str]:
+    """(results folder, config hash) of a run: <output_dir>/<dataset>/<method>/<run_name>, where run_name
+    defaults to k<budget>-<model>-<first 10 hex digits of the hash>. ``budget`` is the effective one
+    (the model's patch count for vanilla)."""
+    digest = config_hash(cfg, budget)
+    run_name = cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}"
+    return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest
 
 
 def _positive_int_or_none(cfg: DictConfig, key: str) -> int | None:
@@ -94,11 +107,11 @@ def run(cfg: DictConfig) -> dict:
         budget = method.budget = lm.num_patches
     if not 1 <= budget <= lm.num_patches:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {lm.name})")
+    method.check(lm)
     _check_images(records)
 
-    digest = config_hash(cfg, budget)
-    run_name = cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}"
-    out_dir = Path(cfg.output_dir) / dataset.name / method_name / run_name
+    out_dir, digest = run_folder(cfg, budget)
+    run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
     finished = {row["question_id"]: row for row in read_predictions(predictions_path)}
     stale = {row.get("config_hash") for row in finished.values()} - {digest}
@@ -157,6 +170,10 @@ def run(cfg: DictConfig) -> dict:
         "questions_per_s": len(todo) / generation_seconds if generation_seconds else None,
     }
     metrics["image_tokens_mean_over_layers"] = sum(metrics["image_tokens_per_layer_mean"]) / n_layers
+    for key in sorted(set(selected[0]) - set(metrics)):  # numeric per-image values a method recorded
+        values = [row.get(key) for row in selected]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and key not in _ROW_KEYS:
+            metrics[f"{key}_mean"] = sum(values) / len(values)
     metrics.update(_breakdown(selected, correct))
     write_json_atomic(out_dir / "metrics.json", metrics)
     print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy:.2f} on {len(selected)} questions "

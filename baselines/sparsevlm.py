@@ -1,0 +1,196 @@
+"""SparseVLM v1.5 (Zhang et al., ICML 2025): text-guided, training-free pruning with token recycling.
+
+Checked against Gumpest/SparseVLMs, branch ``v1.5``: ``llava/model/language_model/modelling_sparse_llama.py``
+(``LlamaDynamicvitModel.forward``, ``LlamaDynamicvitFlashAttention2`` with ``return_logits``),
+``score.py`` (``attn_postprocess_topk``, keep-count tables) and ``utils.py`` (``cluster_and_merge``,
+the DPC-kNN recycling). What it computes:
+
+1. **Raters, chosen once** from the LLM input embeddings: S = image x text dot products, softmax over the
+   text tokens, mean over the image tokens; the raters are the text tokens (everything after the image)
+   whose value is above the mean of S. They are indexed relative to the text start, so they follow the
+   text as the image span shrinks.
+2. At each pruning layer l in ``layers`` (default [2, 6, 15]) layer l runs on the full set (its KV cache
+   stays full); score = layer l's own post-softmax attention (q/k with RoPE, logits * head_dim^-0.5, full
+   causal row, softmax), mean over heads, rater rows x image columns, mean over raters. Image tokens kept:
+   ``topk(min(count, n_image - 1))``, in their original order (candidates include earlier cluster tokens).
+3. **Recycling** (``recycle: true``): of the deleted image tokens (index order) the top
+   ``int(n_deleted * 0.3) + 1`` by score are clustered by density-peak kNN on the layer-l **output**
+   states (L2 distance / sqrt(C); k = number of clusters = ``int(n / 10) + 1``; density exp(-mean d^2 of
+   the k nearest) plus uniform noise * 1e-6 to break ties; parent distance; centres = top k of
+   distance * density; each token joins its nearest centre); each cluster becomes the plain mean of its
+   members (sum / (count + 1e-6), as the official code). Cluster tokens go right after the kept image
+   tokens, before the text, and count as image tokens.
+4. The output of layer l is cut (and extended by the cluster tokens); positions are **renumbered**
+   0, 1, ...; layer group g decodes at position (its prompt length) + step, which is the official
+   ``past_key_value.get_usable_length`` position.
+
+Batching (the official code is batch size 1): rows are left-padded; every row has the same number of
+image tokens, so keep counts and cluster counts are equal across rows. Raters differ per row. The
+clustering noise comes from a generator seeded with (``seed``, stage) and is the same for every row, so
+a row's result does not depend on the other rows of its batch.
+
+Keep counts per budget (``keep_counts`` in ``configs/method/sparsevlm.yaml``): official 192: [300, 200, 110],
+128: [303, 110, 36], 64: [66, 30, 17]; their 32-layer averages (image tokens incl. recycled, a pruning
+layer counted at its post-prune size, the official log's rule) are 192.03, 128.6 and 64.8. Derived, not
+official: 32: [32, 15, 8] and 16: [16, 7, 4] = the 64 schedule scaled by budget / 66 and rounded (the
+official 64 schedule's first keep count 66 is about its budget). With recycling the LLM then sees 49
+(32) and 33 (16) image tokens after layer 2 (clusters come on top of the budget; exactly 16 is out of
+reach since recycling alone adds >= 17 tokens at the first stage), and the official-rule averages are
+51.7 and 45.0. Every image records ``image_tokens_mean_official`` (that average) in predictions.jsonl;
+metrics.json has the engine's per-layer means (a pruning layer counted at the 576 it processed).
+``keep`` overrides the table (one count per layer). A layer the model does not have is an error.
+"""
+from __future__ import annotations
+
+import torch
+
+from svdprune.errors import UserError
+from svdprune.pruning import DecoderPruner, LayerView, TokenState
+
+from .attention import attention_rows, check_depth, check_int, image_positions, keep_indices, renumber
+
+RECYCLE_FRACTION = 0.3  # of the deleted image tokens, the top 30% by score are clustered
+CLUSTER_DIVISOR = 10  # clusters = int(candidates / 10) + 1
+
+
+def select_raters(embeds: torch.Tensor, is_image: torch.Tensor) -> list[torch.Tensor]:
+    """Per row, the rater offsets relative to the text start (the first token after the image).
+
+    embeds: (B, L, d) LLM input embeddings; is_image: (B, L). Computed in the embeddings' dtype, as the
+    official code (softmax over the text tokens, mean over the image tokens, > the row mean). A row with
+    no token above its mean (all equal) rates with every text token.
+    """
+    image_pos = image_positions(is_image)
+    raters = []
+    for row in range(embeds.shape[0]):
+        start = int(image_pos[row, -1]) + 1
+        vision, text = embeds[row, image_pos[row]], embeds[row, start:]
+        relevance = (vision @ text.T).softmax(dim=-1).mean(dim=0)  # (T,)
+        chosen = torch.where(relevance > relevance.mean())[0]
+        raters.append(chosen if chosen.numel() else torch.arange(text.shape[0], device=embeds.device))
+    return raters
+
+
+def dpc_knn_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> torch.Tensor:
+    """Density-peak kNN clustering of x (B, N, C) into ``clusters`` tokens (B, clusters, C), ordered by
+    centre score (highest first). noise: (N,) uniform [0, 1) tie-breaking noise for the densities."""
+    batch, n, channels = x.shape
+    dist = torch.cdist(x.float(), x.float(), compute_mode="donot_use_mm_for_euclid_dist").to(x.dtype)
+    dist = dist / (channels ** 0.5)  # (B, N, N)
+    nearest = dist.topk(clusters, dim=-1, largest=False).values
+    density = (-(nearest ** 2).mean(dim=-1)).exp()
+    density = density + noise.to(device=x.device, dtype=density.dtype)[None] * 1e-6
+    denser = (density[:, None, :] > density[:, :, None]).to(x.dtype)  # [b, i, j]: j denser than i
+    dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
+    parent_dist = (dist * denser + dist_max * (1 - denser)).min(dim=-1).values
+    centres = (parent_dist * density).topk(clusters, dim=-1).indices  # (B, clusters)
+    to_centre = dist.gather(1, centres[..., None].expand(-1, -1, n))  # (B, clusters, N)
+    assign = to_centre.argmin(dim=1)  # (B, N), first centre on ties
+    assign = assign.scatter(1, centres, torch.arange(clusters, device=x.device).expand(batch, -1))
+    counts = torch.zeros(batch, clusters, dtype=x.dtype, device=x.device)
+    counts = counts.scatter_add(1, assign, torch.ones_like(assign, dtype=x.dtype)) + 1e-6
+    weights = 1.0 / counts.gather(1, assign)  # (B, N)
+    merged = torch.zeros(batch, clusters, channels, dtype=x.dtype, device=x.device)
+    return merged.scatter_add(1, assign[..., None].expand(-1, -1, channels), x * weights[..., None])
+
+
+class SparseVLM(DecoderPruner):
+    """Text-rater scoring at ``layers`` with the ``keep`` counts per stage and DPC-kNN recycling."""
+
+    def __init__(self, budget: int, layers: list[int] = (2, 6, 15), keep_counts: dict | None = None,
+                 keep: list[int] | None = None, recycle: bool = True):
+        self.budget = check_int("budget", budget, 1)
+        if not isinstance(layers, (list, tuple)):
+            raise UserError(f"sparsevlm: method.params.layers={layers!r}; allowed: a list of layer indices")
+        self.layers = [check_int(f"sparsevlm method.params.layers[{i}]", l, 0) for i, l in enumerate(layers)]
+        if any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            raise UserError(f"sparsevlm: method.params.layers={self.layers}; allowed: strictly increasing")
+        if keep is None:
+            table = {int(k): v for k, v in (keep_counts or {}).items()}
+            if budget not in table:
+                raise UserError(f"sparsevlm: budget={budget} has no keep counts; allowed budgets: "
+                                f"{', '.join(map(str, sorted(table)))} (or set method.params.keep)")
+            keep, source = table[budget], f"keep_counts[{budget}]"
+        else:
+            source = "method.params.keep"
+        if not isinstance(keep, (list, tuple)) or len(keep) != len(self.layers):
+            raise UserError(f"sparsevlm: {source}={keep!r}; allowed: one count per pruning layer ({len(self.layers)})")
+        self.keep = [check_int(f"sparsevlm {source}[{i}]", k, 1) for i, k in enumerate(keep)]
+        if not isinstance(recycle, bool):
+            raise UserError(f"sparsevlm: method.params.recycle={recycle!r}; allowed: true, false")
+        self.recycle = recycle
+        self._raters: list[torch.Tensor] = []
+        self._counts: list[int] = []
+
+    def check(self, lm) -> None:
+        n_layers = lm.language_model.config.num_hidden_layers
+        check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,
+                    "allowed pruning layers, whose output is cut (not the last layer)")
+
+    def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:
+        state = view.state
+        n_layers = len(view.layers)
+        if layer_idx == 0:  # a new batch
+            self._raters = select_raters(view.layer_input, state.is_image)
+            self._counts = []
+        new_state = self._prune(layer_idx, view) if layer_idx in self.layers else None
+        self._counts.append(int((state if new_state is None else new_state).is_image[0].sum()))  # post-prune count
+        if layer_idx == n_layers - 2:  # the last layer sees what the last call left
+            counts = self._counts + [self._counts[-1]]
+            view.context.record(image_tokens_mean_official=[sum(counts) / len(counts)] * state.hidden.shape[0])
+        return new_state
+
+    def _scores(self, layer_idx: int, view: LayerView, image_pos: torch.Tensor) -> torch.Tensor:
+        """(B, n_image): head-mean attention of the raters to each image token, mean over raters."""
+        text_start = image_pos[:, -1] + 1
+        rows = [start + raters for start, raters in zip(text_start, self._raters)]
+        width = max(r.numel() for r in rows)
+        query = torch.stack([torch.cat([r, r[:1].expand(width - r.numel())]) for r in rows])  # padded (B, R)
+        probs = attention_rows(view.layers[layer_idx], view.layer_input, view.position_embeddings,
+                               view.attention_mask, query, scale="multiply")
+        head_mean = probs.mean(dim=1)  # (B, R, L) in the model dtype
+        return torch.stack([head_mean[b, :rows[b].numel()][:, image_pos[b]].mean(dim=0)
+                            for b in range(len(rows))])
+
+    def _prune(self, layer_idx: int, view: LayerView) -> TokenState | None:
+        state = view.state
+        stage = self.layers.index(layer_idx)
+        image_pos = image_positions(state.is_image)
+        n_image = image_pos.shape[1]
+        if n_image == 0:  # only after recycle=false cut the last one
+            return None
+        scores = self._scores(layer_idx, view, image_pos)
+        keep = min(self.keep[stage], n_image - 1)
+        kept_local = scores.topk(keep, dim=1).indices
+        pruned = state.gather(keep_indices(state.is_image, image_pos, kept_local))
+        if self.recycle and n_image - keep > 0:
+            deleted = torch.ones_like(scores, dtype=torch.bool).scatter(1, kept_local, False)
+            deleted_local = deleted.nonzero()[:, 1].view(scores.shape[0], -1)  # index order, as policy == 0
+            n_candidates = int(deleted_local.shape[1] * RECYCLE_FRACTION) + 1
+            pick = scores.gather(1, deleted_local).topk(n_candidates, dim=1).indices  # score order
+            candidates = image_pos.gather(1, deleted_local.gather(1, pick))
+            x = state.hidden.gather(1, candidates[..., None].expand(-1, -1, state.hidden.shape[-1]))
+            clusters = int(n_candidates / CLUSTER_DIVISOR) + 1
+            generator = torch.Generator().manual_seed(view.context.seed * 1000 + stage)
+            noise = torch.rand(n_candidates, generator=generator)
+            # the kept image tokens are contiguous from the image start: the clusters go right after them
+            pruned = self._insert(pruned, dpc_knn_merge(x, clusters, noise), image_pos[:, :1] + keep)
+        pruned.position_ids = renumber(pruned.padding)
+        return pruned
+
+    @staticmethod
+    def _insert(state: TokenState, extra: torch.Tensor, insert_at: torch.Tensor) -> TokenState:
+        """Place the tokens ``extra`` (B, c, d), as image tokens, at slot ``insert_at`` (B, 1) of each row."""
+        batch, length = state.is_image.shape
+        count = extra.shape[1]
+        device = extra.device
+        joined = TokenState(
+            hidden=torch.cat([state.hidden, extra.to(state.hidden.dtype)], dim=1),
+            position_ids=torch.cat([state.position_ids, state.position_ids.new_zeros(batch, count)], dim=1),
+            padding=torch.cat([state.padding, state.padding.new_zeros(batch, count)], dim=1),
+            is_image=torch.cat([state.is_image, state.is_image.new_ones(batch, count)], dim=1),
+        )
+        slot = torch.arange(length + count, device=device)[None]  # new slot -> old slot (extra: L + i)
+        order = torch.where(slot < insert_at, slot,
+                            torch.where(slot < insert_at + count, length + slot - insert_at, slot - count))
+        return joined.gather(order)
