@@ -38,6 +38,9 @@ class FastV(DecoderPruner):
         self.agg_layer = check_int("method.params.agg_layer", agg_layer, 1,
                                    what=" (K: layers 0..K-1 see every token, the cut is made after layer K-1)")
 
+    def describe(self) -> dict:
+        return {"agg_layer": self.agg_layer, "kept_after_layer": self.agg_layer - 1}
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("fastv", "agg_layer", [self.agg_layer], n_layers, 1, n_layers - 1,

@@ -77,6 +77,9 @@ class PyramidDrop(DecoderPruner):
         """Image tokens kept at each stage, ``int(initial * ratio)`` as the official code."""
         return [int(initial_images * ratio) for ratio in self.ratios]
 
+    def describe(self) -> dict:
+        return {"stage_layers": list(self.layers), "ratios": list(self.ratios), "keep_counts": self.keep_counts()}
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("pyramiddrop", "layers", self.layers, n_layers, 1, n_layers - 1,

@@ -122,6 +122,9 @@ class SparseVLM(DecoderPruner):
         self._raters: list[torch.Tensor] = []
         self._counts: list[int] = []
 
+    def describe(self) -> dict:
+        return {"prune_layers": list(self.layers), "keep_counts": list(self.keep), "recycle": self.recycle}
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,

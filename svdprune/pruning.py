@@ -17,6 +17,7 @@ Algorithms stay pure (tensors in, indices out) in their own files; this module h
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,16 +29,20 @@ from torch import nn
 class PruneContext:
     """Per-batch inputs a method may need, and per-image statistics it may record.
 
-    questions: the raw question strings of the batch (text-aware methods, e.g. TRIM).
+    questions: the question lines of the batch (text-aware methods, e.g. TRIM); instruction: the answer
+    instruction appended after them in the prompt (None when the dataset has none).
     vision_hidden_states: all hidden states of the vision tower, CLS included (filled by ``encode``).
     seed: the run seed, for methods with randomness.
     """
 
-    def __init__(self, questions: list[str], seed: int = 0, model: nn.Module | None = None):
+    def __init__(self, questions: list[str], seed: int = 0, model: nn.Module | None = None,
+                 instruction: str | None = None):
         self.questions = questions
+        self.instruction = instruction  # the answer instruction the prompt appends after the question
         self.seed = seed
         self.model = model
         self.vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+        self.encoder_aux: dict[str, Any] = {}  # tensors a method's encode() hands to its reduce()
         self.stats: dict[str, Any] = defaultdict(list)
 
     def record(self, **per_image: list) -> None:
@@ -54,6 +59,10 @@ class EncoderPruner:
 
     def check(self, lm) -> None:
         """Raise UserError if the method cannot run on the loaded model (called before any result is written)."""
+
+    def describe(self) -> dict:
+        """Run-level facts for metrics.json ("method_info"), e.g. a merge schedule or a token split."""
+        return {}
 
     def encode(self, vision_tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int,
                context: PruneContext) -> torch.Tensor:
@@ -141,6 +150,10 @@ class DecoderPruner:
         """Raise UserError if the method cannot run on the loaded model (e.g. a schedule deeper than the LLM);
         called by the runner before any result is written."""
 
+    def describe(self) -> dict:
+        """Run-level facts for metrics.json ("method_info"), e.g. the per-stage keep counts."""
+        return {}
+
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         return EncoderPruner.encode(self, vision_tower, pixel_values, feature_layer, context)
 
@@ -176,4 +189,10 @@ def build_method(name: str, budget: int, params: dict[str, Any]):
         raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
     module_name, class_name = METHODS[name].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "budget")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        from .errors import UserError
+
+        raise UserError(f"method {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
     return cls(budget=budget, **params)

@@ -158,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
         "dataset": dataset.name, "dataset_revision": dataset.revision, "dataset_info": dataset.info,
         "limit": limit, "subset": subset, "seed": cfg.seed,
         "method": method_name, "method_kind": method.kind, "method_params": params, "budget": budget,
+        "method_info": method.describe() if hasattr(method, "describe") else {},
         "kept_tokens_mean": sum(r["kept_tokens"] for r in selected) / len(selected),
         "image_tokens_per_layer_mean": [sum(r["image_tokens_per_layer"][l] for r in selected) / len(selected)
                                         for l in range(n_layers)],

@@ -142,7 +142,7 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
 
     assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
     method.check(lm)
-    context = PruneContext(questions=questions, seed=seed, model=lm.model)
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
     pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
     image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
     prompts = [vicuna_prompt(q, instruction) for q in questions]

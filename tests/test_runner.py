@@ -122,6 +122,7 @@ def write_questions(folder, lines, image_bytes=None):
     (["method.params.tau=1.5"], "tau=1.5 is outside (0, 1]"),
     (["method.params.weighting=foo"], "weighting='foo'; allowed: uniform, sigma"),
     (["method.name=nope"], "unknown method 'nope'; allowed:"),
+    (["+method.params.tua=0.5"], "method 'svd' has no parameter 'tua'; allowed: tau, center, weighting, energy, solver"),
     (["model.kind=huge"], "unknown model.kind 'huge'"),
     (["model.dtype=int3"], "unknown model.dtype 'int3'"),
     (["limit=0"], "limit=0 must be a positive integer"),

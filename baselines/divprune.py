@@ -1,0 +1,80 @@
+"""DivPrune: diversity-based visual token pruning (Alvar et al., CVPR 2025).
+
+Reference: vbdi/divprune, ``LLaVA/llava/model/llava_arch.py`` (``LlavaMetaForCausalLM.DivPrune``,
+``pairwise_cosine_similarity`` and the call in ``prepare_inputs_labels_for_multimodal``). Training-free.
+
+A max-min diversity (farthest point) selection on the **projected** image tokens (the LLM-input embeddings
+of the 576 patches, i.e. after LLaVA's projector ``context.model.model.multi_modal_projector``):
+
+* distance d(i, j) = 1 - cosine(e_i, e_j);
+* first pick: the token whose nearest neighbour is farthest -- per token the second smallest value of
+  its distance column (the smallest is its distance to itself), argmax;
+* every next pick: the token whose minimum distance to the picked set is largest (argmax; first index on
+  ties);
+* the picked indices are sorted back into raster order.
+
+The LLM receives the selected tokens' pre-projector features (the engine projects them again; the
+projector acts per token, so the embeddings are identical to the official selected embeddings).
+
+Differences on purpose: distances are computed in float32 (the official code uses the model dtype, fp16);
+already-picked tokens are excluded explicitly from later picks (the official code relies on their
+distance to themselves being ~0, which only fails for duplicate tokens), so the result always holds
+``budget`` distinct tokens. Batched over images (the official code is batch size 1).
+"""
+from __future__ import annotations
+
+import torch
+
+from svdprune.pruning import EncoderPruner
+
+from ._encoder_common import check_budget, check_runtime_budget, gather_tokens
+
+NAME = "divprune"
+
+
+def cosine_distance(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) -> (B, N, N) 1 - cosine similarity, float32."""
+    x = x.float()
+    x = x / x.norm(dim=-1, keepdim=True)
+    return 1.0 - x @ x.transpose(1, 2)
+
+
+def max_min_select(distance: torch.Tensor, k: int) -> torch.Tensor:
+    """DivPrune's greedy selection on a (B, N, N) distance matrix -> (B, k) picks in selection order."""
+    batch, n, _ = distance.shape
+    picks = torch.empty(batch, k, dtype=torch.long, device=distance.device)
+    rows = torch.arange(batch, device=distance.device)
+    # first pick: second smallest value of every column = distance to the nearest neighbour
+    nearest = torch.topk(distance, 2, dim=1, largest=False).values[:, 1]  # (B, N)
+    picks[:, 0] = nearest.argmax(dim=-1)
+    min_dist = distance[rows, picks[:, 0]].clone()  # (B, N): min distance of each column to the picked rows
+    picked = torch.zeros(batch, n, dtype=torch.bool, device=distance.device)
+    picked[rows, picks[:, 0]] = True
+    for i in range(1, k):
+        scores = min_dist.masked_fill(picked, -torch.inf)
+        picks[:, i] = scores.argmax(dim=-1)
+        picked[rows, picks[:, i]] = True
+        min_dist = torch.minimum(min_dist, distance[rows, picks[:, i]])
+    return picks
+
+
+class DivPrune(EncoderPruner):
+    """Keeps a max-min diverse set of ``budget`` tokens (in projected space), raster order."""
+
+    kind = "encoder"
+
+    def __init__(self, budget: int):
+        self.budget = check_budget(NAME, budget)
+
+    @torch.no_grad()
+    def reduce(self, features, context):
+        check_runtime_budget(NAME, self.budget, features.shape[1])
+        if context.model is None:
+            raise ValueError("DivPrune needs context.model (the LLaVA model) for its projector")
+        projector = context.model.model.multi_modal_projector
+        dtype = next(projector.parameters()).dtype
+        embeddings = projector(features.to(dtype))  # (B, N, d) LLM-input embeddings
+        picks = max_min_select(cosine_distance(embeddings), self.budget)
+        keep = torch.sort(picks, dim=-1).values
+        context.record(kept_indices=keep.tolist())
+        return gather_tokens(features, keep)

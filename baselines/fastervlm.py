@@ -1,0 +1,60 @@
+"""FasterVLM: [CLS]-attention-guided visual token pruning before the projector (Zhang et al., 2024).
+
+Reference: Theia-4869/FasterVLM, ``llava/model/multimodal_encoder/clip_encoder.py``
+(``CLIPVisionTower.feature_select``: ``attentions[select_layer][:, :, 0, 1:]``) and ``llava/model/llava_arch.py``
+(``LlavaMetaForCausalLM.encode_images``: ``image_attentions.mean(dim=1)``, ``topk``, an index mask applied
+to the projected features, which keeps raster order). Training-free.
+
+Score of patch j = the CLS query's **post-softmax** attention to j in the layer that produces
+``hidden_states[-2]`` (index 22 on CLIP-L/336), **averaged over heads**. Keep the top ``budget`` patches
+and feed them to the projector in raster order. The official code projects all 576 tokens and then
+masks; the projector acts on each token alone, so pruning first gives the same output (and saves the
+projector cost).
+
+The CLS attention row is recomputed from that layer's LayerNorm and q/k projections in float32, so the
+vision tower keeps SDPA (the official code runs eager attention with ``output_attentions=True``; tests
+check our row against eager). Ties go to the lower index (``torch.topk`` leaves them unspecified).
+"""
+from __future__ import annotations
+
+import torch
+
+from svdprune.pruning import EncoderPruner
+
+from ._encoder_common import (check_budget, check_runtime_budget, cls_attention_and_keys, gather_tokens,
+                              producing_layer, stash, top_k_raster, unstash)
+
+NAME = "fastervlm"
+
+
+def cls_attention_scores(cls_attn: torch.Tensor) -> torch.Tensor:
+    """(B, H, 1 + N) CLS attention rows -> (B, N) head-mean attention to the patches."""
+    return cls_attn[:, :, 1:].mean(dim=1)
+
+
+class FasterVLM(EncoderPruner):
+    """Keeps the ``budget`` patches the CLS token attends to most (layer -2, head mean), raster order."""
+
+    kind = "encoder"
+
+    def __init__(self, budget: int):
+        self.budget = check_budget(NAME, budget)
+
+    def check(self, lm) -> None:
+        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        check_runtime_budget(NAME, self.budget, lm.num_patches)
+
+    @torch.no_grad()
+    def encode(self, vision_tower, pixel_values, feature_layer, context):
+        features = super().encode(vision_tower, pixel_values, feature_layer, context)
+        check_runtime_budget(NAME, self.budget, features.shape[1])
+        layers = vision_tower.encoder.layers
+        index = producing_layer(feature_layer, len(layers))
+        cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])
+        stash(context, fastervlm_scores=cls_attention_scores(cls_attn))
+        return features
+
+    def reduce(self, features, context):
+        keep = top_k_raster(unstash(context, "fastervlm_scores", NAME), self.budget)  # (B, k) ascending
+        context.record(kept_indices=keep.tolist())
+        return gather_tokens(features, keep)

@@ -1,0 +1,148 @@
+"""TRIM: token reduction by CLIP text-image similarity (Song et al., COLING 2025), **training-free here**.
+
+Reference: FreedomIntelligence/TRIM, ``llava/model/multimodal_encoder/clip_encoder.py``
+(``CLIPVisionTower.token_reduction``, ``forward``) and ``llava/eval/model_vqa_loader.py`` (the text is the
+question line ``line["text"]``). The paper's numbers come from a LLaVA **finetuned with TRIM**; we apply
+TRIM to the stock LLaVA-1.5 weights without any training and say so in every report.
+
+Per image:
+
+1. Image side: the layer -2 patch features (the 576 tokens LLaVA uses, CLS dropped) through CLIP's vision
+   post-LayerNorm and ``visual_projection`` in float32.
+2. Text side: ``text_embeds`` of CLIP's text tower + ``text_projection`` (unnormalised) for the question
+   line as LLaVA's eval loader passes it: the dataset question (for TextVQA with its OCR line) +
+   ``"\\n"`` + the dataset's answer instruction (what the prompt carries; ``text_suffix`` overrides it), truncated to the
+   CLIP tokenizer's 77 tokens.
+3. Similarity = raw dot product (no normalisation, no logit scale); the official code **negates** it
+   before the softmax, so it keeps the *least* similar tokens (the authors confirm this is intended,
+   TRIM issue #3): ``sign: official`` (default). ``sign: similar`` keeps the most similar ones (ablation).
+4. Keep ``budget - 1`` tokens with the highest softmax(sign * similarity), in raster order, and append one
+   aggregate token = mean of the *unselected* raw layer -2 features (float32, before the projector).
+   **Decision**: the official fixed mode keeps int(576 * ratio) tokens + 1 aggregate; for an exact budget
+   k we keep k - 1 + 1, so the LLM sees exactly k tokens. The official auto mode (IQR outliers) gives a
+   variable count and is not offered: the engine needs exactly ``budget`` tokens.
+
+Ranking by softmax(sign * s) is ranking by sign * s (the softmax is monotone); we rank by the float32
+logits, so tokens whose softmax underflows to 0 (ties in the official code, broken arbitrarily by CUDA
+``topk``) stay ordered by similarity here; exact ties go to the lower index.
+
+CLIP weights: ``clip_path`` (a hub id or a local folder in HF format; default
+``openai/clip-vit-large-patch14-336``, whose vision tower is the one LLaVA-1.5 froze; llava-hf checkpoints do
+not ship the text tower nor the projections). Only the text tower, ``text_projection``, the vision
+``post_layernorm`` and ``visual_projection`` are kept (float32, moved to the features' device on first use).
+"""
+from __future__ import annotations
+
+import torch
+
+from svdprune.errors import UserError
+from svdprune.pruning import EncoderPruner
+
+from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, top_k_raster
+
+NAME = "trim"
+SIGNS = {"official": -1.0, "similar": 1.0}
+
+
+def trim_select(scores: torch.Tensor, features: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores: (B, N) ranking logits (higher = kept); features: (B, N, D) raw layer -2 features.
+
+    Returns ((B, budget, D) = budget-1 kept tokens in raster order + the mean of the others, kept idx (B, budget-1)).
+    """
+    batch, n, dim = features.shape
+    keep = top_k_raster(scores, budget - 1)  # (B, k-1) ascending
+    kept = gather_tokens(features, keep)
+    unselected = torch.ones(batch, n, dtype=torch.bool, device=features.device)
+    unselected.scatter_(1, keep, False)
+    count = unselected.sum(dim=1, keepdim=True)  # (B, 1)
+    total = (features.float() * unselected[..., None]).sum(dim=1)  # (B, D)
+    aggregate = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+    return torch.cat([kept, aggregate[:, None].to(features.dtype)], dim=1), keep
+
+
+class Trim(EncoderPruner):
+    kind = "encoder"
+
+    def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
+                 revision: str | None = None, sign: str = "official",
+                 text_suffix: str | None = None):
+        self.budget = check_budget(NAME, budget)
+        if sign not in SIGNS:
+            raise UserError(f"{NAME}: method.params.sign={sign!r}; allowed: {', '.join(SIGNS)}")
+        if not isinstance(clip_path, str) or not clip_path:
+            raise UserError(f"{NAME}: method.params.clip_path={clip_path!r}; allowed: a hub id or a local folder")
+        if text_suffix is not None and not isinstance(text_suffix, str):
+            raise UserError(f"{NAME}: method.params.text_suffix={text_suffix!r}; allowed: a string or null")
+        self.sign = sign
+        self.text_suffix = text_suffix  # None: "\n" + the dataset's answer instruction (as the prompt has it)
+        self.clip_path = clip_path
+        self._load(clip_path, revision)
+
+    def _load(self, path: str, revision: str | None) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:
+            clip = CLIPModel.from_pretrained(path, revision=revision, dtype=torch.float32)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{NAME}: cannot load CLIP from method.params.clip_path={path!r}: {first}; allowed: a "
+                            "CLIP checkpoint (hub id or local folder with config.json, weights, tokenizer)") from None
+        clip.eval()
+        self.text_model = clip.text_model
+        self.text_projection = clip.text_projection
+        self.post_layernorm = clip.vision_model.post_layernorm
+        self.visual_projection = clip.visual_projection
+        self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
+                              clip.config.text_config.max_position_embeddings)
+        del clip  # the CLIP vision encoder is not needed: LLaVA's own tower gives the features
+
+    def check(self, lm) -> None:
+        """CLIP's post-LayerNorm must fit LLaVA's vision features (same CLIP vision width)."""
+        width = self.post_layernorm.normalized_shape[0]
+        tower = lm.vision_tower.config.hidden_size
+        if width != tower:
+            raise UserError(f"{NAME}: method.params.clip_path={self.clip_path!r} has vision width {width}, LLaVA's "
+                            f"vision tower {tower}; allowed: the CLIP checkpoint LLaVA's tower comes from")
+        check_runtime_budget(NAME, self.budget, lm.num_patches)
+
+    def _modules(self):
+        return self.text_model, self.text_projection, self.post_layernorm, self.visual_projection
+
+    def texts(self, questions: list[str], instruction: str | None = None) -> list[str]:
+        """The question lines as LLaVA's loader passes them to TRIM: question + "\n" + answer instruction."""
+        suffix = self.text_suffix if self.text_suffix is not None else ("\n" + instruction if instruction else "")
+        return [q + suffix for q in questions]
+
+    @torch.no_grad()
+    def text_embeds(self, texts: list[str], device) -> torch.Tensor:
+        """(B, P) CLIP text embeddings (text_projection of the pooled output), float32, unnormalised."""
+        for module in self._modules():
+            module.to(device)
+        tokens = self.tokenizer(texts, return_tensors="pt", truncation=True, padding=True, max_length=self.max_length)
+        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        pooled = self.text_model(**tokens).pooler_output
+        return self.text_projection(pooled)
+
+    @torch.no_grad()
+    def image_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) raw layer -2 patch features -> (B, N, P) through post-LayerNorm + visual_projection, fp32."""
+        for module in self._modules():
+            module.to(features.device)
+        return self.visual_projection(self.post_layernorm(features.float()))
+
+    @torch.no_grad()
+    def similarity(self, features: torch.Tensor, questions: list[str], instruction: str | None = None) -> torch.Tensor:
+        """(B, N) raw dot products between each patch embedding and its question's text embedding."""
+        text = self.text_embeds(self.texts(questions, instruction), features.device)  # (B, P)
+        return torch.einsum("bnp,bp->bn", self.image_embeds(features), text)
+
+    @torch.no_grad()
+    def reduce(self, features, context):
+        check_runtime_budget(NAME, self.budget, features.shape[1])
+        if len(context.questions) != features.shape[0]:
+            raise ValueError(f"TRIM needs one question per image: {len(context.questions)} for {features.shape[0]}")
+        scores = SIGNS[self.sign] * self.similarity(features, list(context.questions), context.instruction)
+        out, keep = trim_select(scores, features, self.budget)
+        context.record(kept_indices=keep.tolist())
+        return out
