@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from svdprune import errors
 from svdprune.errors import UserError
 from svdprune.svd import top_k_raster  # re-exported: top-k, ties to the lower index, ascending
 
@@ -26,11 +27,8 @@ LLAVA15_GRID = 24
 
 
 def check_int(method: str, key: str, value: Any, low: int, high: int | None = None) -> int:
-    """``value`` must be an int in [low, high]; otherwise a one-line UserError naming it."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        allowed = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
-        raise UserError(f"{method}: {key}={value!r}; allowed: {allowed}")
-    return value
+    """``value`` must be an int in [low, high]; otherwise a one-line UserError naming method and key."""
+    return errors.check_int(f"{method}: {key}", value, low, high)
 
 
 def check_budget(method: str, budget: Any, low: int = 1, high: int = LLAVA15_PATCHES) -> int:

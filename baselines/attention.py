@@ -90,15 +90,6 @@ def renumber(padding: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(~padding, dim=1) - 1).clamp_min(0)
 
 
-def check_int(name: str, value, low: int, high: int | None = None, what: str = "") -> int:
-    """An int in [low, high] (bool excluded) or a one-line UserError."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        allowed = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
-        raise UserError(f"{name}={value!r}; allowed: {allowed}{what}")
-    return value
-
-
 def check_depth(method: str, name: str, layers, n_layers: int, low: int, high: int, meaning: str) -> None:
     """Schedules are given for LLaVA-1.5-7B (32 layers). On another depth an out-of-range layer is an
     error (never silently rescaled): the user passes a schedule for that model."""

@@ -25,9 +25,10 @@ average is (K * 576 + (32 - K) * budget) / 32 and is in metrics.json (``image_to
 """
 from __future__ import annotations
 
+from svdprune.errors import check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
-from .attention import attention_rows, check_depth, check_int, image_positions, keep_indices, last_token_index
+from .attention import attention_rows, check_depth, image_positions, keep_indices, last_token_index
 
 
 class FastV(DecoderPruner):

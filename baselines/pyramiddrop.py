@@ -30,10 +30,10 @@ layer the model does not have is an error at first use (never rescaled).
 """
 from __future__ import annotations
 
-from svdprune.errors import UserError
+from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
-from .attention import (attention_rows, check_depth, check_int, image_positions, keep_indices, last_token_index,
+from .attention import (attention_rows, check_depth, image_positions, keep_indices, last_token_index,
                         renumber)
 
 

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import torch
 
-from svdprune.errors import UserError
+from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
-from .attention import attention_rows, check_depth, check_int, image_positions, keep_indices, renumber
+from .attention import attention_rows, check_depth, image_positions, keep_indices, renumber
 
 RECYCLE_FRACTION = 0.3  # of the deleted image tokens, the top 30% by score are clustered
 CLUSTER_DIVISOR = 10  # clusters = int(candidates / 10) + 1
