@@ -154,16 +154,16 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
     eos = lm.tokenizer.eos_token_id
     batch = len(questions)
     finished = torch.zeros(batch, dtype=torch.bool, device=lm.device)
-    generated: list[list[int]] = [[] for _ in range(batch)]
+    steps: list[torch.Tensor] = []  # per step (B,) ids, with -1 once a row has finished
     for step in range(max_new_tokens):
         next_ids = lm.model.lm_head(last_hidden).argmax(-1)  # (B,)
-        for row in range(batch):
-            if not finished[row] and next_ids[row].item() != eos:
-                generated[row].append(next_ids[row].item())
         finished |= next_ids == eos
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        steps.append(torch.where(finished, -1, next_ids))
+        if step == max_new_tokens - 1 or bool(finished.all()):  # one device sync per step
             break
         last_hidden = decode_step(lm, next_ids, step, groups, cache)
+    table = torch.stack(steps, dim=1).tolist()  # (B, T), copied to the host once
+    generated = [[token for token in row if token >= 0] for row in table]
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
     return Generation(token_ids=generated, texts=texts, prompts=prompts,
                       image_tokens_per_layer=image_counts.tolist(), prompt_lengths=prompt_lengths,

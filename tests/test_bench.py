@@ -1,0 +1,100 @@
+"""The efficiency scripts run end to end on the tiny model on CPU and write what they promise
+(no timing assertions: only structure, labels and counts)."""
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_latency  # noqa: E402
+import bench_throughput  # noqa: E402
+import flops as flops_script  # noqa: E402
+
+TINY = ["--model", "tiny", "--device", "cpu", "--threads", "1", "--tiny-layers", "3", "4"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_latency_end_to_end(tmp_path):
+    result = bench_latency.main(TINY + ["--methods", "vanilla", "svd", "fastv", "not_a_method", "--budgets", "16",
+                                        "--iters", "1", "--warmup", "1", "--new-tokens", "3", "--svd-vision", "model",
+                                        "--svd-batch", "2", "--svd-iters", "1", "--output-dir", str(tmp_path)])
+    assert result["tag"] == "cpu-tiny"
+    rows = read_csv(tmp_path / "latency_cpu-tiny.csv")
+    assert [(r["method"], r["budget"]) for r in rows] == [("vanilla", "576"), ("svd", "16"), ("fastv", "16")]
+    for r in rows:
+        assert r["device"] == "cpu" and r["device_name"].startswith("CPU") and r["model"] == "tiny"
+        assert r["peak_vram_gb"] == "" and r["kernel_ms"] == ""  # GPU-only columns stay empty on CPU
+        assert float(r["e2e_ms"]) == pytest.approx(float(r["prefill_ms"]) + float(r["decode_ms"]), rel=1e-4)
+        assert float(r["fps"]) == pytest.approx(1000 / float(r["e2e_ms"]), rel=1e-4)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["svd"]["image_tokens_first_cut"] == "16"
+    assert int(by_method["svd"]["prompt_tokens"]) == int(by_method["vanilla"]["prompt_tokens"]) - 560
+    assert by_method["fastv"]["image_tokens_first_cut"] == "16" and float(by_method["fastv"]["image_tokens_avg"]) > 16
+    assert any("not_a_method" in n for n in result["notes"])
+    svd_rows = read_csv(tmp_path / "svd_vs_vision_cpu-tiny.csv")
+    assert {r["solver"] for r in svd_rows} >= {"svd"} and all(r["batch"] == "2" for r in svd_rows)
+    assert all(r["tokens"] == "576" for r in svd_rows)
+    md = (tmp_path / "latency_cpu-tiny.md").read_text()
+    assert "CPU figures" in md and "GPU" not in md.split("CPU figures")[0]
+
+
+def test_timed_method_records_the_pruning_step():
+    from svdprune.pruning import PruneContext
+    from svdprune.svd import SvdPrune
+
+    method = SvdPrune(8)
+    timed = bench_latency.TimedMethod(method, bench_latency.Clock(torch.device("cpu")))
+    kept = method.reduce(torch.randn(2, 576, 16), PruneContext(questions=["a", "b"]))
+    assert kept.shape == (2, 8, 16)
+    assert len(timed.spans["prune"]) == 1 and not timed.spans["encode"]
+
+
+def test_bench_throughput_end_to_end(tmp_path):
+    result = bench_throughput.main(TINY + ["--methods", "vanilla", "svd", "--budgets", "16", "--batch-sizes", "1", "3",
+                                           "--questions", "3", "--max-new-tokens", "2", "--output-dir", str(tmp_path)])
+    rows = read_csv(tmp_path / "throughput_cpu-tiny.csv")
+    assert [(r["method"], r["budget"], r["batch_size"]) for r in rows] == [
+        ("vanilla", "576", "1"), ("vanilla", "576", "3"), ("svd", "16", "1"), ("svd", "16", "3")]
+    for r in rows:
+        assert r["device"] == "cpu" and r["questions"] == "3" and 1 <= int(r["generated_tokens"]) <= 6
+        assert float(r["questions_per_s"]) == pytest.approx(3 / float(r["seconds"]), rel=1e-4)
+    assert "CPU figures" in (tmp_path / "throughput_cpu-tiny.md").read_text()
+    assert result["tag"] == "cpu-tiny"
+
+
+def test_flops_script_end_to_end(tmp_path):
+    torch.set_num_threads(1)
+    rows = flops_script.main(["--methods", "vanilla", "svd", "fastv", "trim", "not_a_method", "--budgets", "16",
+                              "--output-dir", str(tmp_path)])
+    by = {(r["method"], r.get("budget")): r for r in rows}
+    assert by[("vanilla", 576)]["paper_total_T"] == pytest.approx(3.456, rel=0.01)
+    assert by[("svd", 16)]["paper_total_T"] == pytest.approx(0.524, rel=0.01)
+    assert by[("svd", 16)]["paper_overhead_G"] > 0 and by[("vanilla", 576)]["paper_overhead_G"] == 0
+    fastv = by[("fastv", 16)]
+    agg = flops_script.method_params("fastv").get("agg_layer", 2)
+    assert fastv["llm_tokens_per_layer"].split() == ["576"] * agg + ["16"] * (32 - agg)
+    assert fastv["paper_total_T"] > by[("svd", 16)]["paper_total_T"]  # decoder-side: early layers see 576
+    assert by[("not_a_method", None)]["note"] == "not registered"
+    # TRIM's CLIP is not on disk here: a stand-in CLIP keeps it in the table (token counts do not need weights)
+    assert by[("trim", 16)]["image_tokens_projected"] == 16
+    # the true architecture count is above the paper's (gated MLP, patch conv, lm_head)
+    assert by[("vanilla", 576)]["true_total_T"] > by[("vanilla", 576)]["paper_total_T"]
+    csv_rows = read_csv(tmp_path / "flops.csv")
+    assert len(csv_rows) == 5
+    md = (tmp_path / "flops.md").read_text()
+    assert "not_a_method: not registered" in md and "| 16 |" in md
