@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--init", default=None,
+                        help="continue from this checkpoint folder (its tokenizer and architecture are kept)")
     args = parser.parse_args()
 
     import easy_vqa
@@ -128,9 +130,16 @@ def main() -> None:
     by_image = defaultdict(list)
     for q, a, i in zip(questions, answers, image_ids):
         by_image[i].append((q, a))
-    template = vicuna_prompt("", ANSWER_INSTRUCTION) + " " + SYSTEM
-    tokenizer = build_word_tokenizer([template] + questions + easy_vqa.get_test_questions()[0] + easy_vqa.get_answers())
-    model = build_model(tokenizer, args.vision_hidden, args.vision_layers, args.text_hidden, args.text_layers)
+    if args.init:
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+        model = LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        template = vicuna_prompt("", ANSWER_INSTRUCTION) + " " + SYSTEM
+        tokenizer = build_word_tokenizer([template] + questions + easy_vqa.get_test_questions()[0]
+                                         + easy_vqa.get_answers())
+        model = build_model(tokenizer, args.vision_hidden, args.vision_layers, args.text_hidden, args.text_layers)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = lambda step: min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))  # noqa: E731
@@ -161,8 +170,12 @@ def main() -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
          "crop_size": 336, "size": 336}, indent=2))
-    (out / "training_log.json").write_text(json.dumps({"args": vars(args), "log": log,
-                                                       "train_seconds": time.time() - started}, indent=2))
+    history = []
+    if args.init and (Path(args.init) / "training_log.json").exists():
+        previous = json.loads((Path(args.init) / "training_log.json").read_text())
+        history = previous.get("stages", [previous])
+    stage = {"args": vars(args), "log": log, "train_seconds": time.time() - started}
+    (out / "training_log.json").write_text(json.dumps({"stages": history + [stage]}, indent=2))
     print(f"saved to {out} after {time.time() - started:.0f} s")
 
 

@@ -61,9 +61,13 @@ def left_singular(x: torch.Tensor, solver: str = "svd") -> tuple[torch.Tensor, t
         u, s, _ = torch.linalg.svd(x, full_matrices=False)
         return u, s
     if solver == "gram":
-        m = min(x.shape[1], x.shape[2])
+        n, m = x.shape[1], min(x.shape[1], x.shape[2])
         eigenvalues, eigenvectors = torch.linalg.eigh(x @ x.mT)  # ascending; X X^T = U diag(s^2) U^T
-        s = eigenvalues.flip(-1)[:, :m].clamp_min(0).sqrt()
+        # eigenvalues carry absolute errors ~ eps * lambda_max: below n * eps * lambda_max they are noise, i.e.
+        # zero singular values (the SVD path's own cutoff on s would let sqrt(noise) through)
+        noise = eigenvalues[:, -1:] * n * torch.finfo(eigenvalues.dtype).eps
+        eigenvalues = torch.where(eigenvalues > noise, eigenvalues, torch.zeros_like(eigenvalues))
+        s = eigenvalues.flip(-1)[:, :m].sqrt()
         return eigenvectors.flip(-1)[..., :m], s
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 

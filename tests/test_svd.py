@@ -143,3 +143,8 @@ def test_gram_solver_gives_the_same_selection(make, tau):
     torch.testing.assert_close(gram.scores, svd.scores, rtol=1e-3, atol=1e-6)
     for k in (1, 8, 16, 32):
         assert torch.equal(select_tokens(x, k, tau, solver="gram"), select_tokens(x, k, tau))
+
+
+def test_gram_solver_rank_at_tau_one_ignores_null_space():
+    assert leverage(low_rank_batch(rank=5), 1.0, solver="gram").rank.tolist() == [5, 5]
+    assert leverage(random_batch(), 1.0, solver="gram").rank.tolist() == [48] * 3
