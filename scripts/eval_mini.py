@@ -12,19 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = (192, 128, 64, 32, 16)
-# methods that cannot run on the mini model, with the reason (shown in the table)
-NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
-
-
-def mini_config(method: str, budget: int, limit: int, output_dir: str, batch_size: int = 16):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            "model=mini", "dataset=easyvqa", f"method={method}", f"budget={budget}", f"limit={limit}",
-            f"output_dir={output_dir}", f"batch_size={batch_size}", "max_new_tokens=4", "progress=false"])
+from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, mini_config
 
 
 def methods() -> list[str]:
@@ -33,13 +21,22 @@ def methods() -> list[str]:
     return ["vanilla", "svd"] + sorted(m for m in METHODS if m not in ("vanilla", "svd"))
 
 
-def evaluate(method: str, budgets, limit: int, output_dir: str) -> dict[int, float]:
+def evaluate(method: str, budgets, limit: int, output_dir: str, reasons: dict) -> dict[int, float | None]:
+    """Accuracy per budget; a budget the method cannot do on mini is None, its one-line reason kept."""
+    from svdprune.errors import UserError
     from svdprune.runner import run
 
     if method == "vanilla":
         accuracy = run(mini_config("vanilla", 576, limit, output_dir))["accuracy"]
         return {b: accuracy for b in budgets}
-    return {b: run(mini_config(method, b, limit, output_dir))["accuracy"] for b in budgets}
+    accuracies = {}
+    for budget in budgets:
+        try:
+            accuracies[budget] = run(mini_config(method, budget, limit, output_dir))["accuracy"]
+        except UserError as exc:
+            accuracies[budget] = None
+            reasons[f"{method} k={budget}"] = str(exc)
+    return accuracies
 
 
 def main() -> None:
@@ -51,41 +48,50 @@ def main() -> None:
     parser.add_argument("--regression", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
-    table = {}
+    table, reasons = {}, {}
     for method in args.methods or methods():
         if method in NOT_ON_MINI:
             print(f"{method}: skipped ({NOT_ON_MINI[method]})")
             continue
-        table[method] = evaluate(method, args.budgets, args.limit, str(out / "runs"))
+        table[method] = evaluate(method, args.budgets, args.limit, str(out / "runs"), reasons)
     if args.regression:
-        reference = {"limit": args.limit, "dataset": "easyvqa test", "accuracy": table}
+        runnable = {m: {b: a for b, a in acc.items() if a is not None} for m, acc in table.items()}
+        reference = {"limit": args.limit, "dataset": "easyvqa test", "accuracy": runnable}
         (out / "regression.json").write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
         return
-    write_table(table, args.budgets, args.limit, out)
+    write_table(table, args.budgets, args.limit, out, reasons)
 
 
-def write_table(table: dict[str, dict[int, float]], budgets, limit: int, out: Path) -> None:
+def write_table(table: dict[str, dict[int, float | None]], budgets, limit: int, out: Path, reasons: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    cell = lambda a: "" if a is None else f"{a:.2f}"  # noqa: E731
     header = ["method"] + [str(b) for b in budgets]
-    lines = [",".join(header)] + [",".join([m] + [f"{acc[b]:.2f}" for b in budgets]) for m, acc in table.items()]
+    lines = [",".join(header)] + [",".join([m] + [cell(acc[b]) for b in budgets]) for m, acc in table.items()]
     (out / "accuracy.csv").write_text("\n".join(lines) + "\n")
-    md = [f"Accuracy (%) of the mini model on the first {limit} easy-VQA test questions, by vision-token budget.",
-          "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    pruned = {m: acc for m, acc in table.items() if m != "vanilla"}
+    best = {b: max((a[b] for a in pruned.values() if a[b] is not None), default=None) for b in budgets}
+    md = [f"Accuracy (%) of the mini model (checkpoints/mini) on the first {limit} easy-VQA test questions, by "
+          "vision-token budget (`python scripts/eval_mini.py`). Best pruned method per column in bold; empty = "
+          "the method cannot do that budget on mini (reasons below).", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, acc in table.items():
-        best = {b: max(a[b] for a in table.values() if method != "vanilla") for b in budgets}
-        cells = [f"**{acc[b]:.2f}**" if method != "vanilla" and acc[b] == best[b] else f"{acc[b]:.2f}" for b in budgets]
+        cells = [f"**{cell(acc[b])}**" if method != "vanilla" and acc[b] is not None and acc[b] == best[b]
+                 else cell(acc[b]) for b in budgets]
         md.append(f"| {method} | " + " | ".join(cells) + " |")
-    md += ["", "Not run on the mini model: " + "; ".join(f"{m} ({why})" for m, why in NOT_ON_MINI.items())]
+    md += ["", "Decoder-side methods use the mini schedules of eval/mini_protocol.py (one cut after LLM layer 0).",
+           "Not run on the mini model: " + "; ".join(f"{m} ({why})" for m, why in NOT_ON_MINI.items())]
+    md += [f"- {key}: {why}" for key, why in sorted(reasons.items())]
     (out / "accuracy.md").write_text("\n".join(md) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method, acc in table.items():
-        style = dict(linestyle="--", color="black") if method == "vanilla" else {}
-        ax.plot(list(budgets), [acc[b] for b in budgets], marker="o", label=method, **style)
+        points = [(b, acc[b]) for b in budgets if acc[b] is not None]
+        style = dict(linestyle="--", color="black") if method == "vanilla" else dict(marker="o")
+        ax.plot([b for b, _ in points], [a for _, a in points], label=method, **style)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(budgets), [str(b) for b in budgets])
     ax.set_xlabel("vision tokens kept")

@@ -46,6 +46,15 @@ def build_word_tokenizer(texts: list[str]):
                                    pad_token="<pad>")
 
 
+SHAPES = ("circle", "rectangle", "triangle")
+
+
+def question_weight(question: str, answer: str, shape_weight: float) -> float:
+    """Sampling weight: ``shape_weight`` for questions whose answer is a shape or that name one."""
+    about_shape = answer in SHAPES or any(shape in question for shape in SHAPES)
+    return shape_weight if about_shape else 1.0
+
+
 def build_model(tokenizer, vision_hidden: int, vision_layers: int, text_hidden: int, text_layers: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -114,6 +123,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--shape-weight", type=float, default=1.0,
+                        help="sampling weight of questions about shapes (answer a shape, or naming one) vs the rest")
     parser.add_argument("--init", default=None,
                         help="continue from this checkpoint folder (its tokenizer and architecture are kept)")
     args = parser.parse_args()
@@ -149,7 +160,8 @@ def main() -> None:
     for step in range(args.steps):
         chosen = random.sample(image_order, args.images_per_step)
         pixels = torch.stack([preprocess_image(Image.open(paths[i])) for i in chosen])
-        qa = [random.choice(by_image[i]) for i in chosen for _ in range(args.questions_per_image)]
+        qa = [random.choices(by_image[i], weights=[question_weight(q, a, args.shape_weight) for q, a in by_image[i]])[0]
+              for i in chosen for _ in range(args.questions_per_image)]
         loss = batch_loss(model, tokenizer, pixels, [q for q, _ in qa], [a for _, a in qa], args.questions_per_image)
         optimizer.zero_grad()
         loss.backward()

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from eval.mini_protocol import mini_config
 from svdprune.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,21 +24,13 @@ CASES = [(method, int(budget), accuracy) for method, by_budget in sorted(referen
          for budget, accuracy in sorted(by_budget.items())]
 
 
-def mini_config(method, budget, output_dir):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            "model=mini", "model.device=cpu", "dataset=easyvqa", f"method={method}", f"budget={budget}",
-            f"limit={reference['limit']}", f"output_dir={output_dir}", "batch_size=16", "max_new_tokens=4",
-            "progress=false"])
-
-
 def test_vanilla_is_a_real_model(tmp_path):
-    assert run(mini_config("vanilla", 576, tmp_path))["accuracy"] >= 90.0
+    assert run(mini_config("vanilla", 576, reference["limit"], tmp_path))["accuracy"] >= 90.0
 
 
 @pytest.mark.parametrize("method, budget, expected", CASES, ids=[f"{m}-{b}" for m, b, _ in CASES])
 def test_accuracy_matches_recorded(method, budget, expected, tmp_path):
     if method == "vanilla" and budget != 576:
         pytest.skip("vanilla has one budget")  # the table repeats vanilla under every budget column
-    accuracy = run(mini_config(method, budget, tmp_path))["accuracy"]
+    accuracy = run(mini_config(method, budget, reference["limit"], tmp_path))["accuracy"]
     assert abs(accuracy - expected) <= TOLERANCE, f"{method} k={budget}: {accuracy:.2f} vs recorded {expected:.2f}"

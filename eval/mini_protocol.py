@@ -1,0 +1,39 @@
+"""The evaluation protocol of the ``mini`` model on easy-VQA, shared by scripts/eval_mini.py and the CI
+regression test (tests/test_mini_regression.py).
+
+The mini LLM has 2 decoder layers, so the decoder-side methods' LLaVA-7B schedules (layers 2..24) do not
+fit. On mini every decoder-side method prunes once, after layer 0, keeping ``budget`` image tokens:
+FastV with K = 1; PyramidDrop with one stage at layer 1 (ratio (k + 0.5) / 576, so int(576 * ratio) = k);
+SparseVLM with one stage at layer 0 (keep k, recycling on: the LLM sees k + recycled tokens).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (192, 128, 64, 32, 16)
+NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
+# ToMe merges in vision layers 0..L-2: with the mini tower (3 layers) that is 2 layers, and the 50%-per-layer
+# cap stops at 145 tokens, so only budget 192 is reachable (the others are reported as not possible).
+
+
+def mini_overrides(method: str, budget: int) -> list[str]:
+    """Method parameters for the 2-layer mini LLM (see the module docstring); [] for other methods."""
+    if method == "fastv":
+        return ["method.params.agg_layer=1"]
+    if method == "pyramiddrop":
+        return ["method.params.layers=[1]", f"method.params.ratios=[{(budget + 0.5) / 576}]"]
+    if method == "sparsevlm":
+        return ["method.params.layers=[0]", f"method.params.keep=[{budget}]"]
+    return []
+
+
+def mini_config(method: str, budget: int, limit: int, output_dir: str | Path, batch_size: int = 16):
+    """The composed run config of ``method`` at ``budget`` on the first ``limit`` easy-VQA test questions."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            "model=mini", "model.device=cpu", "dataset=easyvqa", f"method={method}", f"budget={budget}",
+            f"limit={limit}", f"output_dir={output_dir}", f"batch_size={batch_size}", "max_new_tokens=4",
+            "progress=false", *mini_overrides(method, budget)])
