@@ -66,6 +66,21 @@ def load_image(record: Record) -> Image.Image:
                         f"{type(exc).__name__}") from None
 
 
+def read_jsonl(path: Path):
+    """(line number, object) for each non-empty line; a bad line is a UserError naming it."""
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{line_no}: not a JSON line ({exc})") from None
+            if not isinstance(item, dict):
+                raise UserError(f"{path}:{line_no}: expected a JSON object per line")
+            yield line_no, item
+
+
 def load_local(cfg) -> Dataset:
     """The local folder format described in the module docstring."""
     root = Path(cfg.path).expanduser()

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.datasets import Dataset, Record, _strip_instruction, load_image
+from eval.datasets import Dataset, Record, _strip_instruction, load_image, read_jsonl
 from svdprune.errors import UserError
 
 HUB_REPO = "lmms-lab/GQA"
@@ -208,21 +208,6 @@ def read_json(path: Path):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc})") from None
-
-
-def read_jsonl(path: Path):
-    """(line number, object) for each non-empty line; a bad line is a UserError naming it."""
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: not a JSON line ({exc})") from None
-            if not isinstance(item, dict):
-                raise UserError(f"{path}:{line_no}: expected a JSON object per line")
-            yield line_no, item
 
 
 def require_columns(table: "Table", required, what: str) -> None:

@@ -14,12 +14,13 @@ the score is min(1, matches / 3) averaged over the 10 leave-one-out subsets of t
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from svdprune.errors import UserError
+
+from .datasets import read_jsonl
 
 # ----------------------------------------------------------------------------------------------- GQA
 
@@ -174,30 +175,26 @@ def score_predictions(path, scorer: str) -> dict:
     scores: list[float] = []
     groups: dict[str, list[float]] = defaultdict(list)
     seen: set[str] = set()
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                question_id = str(item["question_id"])
-                prediction = item["prediction"]
-                answers = item["answers"]
-                question_type = item.get("question_type")
-                if not isinstance(prediction, str) or not isinstance(answers, list):
-                    raise TypeError("prediction must be a string and answers a list")
-                value = SCORERS[scorer](prediction, [str(a) for a in answers])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise UserError(f"{path}:{line_no}: bad prediction line ({type(exc).__name__}: {exc}); need "
-                                "question_id, prediction (str) and answers (non-empty list)") from None
-            if question_id in seen:
-                raise UserError(f"{path}:{line_no}: question_id {question_id!r} appears twice; "
-                                "a predictions file holds one line per question")
-            seen.add(question_id)
-            scores.append(value)
-            if question_type:
-                for key in _type_keys(str(question_type)):
-                    groups[key].append(value)
+    for line_no, item in read_jsonl(path):
+        try:
+            question_id = str(item["question_id"])
+            prediction = item["prediction"]
+            answers = item["answers"]
+            question_type = item.get("question_type")
+            if not isinstance(prediction, str) or not isinstance(answers, list):
+                raise TypeError("prediction must be a string and answers a list")
+            value = SCORERS[scorer](prediction, [str(a) for a in answers])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path}:{line_no}: bad prediction line ({type(exc).__name__}: {exc}); need "
+                            "question_id, prediction (str) and answers (non-empty list)") from None
+        if question_id in seen:
+            raise UserError(f"{path}:{line_no}: question_id {question_id!r} appears twice; "
+                            "a predictions file holds one line per question")
+        seen.add(question_id)
+        scores.append(value)
+        if question_type:
+            for key in _type_keys(str(question_type)):
+                groups[key].append(value)
     if not scores:
         raise UserError(f"predictions file {str(path)!r} has no predictions")
     return {

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.datasets import Dataset, Record, _strip_instruction
+from eval.datasets import Dataset, Record, _strip_instruction, read_jsonl
 from eval.gqa import (RowImage, Table, _hub_revision, check_image_files, check_unique_ids, fingerprint,
-                      local_root, open_hub_split, open_local_split, read_json, read_jsonl, require_columns,
+                      local_root, open_hub_split, open_local_split, read_json, require_columns,
                       resolve, verify_images)
 from svdprune.errors import UserError
 
