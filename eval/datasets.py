@@ -61,9 +61,27 @@ def load_image(record: Record) -> Image.Image:
         image.load()
         return image.convert("RGB")
     except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        where = record.image if not callable(record.image) else record.image_id
-        raise UserError(f"cannot read image {str(where)!r} of question {record.question_id!r}: "
-                        f"{type(exc).__name__}") from None
+        raise _unreadable(record, exc) from None
+
+
+def check_images_readable(records: list[Record]) -> None:
+    """Open the header of every distinct image file (cheap: no decoding), so that a missing or non-image
+    file is reported before any result is written. Images held in memory (callables) are skipped."""
+    seen = set()
+    for record in records:
+        if callable(record.image) or record.image in seen:
+            continue
+        seen.add(record.image)
+        try:
+            with Image.open(record.image):
+                pass
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+            raise _unreadable(record, exc) from None
+
+
+def _unreadable(record: Record, exc: Exception) -> UserError:
+    where = record.image if not callable(record.image) else record.image_id
+    return UserError(f"cannot read image {str(where)!r} of question {record.question_id!r}: {type(exc).__name__}")
 
 
 def read_jsonl(path: Path):
@@ -93,22 +111,18 @@ def load_local(cfg) -> Dataset:
     if not image_folder.is_dir():
         raise UserError(f"image folder {str(image_folder)!r} does not exist; set dataset.image_folder")
     records = []
-    with questions_file.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                question = item["question"] if "question" in item else item["text"]
-                answers = item.get("answers", [item["answer"]] if "answer" in item else [])
-                record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
-                                answers=[str(a) for a in answers], image=image_folder / item["image"],
-                                image_id=str(item["image"]), ocr_tokens=item.get("ocr_tokens"),
-                                question_type=item.get("question_type"))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UserError(f"{questions_file}:{line_no}: bad question line ({type(exc).__name__}: {exc}); "
-                                "need question_id, image and question (or text)") from None
-            records.append(record)
+    for line_no, item in read_jsonl(questions_file):
+        try:
+            question = item["question"] if "question" in item else item["text"]
+            answers = item.get("answers", [item["answer"]] if "answer" in item else [])
+            record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
+                            answers=[str(a) for a in answers], image=image_folder / item["image"],
+                            image_id=str(item["image"]), ocr_tokens=item.get("ocr_tokens"),
+                            question_type=item.get("question_type"))
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{questions_file}:{line_no}: bad question line ({type(exc).__name__}: {exc}); "
+                            "need question_id, image and question (or text)") from None
+        records.append(record)
     if not records:
         raise UserError(f"question file {str(questions_file)!r} is empty")
     ids = [r.question_id for r in records]

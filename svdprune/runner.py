@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.datasets import Record, load_dataset, load_image
+from eval.datasets import Record, check_images_readable, load_dataset, load_image
 from eval.scoring import SCORERS, score
 
 from .errors import UserError
@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
     if not 1 <= budget <= lm.num_patches:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {lm.name})")
     method.check(lm)
-    _check_images(records)
+    check_images_readable(records)
 
     out_dir, digest = run_folder(cfg, budget)
     run_name = out_dir.name
@@ -191,20 +191,3 @@ def _breakdown(rows: list[dict], correct: list[float]) -> dict:
     if not by_type:
         return {}
     return {"by_type": {t: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for t, v in sorted(by_type.items())}}
-
-
-def _check_images(records: list[Record]) -> None:
-    """Open the header of every distinct image file before any result is written (cheap: no decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    seen = set()
-    for record in records:
-        if callable(record.image) or record.image in seen:
-            continue
-        seen.add(record.image)
-        try:
-            with Image.open(record.image):
-                pass
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {str(record.image)!r} of question {record.question_id!r}: "
-                            f"{type(exc).__name__}") from None
