@@ -275,6 +275,27 @@ def bench_config(lm, name: str, budget: int, args, clock: Clock, pixels, questio
 
 # --------------------------------------------------------------------------- SVD-Prune selection vs vision
 
+def method_budgets(names: list[str], lm, budgets, workdir: Path, notes: list[str], note_suffix: str = ""):
+    """(name, budget, params) for every registered method in ``names`` and every budget (vanilla: its one
+    budget); unregistered names and offline stand-ins are noted in ``notes``. Shared with bench_throughput."""
+    from svdprune.pruning import METHODS
+
+    for name in names:
+        if name not in METHODS:
+            notes.append(f"{name}: not registered in svdprune.pruning.METHODS")
+            continue
+        params, note = offline_params(name, lm, workdir)
+        if note:
+            notes.append(note + note_suffix)
+        for budget in ([lm.num_patches] if name == "vanilla" else budgets):
+            yield name, budget, params
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (at most 200 characters), for a note in the report."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def clip_l_tower(device: torch.device, dtype: torch.dtype):
     """CLIP ViT-L/14-336 vision tower with random weights (LLaVA-1.5's geometry), built on ``device``."""
     from transformers import CLIPVisionModel
@@ -435,26 +456,19 @@ def main(argv=None) -> dict:
     names = args.methods if args.methods is not None else method_order(METHODS)
     rows, notes = [], []
     workdir = Path(tempfile.mkdtemp(prefix="svdprune_latency_"))
-    for name in names:
-        if name not in METHODS:
-            notes.append(f"{name}: not registered in svdprune.pruning.METHODS")
+    for name, budget, params in method_budgets(names, lm, args.budgets, workdir, notes,
+                                               "; its text-tower time is not representative"):
+        try:
+            row = bench_config(lm, name, budget, args, clock, pixels, questions, params)
+        except (UserError, OSError, ValueError, RuntimeError) as exc:
+            notes.append(f"{name} k={budget}: {type(exc).__name__}: {first_line(exc)}")
+            print(f"{name} k={budget}: skipped ({first_line(exc)})", file=sys.stderr)
             continue
-        params, note = offline_params(name, lm, workdir)
-        if note:
-            notes.append(note + "; its text-tower time is not representative")
-        for budget in ([lm.num_patches] if name == "vanilla" else args.budgets):
-            try:
-                row = bench_config(lm, name, budget, args, clock, pixels, questions, params)
-            except (UserError, OSError, ValueError, RuntimeError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                notes.append(f"{name} k={budget}: {type(exc).__name__}: {first}")
-                print(f"{name} k={budget}: skipped ({first})", file=sys.stderr)
-                continue
-            row = dict(device=device.type, device_name=device_name(device), model=model_name,
-                       dtype=str(lm.dtype)[6:], **row)
-            rows.append(row)
-            print(f"{name:12s} k={row['budget']:3d} prefill {row['prefill_ms']:8.2f} ms  decode {row['decode_ms']:8.2f} ms"
-                  f"  prune {row['prune_ms']:7.2f} ms  e2e {row['e2e_ms']:8.2f} ms  [{row['device_name']}]", flush=True)
+        row = dict(device=device.type, device_name=device_name(device), model=model_name,
+                   dtype=str(lm.dtype)[6:], **row)
+        rows.append(row)
+        print(f"{name:12s} k={row['budget']:3d} prefill {row['prefill_ms']:8.2f} ms  decode {row['decode_ms']:8.2f} ms"
+              f"  prune {row['prune_ms']:7.2f} ms  e2e {row['e2e_ms']:8.2f} ms  [{row['device_name']}]", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     if device.type == "cpu":
         notes.append("peak VRAM and kernel time: GPU only")

@@ -27,7 +27,7 @@ for path in (ROOT, ROOT / "scripts"):
 import torch
 
 import bench_latency as BL  # scripts/bench_latency.py: model building, device labels, CSV
-from flops import GQA_SAMPLE_QUESTIONS, method_order, offline_params, probe_image
+from flops import GQA_SAMPLE_QUESTIONS, method_order, probe_image
 
 SIZES = [(500, 375), (640, 480), (375, 500), (500, 333), (427, 640)]  # typical GQA / Visual Genome shapes
 
@@ -107,29 +107,22 @@ def main(argv=None) -> dict:
     rows, notes = [], []
     names = args.methods if args.methods is not None else method_order(METHODS)
     workdir = Path(tempfile.mkdtemp(prefix="svdprune_throughput_"))
-    for name in names:
-        if name not in METHODS:
-            notes.append(f"{name}: not registered in svdprune.pruning.METHODS")
-            continue
-        params, note = offline_params(name, lm, workdir)
-        if note:
-            notes.append(note)
-        for budget in ([lm.num_patches] if name == "vanilla" else args.budgets):
-            for batch in args.batch_sizes:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                try:
-                    row = bench_one(lm, name, budget, batch, args, images, GQA_SAMPLE_QUESTIONS, params)
-                except (UserError, OSError, ValueError, RuntimeError) as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                    notes.append(f"{name} k={budget} batch {batch}: {type(exc).__name__}: {first}")
-                    if "out of memory" in first.lower() and device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                rows.append(dict(device=device.type, device_name=BL.device_name(device), model=model_name,
-                                 dtype=str(lm.dtype)[6:], **row))
-                print(f"{name:12s} k={row['budget']:3d} batch {batch:3d}: {row['questions_per_s']:8.2f} q/s "
-                      f"[{rows[-1]['device_name']}]", flush=True)
+    for name, budget, params in BL.method_budgets(names, lm, args.budgets, workdir, notes):
+        for batch in args.batch_sizes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                row = bench_one(lm, name, budget, batch, args, images, GQA_SAMPLE_QUESTIONS, params)
+            except (UserError, OSError, ValueError, RuntimeError) as exc:
+                first = BL.first_line(exc)
+                notes.append(f"{name} k={budget} batch {batch}: {type(exc).__name__}: {first}")
+                if "out of memory" in first.lower() and device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            rows.append(dict(device=device.type, device_name=BL.device_name(device), model=model_name,
+                             dtype=str(lm.dtype)[6:], **row))
+            print(f"{name:12s} k={row['budget']:3d} batch {batch:3d}: {row['questions_per_s']:8.2f} q/s "
+                  f"[{rows[-1]['device_name']}]", flush=True)
 
     shutil.rmtree(workdir, ignore_errors=True)
     out = Path(args.output_dir)
