@@ -37,3 +37,17 @@ def mini_config(method: str, budget: int, limit: int, output_dir: str | Path, ba
             "model=mini", "model.device=cpu", "dataset=easyvqa", f"method={method}", f"budget={budget}",
             f"limit={limit}", f"output_dir={output_dir}", f"batch_size={batch_size}", "max_new_tokens=4",
             "progress=false", *mini_overrides(method, budget)])
+
+
+def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
+    """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
+    from svdprune.results import read_predictions
+    from svdprune.runner import run
+
+    cfg = mini_config(method, budget, limit, output_dir)
+    metrics = run(cfg)
+    rows = read_predictions(Path(output_dir) / cfg.dataset.name / cfg.method.name / metrics["run_name"]
+                            / "predictions.jsonl")
+    order = {f"test-{i}": i for i in range(limit)}
+    answers = sorted((order[r["question_id"]], r["prediction"]) for r in rows if r["question_id"] in order)
+    return metrics["accuracy"], [a for _, a in answers]

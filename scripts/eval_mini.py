@@ -9,10 +9,11 @@ runner; writes results/mini/accuracy.csv, accuracy.md and accuracy_vs_budget.png
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
-from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, mini_config
+from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, mini_run
 
 
 def methods() -> list[str]:
@@ -21,22 +22,21 @@ def methods() -> list[str]:
     return ["vanilla", "svd"] + sorted(m for m in METHODS if m not in ("vanilla", "svd"))
 
 
-def evaluate(method: str, budgets, limit: int, output_dir: str, reasons: dict) -> dict[int, float | None]:
-    """Accuracy per budget; a budget the method cannot do on mini is None, its one-line reason kept."""
+def evaluate(method: str, budgets, limit: int, output_dir: str, reasons: dict) -> dict[int, tuple | None]:
+    """(accuracy, answers) per budget; a budget the method cannot do on mini is None, its one-line reason kept."""
     from svdprune.errors import UserError
-    from svdprune.runner import run
 
     if method == "vanilla":
-        accuracy = run(mini_config("vanilla", 576, limit, output_dir))["accuracy"]
-        return {b: accuracy for b in budgets}
-    accuracies = {}
+        result = mini_run("vanilla", 576, limit, output_dir)
+        return {b: result for b in budgets}
+    results = {}
     for budget in budgets:
         try:
-            accuracies[budget] = run(mini_config(method, budget, limit, output_dir))["accuracy"]
+            results[budget] = mini_run(method, budget, limit, output_dir)
         except UserError as exc:
-            accuracies[budget] = None
+            results[budget] = None
             reasons[f"{method} k={budget}"] = str(exc)
-    return accuracies
+    return results
 
 
 def main() -> None:
@@ -48,18 +48,25 @@ def main() -> None:
     parser.add_argument("--regression", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
+    # run folders are keyed by the checkpoint's bytes: the run hash names the model folder, not its weights,
+    # so a retrained checkpoint must not resume the previous one's predictions
+    weights = hashlib.sha256((ROOT / "checkpoints" / "mini" / "model.safetensors").read_bytes()).hexdigest()
+    runs = out / "runs" / weights[:12]
     table, reasons = {}, {}
     for method in args.methods or methods():
         if method in NOT_ON_MINI:
             print(f"{method}: skipped ({NOT_ON_MINI[method]})")
             continue
-        table[method] = evaluate(method, args.budgets, args.limit, str(out / "runs"), reasons)
+        table[method] = evaluate(method, args.budgets, args.limit, str(runs), reasons)
     if args.regression:
-        runnable = {m: {b: a for b, a in acc.items() if a is not None} for m, acc in table.items()}
-        reference = {"limit": args.limit, "dataset": "easyvqa test", "accuracy": runnable}
+        done = {m: {b: r for b, r in by_budget.items() if r is not None} for m, by_budget in table.items()}
+        reference = {"limit": args.limit, "dataset": "easyvqa test", "checkpoint_sha256": weights,
+                     "accuracy": {m: {b: r[0] for b, r in d.items()} for m, d in done.items()},
+                     "answers": {m: {b: r[1] for b, r in d.items()} for m, d in done.items()}}
         (out / "regression.json").write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
         return
-    write_table(table, args.budgets, args.limit, out, reasons)
+    accuracy = {m: {b: None if r is None else r[0] for b, r in by_budget.items()} for m, by_budget in table.items()}
+    write_table(accuracy, args.budgets, args.limit, out, reasons)
 
 
 def write_table(table: dict[str, dict[int, float | None]], budgets, limit: int, out: Path, reasons: dict) -> None:

@@ -1,38 +1,57 @@
 """CI regression on the trained mini model (checkpoints/mini) and real easy-VQA test questions.
 
 Each method at a few budgets must stay within TOLERANCE accuracy points of the value recorded in
-results/mini/regression.json (written by ``python scripts/eval_mini.py --limit 240 --budgets 64 16 --regression``).
-A broken method (wrong sort order, wrong layer, lost raster order) moves accuracy by far more than that.
+results/mini/regression.json (written by ``python scripts/eval_mini.py --limit 240 --budgets 64 16 --regression``)
+and give the recorded answer to at least AGREEMENT of the questions. The answer check is the sharper one: a
+broken selection that happens to keep accuracy (several token sets can answer an easy question) still changes
+which answers come out.
 """
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from eval.mini_protocol import mini_config
-from svdprune.runner import run
+from eval.mini_protocol import mini_run
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "mini" / "regression.json"
-TOLERANCE = 2.5  # points; the run is deterministic on one machine, this absorbs BLAS differences across CPUs
+WEIGHTS = ROOT / "checkpoints" / "mini" / "model.safetensors"
+TOLERANCE = 2.5  # accuracy points; the run is deterministic on one machine, this absorbs BLAS differences
+AGREEMENT = 0.97  # share of questions answered as recorded
 
-if not REFERENCE.exists() or not (ROOT / "checkpoints" / "mini" / "config.json").exists():
+if not REFERENCE.exists() or not WEIGHTS.exists():
     pytest.skip("the mini checkpoint or its regression reference is not in this checkout", allow_module_level=True)
 
 reference = json.loads(REFERENCE.read_text())
 # vanilla ignores the budget: the reference repeats it under every budget, it is checked once at 576
-CASES = [(method, int(budget), accuracy) for method, by_budget in sorted(reference["accuracy"].items())
-         if method != "vanilla" for budget, accuracy in sorted(by_budget.items())]
-CASES.append(("vanilla", 576, next(iter(reference["accuracy"]["vanilla"].values()))))
+CASES = [(method, int(budget)) for method, by_budget in sorted(reference["accuracy"].items())
+         if method != "vanilla" for budget in sorted(by_budget, key=int)]
+CASES.append(("vanilla", 576))
 
 
-def test_vanilla_is_a_real_model(tmp_path):
-    # a trained model: far above always giving the majority answer of each question type (~43%).
-    # The project's 90% target is not reached yet (checkpoints/mini/README.md: shapes are barely recognised).
-    assert run(mini_config("vanilla", 576, reference["limit"], tmp_path))["accuracy"] >= 75.0
+def recorded(method: str, budget: int) -> tuple[float, list[str]]:
+    key = next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
+    return reference["accuracy"][method][key], reference["answers"][method][key]
 
 
-@pytest.mark.parametrize("method, budget, expected", CASES, ids=[f"{m}-{b}" for m, b, _ in CASES])
-def test_accuracy_matches_recorded(method, budget, expected, tmp_path):
-    accuracy = run(mini_config(method, budget, reference["limit"], tmp_path))["accuracy"]
-    assert abs(accuracy - expected) <= TOLERANCE, f"{method} k={budget}: {accuracy:.2f} vs recorded {expected:.2f}"
+def test_reference_belongs_to_the_committed_checkpoint():
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == reference["checkpoint_sha256"], \
+        "checkpoints/mini changed: refresh results/mini/regression.json (see the module docstring)"
+
+
+def test_vanilla_is_a_trained_model():
+    # far above the per-type majority answer (~43%); the project's 90% target is not reached yet
+    # (checkpoints/mini/README.md: 89.0% on the first 1,000 test questions, yes/no about colours answered by prior)
+    assert recorded("vanilla", 576)[0] >= 85.0
+
+
+@pytest.mark.parametrize("method, budget", CASES, ids=[f"{m}-{b}" for m, b in CASES])
+def test_method_matches_recorded(method, budget, tmp_path):
+    expected_accuracy, expected_answers = recorded(method, budget)
+    accuracy, answers = mini_run(method, budget, reference["limit"], tmp_path)
+    assert len(answers) == len(expected_answers) == reference["limit"]
+    agreement = sum(a == b for a, b in zip(answers, expected_answers)) / len(answers)
+    assert abs(accuracy - expected_accuracy) <= TOLERANCE, \
+        f"{method} k={budget}: accuracy {accuracy:.2f} vs recorded {expected_accuracy:.2f}"
+    assert agreement >= AGREEMENT, f"{method} k={budget}: {agreement:.1%} of answers as recorded"
