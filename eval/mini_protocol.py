@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MINI_WEIGHTS = ROOT / "checkpoints" / "mini" / "model.safetensors"
 BUDGETS = (192, 128, 64, 32, 16)
 NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
 # ToMe merges in vision layers 0..L-2: with the mini tower (3 layers) that is 2 layers, and the 50%-per-layer
@@ -39,15 +40,22 @@ def mini_config(method: str, budget: int, limit: int, output_dir: str | Path, ba
             "progress=false", *mini_overrides(method, budget)])
 
 
+def checkpoint_sha256() -> str:
+    """sha256 of the committed mini weights: names eval_mini's run folders and is recorded in the regression
+    reference (a run hash names the model folder, not its weights)."""
+    import hashlib
+
+    return hashlib.sha256(MINI_WEIGHTS.read_bytes()).hexdigest()
+
+
 def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
     """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
     from svdprune.results import read_predictions
-    from svdprune.runner import run
+    from svdprune.runner import run, run_folder
 
     cfg = mini_config(method, budget, limit, output_dir)
     metrics = run(cfg)
-    rows = read_predictions(Path(output_dir) / cfg.dataset.name / cfg.method.name / metrics["run_name"]
-                            / "predictions.jsonl")
+    rows = read_predictions(run_folder(cfg, metrics["budget"])[0] / "predictions.jsonl")
     order = {f"test-{i}": i for i in range(limit)}
     answers = sorted((order[r["question_id"]], r["prediction"]) for r in rows if r["question_id"] in order)
     return metrics["accuracy"], [a for _, a in answers]

@@ -9,11 +9,10 @@ runner; writes results/mini/accuracy.csv, accuracy.md and accuracy_vs_budget.png
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
-from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, mini_run
+from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, checkpoint_sha256, mini_run
 
 
 def methods() -> list[str]:
@@ -50,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     # run folders are keyed by the checkpoint's bytes: the run hash names the model folder, not its weights,
     # so a retrained checkpoint must not resume the previous one's predictions
-    weights = hashlib.sha256((ROOT / "checkpoints" / "mini" / "model.safetensors").read_bytes()).hexdigest()
+    weights = checkpoint_sha256()
     runs = out / "runs" / weights[:12]
     table, reasons = {}, {}
     for method in args.methods or methods():

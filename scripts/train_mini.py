@@ -73,6 +73,15 @@ def build_word_tokenizer(texts: list[str]):
 # ---------------------------------------------------------------------------------------------- labels
 
 
+def yes_no_class(question: str, answer: str) -> tuple[str, bool] | None:
+    """("shape" | "color", whether the named thing is in the image) of a yes/no question; None otherwise."""
+    if answer not in ("yes", "no"):
+        return None
+    words = re.findall(r"\w+", question.lower())
+    present = (answer == "yes") != ("not" in words or "no" in words)
+    return ("shape" if any(w in SHAPES for w in words) else "color"), present
+
+
 def image_labels(questions, answers, image_ids, colors) -> tuple[dict, dict]:
     """Each image's shape and colour as far as its questions tell: from "what shape/colour" answers, from
     "what is the <colour> shape?" (-> colour), and from yes/no questions ("is there (not/no) a triangle?"),
@@ -91,9 +100,8 @@ def image_labels(questions, answers, image_ids, colors) -> tuple[dict, dict]:
             color_of[image] = answer
             shape_of.update({image: s for s in named_shapes})
         else:  # yes / no
-            present = (answer == "yes") != ("not" in words or "no" in words)
             for name in named_shapes + named_colors:
-                if present:
+                if yes_no_class(question, answer)[1]:  # the named thing is present
                     (shape_of if name in SHAPES else color_of)[image] = name
                 else:
                     absent[image].add(name)
@@ -122,15 +130,6 @@ def patch_targets(coverage: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     coverage (B, 576), label (B,) with IGNORE for unknown labels -> (B, 576)."""
     on_shape = torch.where(label[:, None] >= 0, label[:, None] + 1, IGNORE)
     return torch.where(coverage >= COVERED, on_shape, torch.where(coverage == 0, 0, IGNORE))
-
-
-def yes_no_class(question: str, answer: str) -> tuple[str, bool] | None:
-    """("shape" | "color", whether the named thing is in the image) of a yes/no question; None otherwise."""
-    if answer not in ("yes", "no"):
-        return None
-    words = re.findall(r"\w+", question.lower())
-    present = (answer == "yes") != ("not" in words or "no" in words)
-    return ("shape" if any(w in SHAPES for w in words) else "color"), present
 
 
 def balanced_weights(questions, answers) -> list[float]:
@@ -191,13 +190,13 @@ class RunningLog:
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
-def pretrain_vision(tower, pixels, shape_label, color_label, coverage, args) -> RunningLog:
+def pretrain_vision(tower, pixels, shape_label, color_label, coverage, n_colors: int, args) -> RunningLog:
     """Stage 1. pixels (N, 3, 336, 336) float16, shape_label / color_label (N,) with IGNORE, coverage (N, 576).
-    Heads: pooled -> 3 shapes + 8 colours; layer -2 patch tokens -> (background + 3) and (background + 8).
-    Augmentation: horizontal flips (image and coverage map)."""
-    hidden = tower.config.hidden_size
-    image_head = torch.nn.Linear(hidden, len(SHAPES) + 8)
-    patch_head = torch.nn.Linear(hidden, 1 + len(SHAPES) + 1 + 8)
+    Heads: pooled -> 3 shapes + n_colors colours (8); layer -2 patch tokens -> (background + 3 shapes) and
+    (background + n_colors). Augmentation: horizontal flips (image and coverage map)."""
+    hidden, n_shapes = tower.config.hidden_size, len(SHAPES)
+    image_head = torch.nn.Linear(hidden, n_shapes + n_colors)
+    patch_head = torch.nn.Linear(hidden, 1 + n_shapes + 1 + n_colors)
     params = [*tower.parameters(), *image_head.parameters(), *patch_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.05)
     scheduler = cosine_schedule(optimizer, args.vision_steps, args.warmup)
@@ -210,15 +209,15 @@ def pretrain_vision(tower, pixels, shape_label, color_label, coverage, args) -> 
         x[flip] = x[flip].flip(-1)
         cover[flip] = cover[flip].view(-1, GRID, GRID).flip(-1).reshape(-1, GRID * GRID)
         out = tower(pixel_values=x, output_hidden_states=True)
-        image_logits = image_head(out.pooler_output)  # (B, 11)
-        patch_logits = patch_head(out.hidden_states[-2][:, 1:])  # (B, 576, 13)
+        image_logits = image_head(out.pooler_output)  # (B, 3 + n_colors)
+        patch_logits = patch_head(out.hidden_states[-2][:, 1:])  # (B, 576, 1 + 3 + 1 + n_colors)
         shapes, colors = shape_label[batch], color_label[batch]
-        loss = (F.cross_entropy(image_logits[:, :3], shapes, ignore_index=IGNORE)
-                + F.cross_entropy(image_logits[:, 3:], colors, ignore_index=IGNORE)
-                + F.cross_entropy(patch_logits[..., :4].flatten(0, 1), patch_targets(cover, shapes).flatten(),
-                                  ignore_index=IGNORE)
-                + F.cross_entropy(patch_logits[..., 4:].flatten(0, 1), patch_targets(cover, colors).flatten(),
-                                  ignore_index=IGNORE))
+        loss = (F.cross_entropy(image_logits[:, :n_shapes], shapes, ignore_index=IGNORE)
+                + F.cross_entropy(image_logits[:, n_shapes:], colors, ignore_index=IGNORE)
+                + F.cross_entropy(patch_logits[..., :1 + n_shapes].flatten(0, 1),
+                                  patch_targets(cover, shapes).flatten(), ignore_index=IGNORE)
+                + F.cross_entropy(patch_logits[..., 1 + n_shapes:].flatten(0, 1),
+                                  patch_targets(cover, colors).flatten(), ignore_index=IGNORE))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -347,12 +346,7 @@ def main() -> None:
     model = build_model(tokenizer, args.vision_hidden, args.vision_layers, args.text_hidden, args.text_layers)
 
     images = sorted(paths)[:args.images or None]
-    shape_of, color_of = image_labels(questions, answers, image_ids, colors)
-    print(f"{len(images)} train images; shape known for {len(shape_of)}, colour for {len(color_of)}", flush=True)
     pixels = torch.stack([preprocess_image(Image.open(paths[i])) for i in images]).half()  # (N, 3, 336, 336)
-    coverage = torch.stack([patch_coverage(Image.open(paths[i])) for i in images])  # (N, 576)
-    shape_label = torch.tensor([SHAPES.index(shape_of[i]) if i in shape_of else IGNORE for i in images])
-    color_label = torch.tensor([colors.index(color_of[i]) if i in color_of else IGNORE for i in images])
 
     tower = model.model.vision_tower  # CLIPVisionModel (transformers 5: no .vision_model wrapper)
     if args.vision_from:
@@ -366,7 +360,12 @@ def main() -> None:
         vision_log.entries = [e for e in json.loads(previous.read_text())["log"] if e["stage"] == "vision"] \
             if previous.exists() else []
     else:
-        vision_log = pretrain_vision(tower, pixels, shape_label, color_label, coverage, args)
+        shape_of, color_of = image_labels(questions, answers, image_ids, colors)
+        print(f"{len(images)} train images; shape known for {len(shape_of)}, colour for {len(color_of)}", flush=True)
+        coverage = torch.stack([patch_coverage(Image.open(paths[i])) for i in images])  # (N, 576)
+        shape_label = torch.tensor([SHAPES.index(shape_of[i]) if i in shape_of else IGNORE for i in images])
+        color_label = torch.tensor([colors.index(color_of[i]) if i in color_of else IGNORE for i in images])
+        vision_log = pretrain_vision(tower, pixels, shape_label, color_label, coverage, len(colors), args)
     features = layer_features(tower, pixels)
     del pixels
     weights = balanced_weights(questions, answers) if args.balance_yes_no else [1.0] * len(questions)

@@ -6,21 +6,17 @@ and give the recorded answer to at least AGREEMENT of the questions. The answer 
 broken selection that happens to keep accuracy (several token sets can answer an easy question) still changes
 which answers come out.
 """
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
-from eval.mini_protocol import mini_run
+from eval.mini_protocol import MINI_WEIGHTS, ROOT, checkpoint_sha256, mini_run
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "mini" / "regression.json"
-WEIGHTS = ROOT / "checkpoints" / "mini" / "model.safetensors"
 TOLERANCE = 2.5  # accuracy points; the run is deterministic on one machine, this absorbs BLAS differences
 AGREEMENT = 0.97  # share of questions answered as recorded
 
-if not REFERENCE.exists() or not WEIGHTS.exists():
+if not REFERENCE.exists() or not MINI_WEIGHTS.exists():
     pytest.skip("the mini checkpoint or its regression reference is not in this checkout", allow_module_level=True)
 
 reference = json.loads(REFERENCE.read_text())
@@ -36,7 +32,7 @@ def recorded(method: str, budget: int) -> tuple[float, list[str]]:
 
 
 def test_reference_belongs_to_the_committed_checkpoint():
-    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == reference["checkpoint_sha256"], \
+    assert checkpoint_sha256() == reference["checkpoint_sha256"], \
         "checkpoints/mini changed: refresh results/mini/regression.json (see the module docstring)"
 
 
