@@ -146,10 +146,19 @@ def balanced_weights(questions, answers) -> list[float]:
     return [1.0 if c is None else counts[(c[0], False)] / counts[c] if c[1] else 1.0 for c in classes]
 
 
+def present_weights(questions, answers, weight: float) -> list[float]:
+    """Sampling weight per question: ``weight`` for yes/no questions whose named shape or colour is in the
+    image ("yes" to "is there a red shape?", "no" to "is there not a circle?"), 1 for all others. A partial
+    reweighting for fine-tuning: the rare case gets enough gradient to learn the comparison while the
+    test-time mix of the other questions is kept."""
+    return [weight if (yes_no_class(q, a) or ("", False))[1] else 1.0 for q, a in zip(questions, answers)]
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
-def build_model(tokenizer, vision_hidden: int, vision_layers: int, text_hidden: int, text_layers: int):
+def build_model(tokenizer, vision_hidden: int, vision_layers: int, text_hidden: int, text_layers: int,
+                tie_embeddings: bool = False):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
@@ -159,17 +168,18 @@ def build_model(tokenizer, vision_hidden: int, vision_layers: int, text_hidden: 
                        num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       tie_word_embeddings=False)
+                       tie_word_embeddings=tie_embeddings)
     config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
                          vision_feature_select_strategy="default",
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER))
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+                         tie_word_embeddings=tie_embeddings)
     config._attn_implementation = "sdpa"
     return LlavaForConditionalGeneration(config)
 
 
 def cosine_schedule(optimizer, steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))))
 
 
 class RunningLog:
@@ -321,6 +331,17 @@ def main() -> None:
     parser.add_argument("--balance-yes-no", action=argparse.BooleanOptionalAction, default=False,
                         help="stage 2: sample yes/no questions with present and absent cases balanced (tried: "
                              "it did not teach the LLM to compare colours and lost accuracy; off by default)")
+    parser.add_argument("--questions", choices=("all", "yes-no"), default="all",
+                        help="stage 2: train on all questions, or on the yes/no questions only (a focused phase "
+                             "for the comparison of the named shape/colour with the seen one)")
+    parser.add_argument("--present-weight", type=float, default=1.0,
+                        help="stage 2: sampling weight of yes/no questions whose named shape or colour is present "
+                             "(present_weights; 1: the train split's own mix)")
+    parser.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=False,
+                        help="LLM input embeddings shared with the output head (Llama's tie_word_embeddings)")
+    parser.add_argument("--init-from", default=None,
+                        help="skip stage 1 and start stage 2 from this mini checkpoint folder (tower, projector "
+                             "and LLM; same sizes): a fine-tuning continuation")
     parser.add_argument("--vision-from", default=None,
                         help="skip stage 1: take the vision tower of this mini checkpoint folder (same tower size)")
     parser.add_argument("--warmup", type=int, default=50)
@@ -343,22 +364,29 @@ def main() -> None:
     colors = sorted(a for a in easy_vqa.get_answers() if a not in SHAPES + ("yes", "no"))
     template = vicuna_prompt("", ANSWER_INSTRUCTION) + " " + SYSTEM
     tokenizer = build_word_tokenizer([template] + questions + easy_vqa.get_test_questions()[0] + easy_vqa.get_answers())
-    model = build_model(tokenizer, args.vision_hidden, args.vision_layers, args.text_hidden, args.text_layers)
+    model = build_model(tokenizer, args.vision_hidden, args.vision_layers, args.text_hidden, args.text_layers,
+                        args.tie_embeddings)
 
     images = sorted(paths)[:args.images or None]
     pixels = torch.stack([preprocess_image(Image.open(paths[i])) for i in images]).half()  # (N, 3, 336, 336)
 
     tower = model.model.vision_tower  # CLIPVisionModel (transformers 5: no .vision_model wrapper)
-    if args.vision_from:
+    earlier_log = []
+    if args.vision_from or args.init_from:
         from transformers import LlavaForConditionalGeneration
 
-        trained = LlavaForConditionalGeneration.from_pretrained(args.vision_from, dtype=torch.float32)
-        tower.load_state_dict(trained.model.vision_tower.state_dict())
+        source = Path(args.init_from or args.vision_from)
+        trained = LlavaForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        if args.init_from:
+            model.load_state_dict(trained.state_dict())
+        else:
+            tower.load_state_dict(trained.model.vision_tower.state_dict())
         tower.eval()
-        previous = Path(args.vision_from) / "training_log.json"
+        previous = source / "training_log.json"
+        earlier_log = json.loads(previous.read_text())["log"] if previous.exists() else []
+        if not args.init_from:  # stage 2 starts afresh: keep only the tower's history
+            earlier_log = [e for e in earlier_log if e["stage"] == "vision"]
         vision_log = RunningLog("vision", args.log_every)
-        vision_log.entries = [e for e in json.loads(previous.read_text())["log"] if e["stage"] == "vision"] \
-            if previous.exists() else []
     else:
         shape_of, color_of = image_labels(questions, answers, image_ids, colors)
         print(f"{len(images)} train images; shape known for {len(shape_of)}, colour for {len(color_of)}", flush=True)
@@ -369,10 +397,15 @@ def main() -> None:
     features = layer_features(tower, pixels)
     del pixels
     weights = balanced_weights(questions, answers) if args.balance_yes_no else [1.0] * len(questions)
+    if args.present_weight != 1.0:
+        weights = [w * c for w, c in zip(weights, present_weights(questions, answers, args.present_weight))]
     qa_by_image = defaultdict(list)
     for question, answer, image, weight in zip(questions, answers, image_ids, weights):
-        qa_by_image[image].append((question, answer, weight))
-    llava_log = train_llava(model, tokenizer, features, [qa_by_image[i] for i in images], args, rng)
+        if args.questions == "all" or answer in ("yes", "no"):
+            qa_by_image[image].append((question, answer, weight))
+    trained_on = [j for j, image in enumerate(images) if qa_by_image[image]]  # images with questions left
+    llava_log = train_llava(model, tokenizer, features[trained_on], [qa_by_image[images[j]] for j in trained_on],
+                            args, rng)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -382,7 +415,7 @@ def main() -> None:
         {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
          "crop_size": SIZE, "size": SIZE}, indent=2))
     record = {"args": vars(args), "train_seconds": round(time.time() - started, 1),
-              "torch_threads": torch.get_num_threads(), "log": vision_log.entries + llava_log.entries}
+              "torch_threads": torch.get_num_threads(), "log": earlier_log + vision_log.entries + llava_log.entries}
     (out / "training_log.json").write_text(json.dumps(record, indent=2))
     print(f"saved to {out} after {time.time() - started:.0f} s")
 

@@ -101,3 +101,26 @@ def test_yes_no_balance():
         None]
     # colour: 1 present vs 3 absent -> the present one weighs 3; shape: 1 vs 1
     assert train_mini.balanced_weights(questions, answers) == [3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    # present cases (of either kind) weigh ``weight``, everything else 1
+    assert train_mini.present_weights(questions, answers, 4.0) == [4.0, 1.0, 1.0, 1.0, 4.0, 1.0, 1.0]
+
+
+def test_continuation_from_a_checkpoint(tmp_path):
+    """--init-from starts stage 2 from a whole checkpoint: with 0 steps the weights come back unchanged; a
+    yes/no-only phase with tied embeddings then trains and saves a loadable model whose head is its embedding."""
+    pytest.importorskip("easy_vqa")
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    def train(out, *extra):
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "train_mini.py"), "--images", "6", "--vision-batch",
+                        "2", "--images-per-step", "2", "--questions-per-image", "2", "--vision-hidden", "16",
+                        "--text-hidden", "16", "--out", str(out), *extra], check=True, cwd=ROOT, capture_output=True)
+        return LlavaForConditionalGeneration.from_pretrained(out)
+
+    first = train(tmp_path / "a", "--vision-steps", "2", "--steps", "2")
+    same = train(tmp_path / "b", "--init-from", str(tmp_path / "a"), "--steps", "0")
+    assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), same.state_dict().values()))
+    tied = train(tmp_path / "c", "--vision-steps", "2", "--steps", "2", "--questions", "yes-no", "--present-weight",
+                 "3", "--tie-embeddings")
+    assert torch.equal(tied.lm_head.weight, tied.model.language_model.embed_tokens.weight)
