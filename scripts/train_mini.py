@@ -1,7 +1,10 @@
 """Train the ``mini`` model: a small LLaVA-class model (LlavaForConditionalGeneration: CLIP-style vision tower,
 LLaVA's 2-layer MLP projector, Llama-style LLM) on the easy-VQA train split, from scratch, offline, seeded.
 
-    python scripts/train_mini.py --out checkpoints/mini
+    python scripts/train_mini.py --tie-embeddings --present-weight 2 --out <folder>   # both stages in one run
+
+The committed checkpoint was made by four runs chained through ``--vision-from`` / ``--init-from``; their
+commands are in checkpoints/mini/README.md.
 
 Geometry kept where it matters for pruning: 336 px images, 14 px patches -> CLS + 24 x 24 = 576 image tokens,
 features from vision layer -2 with CLS dropped, the vicuna_v1 prompt of LLaVA-1.5 with the answer instruction,
@@ -24,6 +27,13 @@ Two stages, as LLaVA-1.5 (a pretrained CLIP tower that stays frozen; projector a
    subset of k tokens in raster order, k log-uniform in [8, 576] (one k per step). Without it the LLM only ever
    saw 576-token prompts and broke on short ones (no EOS, empty answers), whatever tokens were kept; with it an
    encoder-side method is judged on which tokens it keeps. Random subsets favour no method's selection rule.
+   The committed checkpoint ties the LLM's input embeddings to its output head (``--tie-embeddings``; Llama's
+   ``tie_word_embeddings``) and samples the yes/no questions whose named shape or colour is present more often
+   than the train split has them (``--present-weight``: 2x for 2,000 steps, then 4x for 1,500 steps continued
+   with ``--init-from``). Untied, the LLM answered those questions from the prior (most name an absent thing)
+   instead of comparing the thing named with the thing seen; the model card has the numbers and the commands.
+
+``--questions yes-no`` (a yes/no-only phase) exists for experiments; the committed checkpoint does not use it.
 
 The tokenizer is word-level over the prompt template and easy-VQA's vocabulary, built here and saved with the
 checkpoint (works offline). Nothing of the test split is used for training: its questions only add words to the
@@ -137,8 +147,8 @@ def balanced_weights(questions, answers) -> list[float]:
     "present" and "absent" cases get equal total weight; other questions weigh 1. easy-VQA asks mostly about
     absent things (train: colour 2,536 present vs 18,122 absent, shape 2,613 vs 5,136), and on the raw mix the
     LLM learns the prior ("no" to "is there a red shape?") before it learns to compare the colour asked
-    with the colour seen. (Tried for the committed checkpoint: 1,500 balanced steps did not teach the comparison
-    either and cost accuracy on the unbalanced test split, so ``--balance-yes-no`` is off by default.)"""
+    with the colour seen. (Tried: 1,500 balanced steps from scratch did not teach the comparison either and cost
+    accuracy on the unbalanced test split, so ``--balance-yes-no`` is off by default.)"""
     classes = [yes_no_class(q, a) for q, a in zip(questions, answers)]
     counts = defaultdict(int)
     for c in classes:
@@ -371,7 +381,7 @@ def main() -> None:
     pixels = torch.stack([preprocess_image(Image.open(paths[i])) for i in images]).half()  # (N, 3, 336, 336)
 
     tower = model.model.vision_tower  # CLIPVisionModel (transformers 5: no .vision_model wrapper)
-    earlier_log = []
+    earlier_log, earlier_runs = [], []  # the runs this one continues (their args), oldest first
     if args.vision_from or args.init_from:
         from transformers import LlavaForConditionalGeneration
 
@@ -382,8 +392,11 @@ def main() -> None:
         else:
             tower.load_state_dict(trained.model.vision_tower.state_dict())
         tower.eval()
-        previous = source / "training_log.json"
-        earlier_log = json.loads(previous.read_text())["log"] if previous.exists() else []
+        previous = json.loads((source / "training_log.json").read_text()) \
+            if (source / "training_log.json").exists() else {"log": []}
+        earlier_log = previous["log"]
+        earlier_runs = previous.get("earlier_runs", []) + ([{k: previous[k] for k in ("args", "train_seconds")}]
+                                                           if "args" in previous else [])
         if not args.init_from:  # stage 2 starts afresh: keep only the tower's history
             earlier_log = [e for e in earlier_log if e["stage"] == "vision"]
         vision_log = RunningLog("vision", args.log_every)
@@ -415,7 +428,8 @@ def main() -> None:
         {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
          "crop_size": SIZE, "size": SIZE}, indent=2))
     record = {"args": vars(args), "train_seconds": round(time.time() - started, 1),
-              "torch_threads": torch.get_num_threads(), "log": earlier_log + vision_log.entries + llava_log.entries}
+              "torch_threads": torch.get_num_threads(), "log": earlier_log + vision_log.entries + llava_log.entries,
+              "earlier_runs": earlier_runs}
     (out / "training_log.json").write_text(json.dumps(record, indent=2))
     print(f"saved to {out} after {time.time() - started:.0f} s")
 

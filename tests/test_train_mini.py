@@ -121,6 +121,10 @@ def test_continuation_from_a_checkpoint(tmp_path):
     first = train(tmp_path / "a", "--vision-steps", "2", "--steps", "2")
     same = train(tmp_path / "b", "--init-from", str(tmp_path / "a"), "--steps", "0")
     assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), same.state_dict().values()))
+    import json
+
+    history = json.loads((tmp_path / "b" / "training_log.json").read_text())
+    assert [run["args"]["out"] for run in history["earlier_runs"]] == [str(tmp_path / "a")]
     tied = train(tmp_path / "c", "--vision-steps", "2", "--steps", "2", "--questions", "yes-no", "--present-weight",
                  "3", "--tie-embeddings")
     assert torch.equal(tied.lm_head.weight, tied.model.language_model.embed_tokens.weight)
