@@ -8,18 +8,38 @@ Scoring: exact match (the ``gqa`` scorer: one single-word reference answer per q
 """
 from __future__ import annotations
 
+import re
+
 from svdprune.errors import UserError
 
 from .datasets import Dataset, Record
 
 SPLITS = {"train": (38575, 4000), "test": (9673, 1000)}
+SHAPES = ("circle", "rectangle", "triangle")
 
 
 def question_type(answer: str) -> str:
     """easy-VQA has three kinds of question, told apart by their answer vocabulary."""
     if answer in ("yes", "no"):
         return "yes/no"
-    return "shape" if answer in ("circle", "rectangle", "triangle") else "color"
+    return "shape" if answer in SHAPES else "color"
+
+
+def yes_no_case(question: str, answer: str) -> tuple[str, bool] | None:
+    """("shape" | "color", whether the named thing is in the image) of a yes/no question; None otherwise.
+    "is there not a red shape?" -> "no" means a red shape is there."""
+    if answer not in ("yes", "no"):
+        return None
+    words = re.findall(r"\w+", question.lower())
+    present = (answer == "yes") != ("not" in words or "no" in words)
+    return ("shape" if any(w in SHAPES for w in words) else "color"), present
+
+
+def case(question: str, answer: str) -> str:
+    """The finer question kind the mini model card reports: "shape", "color", or for yes/no questions
+    "<shape|color> present" / "<shape|color> absent" (whether the thing named is in the image)."""
+    yes_no = yes_no_case(question, answer)
+    return question_type(answer) if yes_no is None else f"{yes_no[0]} {'present' if yes_no[1] else 'absent'}"
 
 
 def load(cfg) -> Dataset:

@@ -54,11 +54,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.easyvqa import SHAPES, yes_no_case
 from svdprune.prompts import ANSWER_INSTRUCTION, IMAGE_PLACEHOLDER, SYSTEM, preprocess_image, \
     tokenizer_image_token, vicuna_prompt
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_PLACEHOLDER]
-SHAPES = ("circle", "rectangle", "triangle")
 GRID, PATCH, SIZE = 24, 14, 336
 IGNORE = -100
 COVERED = 0.15  # a patch counts as lying on the shape from this fraction of its pixels on (0 < f < 0.15: ignored)
@@ -83,15 +83,6 @@ def build_word_tokenizer(texts: list[str]):
 # ---------------------------------------------------------------------------------------------- labels
 
 
-def yes_no_class(question: str, answer: str) -> tuple[str, bool] | None:
-    """("shape" | "color", whether the named thing is in the image) of a yes/no question; None otherwise."""
-    if answer not in ("yes", "no"):
-        return None
-    words = re.findall(r"\w+", question.lower())
-    present = (answer == "yes") != ("not" in words or "no" in words)
-    return ("shape" if any(w in SHAPES for w in words) else "color"), present
-
-
 def image_labels(questions, answers, image_ids, colors) -> tuple[dict, dict]:
     """Each image's shape and colour as far as its questions tell: from "what shape/colour" answers, from
     "what is the <colour> shape?" (-> colour), and from yes/no questions ("is there (not/no) a triangle?"),
@@ -111,7 +102,7 @@ def image_labels(questions, answers, image_ids, colors) -> tuple[dict, dict]:
             shape_of.update({image: s for s in named_shapes})
         else:  # yes / no
             for name in named_shapes + named_colors:
-                if yes_no_class(question, answer)[1]:  # the named thing is present
+                if yes_no_case(question, answer)[1]:  # the named thing is present
                     (shape_of if name in SHAPES else color_of)[image] = name
                 else:
                     absent[image].add(name)
@@ -149,7 +140,7 @@ def balanced_weights(questions, answers) -> list[float]:
     LLM learns the prior ("no" to "is there a red shape?") before it learns to compare the colour asked
     with the colour seen. (Tried: 1,500 balanced steps from scratch did not teach the comparison either and cost
     accuracy on the unbalanced test split, so ``--balance-yes-no`` is off by default.)"""
-    classes = [yes_no_class(q, a) for q, a in zip(questions, answers)]
+    classes = [yes_no_case(q, a) for q, a in zip(questions, answers)]
     counts = defaultdict(int)
     for c in classes:
         counts[c] += 1
@@ -161,7 +152,8 @@ def present_weights(questions, answers, weight: float) -> list[float]:
     image ("yes" to "is there a red shape?", "no" to "is there not a circle?"), 1 for all others. A partial
     reweighting for fine-tuning: the rare case gets enough gradient to learn the comparison while the
     test-time mix of the other questions is kept."""
-    return [weight if (yes_no_class(q, a) or ("", False))[1] else 1.0 for q, a in zip(questions, answers)]
+    cases = [yes_no_case(q, a) for q, a in zip(questions, answers)]
+    return [weight if c is not None and c[1] else 1.0 for c in cases]
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -414,7 +406,7 @@ def main() -> None:
         weights = [w * c for w, c in zip(weights, present_weights(questions, answers, args.present_weight))]
     qa_by_image = defaultdict(list)
     for question, answer, image, weight in zip(questions, answers, image_ids, weights):
-        if args.questions == "all" or answer in ("yes", "no"):
+        if args.questions == "all" or yes_no_case(question, answer) is not None:
             qa_by_image[image].append((question, answer, weight))
     trained_on = [j for j, image in enumerate(images) if qa_by_image[image]]  # images with questions left
     llava_log = train_llava(model, tokenizer, features[trained_on], [qa_by_image[images[j]] for j in trained_on],

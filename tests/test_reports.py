@@ -406,3 +406,16 @@ def test_paper_numbers_file():
     # never invented: every value is a table cell or stated in the text; lost cells stay empty
     assert all((p.accuracy is None) == (p.status == "lost") for p in numbers)
     assert sum(p.accuracy is not None for p in numbers if p.table == "table1") == 19  # 2 vanilla + 10 SVD-Prune + 7 baselines
+
+
+def test_mini_cases_counts_each_case():
+    rows = [{"question_id": "test-0", "answers": ["yes"], "prediction": "no"},
+            {"question_id": "test-1", "answers": ["no"], "prediction": "no"},
+            {"question_id": "test-2", "answers": ["yes"], "prediction": "yes"},
+            {"question_id": "test-3", "answers": ["red"], "prediction": "red"}]
+    questions = {"test-0": "is there a red shape?",  # colour present, missed
+                 "test-1": "is there not a red shape?",  # colour present, right
+                 "test-2": "is no circle present?",  # shape absent, right
+                 "test-3": "what color is the shape?"}
+    assert _script("mini_cases").case_accuracy(rows, questions) == {
+        "color": (1, 1), "color present": (1, 2), "shape absent": (1, 1)}

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from eval.easyvqa import SHAPES, case, yes_no_case
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import train_mini  # noqa: E402
@@ -40,7 +42,7 @@ def test_labels_agree_with_every_train_answer():
     shape_of, color_of = train_mini.image_labels(questions, answers, images, COLORS)
     assert len(shape_of) > 3800 and len(color_of) > 3700  # of 4,000 images
     for answer, image in zip(answers, images):
-        if answer in train_mini.SHAPES:
+        if answer in SHAPES:
             assert shape_of[image] == answer
         elif answer in COLORS:
             assert color_of[image] == answer
@@ -96,11 +98,13 @@ def test_yes_no_balance():
           ("is there not a circle?", "no"),  # present
           ("is there a triangle?", "no"), ("what color is the shape?", "red")]
     questions, answers = zip(*qa)
-    assert [train_mini.yes_no_class(q, a) for q, a in qa] == [
+    assert [yes_no_case(q, a) for q, a in qa] == [
         ("color", True), ("color", False), ("color", False), ("color", False), ("shape", True), ("shape", False),
         None]
     # colour: 1 present vs 3 absent -> the present one weighs 3; shape: 1 vs 1
     assert train_mini.balanced_weights(questions, answers) == [3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert [case(q, a) for q, a in qa] == ["color present", "color absent", "color absent", "color absent",
+                                           "shape present", "shape absent", "color"]
     # present cases (of either kind) weigh ``weight``, everything else 1
     assert train_mini.present_weights(questions, answers, 4.0) == [4.0, 1.0, 1.0, 1.0, 4.0, 1.0, 1.0]
 
