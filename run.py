@@ -11,8 +11,8 @@ from svdprune.errors import UserError
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from eval.reports import skip_reason
-    from svdprune.runner import run
+    from harness.sweeps import skip_reason
+    from harness.runner import run
 
     try:
         reason = skip_reason(cfg)  # sweeps: finished runs and vanilla's duplicate budgets

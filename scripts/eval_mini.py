@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eval.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, checkpoint_sha256, mini_run
+from harness.mini_protocol import BUDGETS, NOT_ON_MINI, ROOT, checkpoint_sha256, mini_run
 
 
 def methods() -> list[str]:

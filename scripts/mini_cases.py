@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from eval.easyvqa import case, load
-from svdprune.results import read_predictions
+from harness.results import read_predictions
 
 
 def case_accuracy(rows: list[dict], questions: dict[str, str]) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from eval.mini_protocol import MINI_WEIGHTS, ROOT, checkpoint_sha256, mini_run
+from harness.mini_protocol import MINI_WEIGHTS, ROOT, checkpoint_sha256, mini_run
 
 REFERENCE = ROOT / "results" / "mini" / "regression.json"
 TOLERANCE = 2.5  # accuracy points; the run is deterministic on one machine, this absorbs BLAS differences

@@ -60,7 +60,7 @@ def write_run(results: Path, dataset: str, method: str, budget: int, predictions
               answers: dict[str, list[str]], params: dict | None = None, seed: int = 0, model: str = MODEL,
               per_layer: list[float] | None = None, extra: dict[str, dict] | None = None, name: str | None = None,
               dataset_info: dict | None = None) -> Path:
-    """One run folder as svdprune.runner writes it; accuracy from the real scorer."""
+    """One run folder as harness.runner writes it; accuracy from the real scorer."""
     from eval.scoring import score
 
     scorer = "vqa" if dataset == "textvqa" else "gqa"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import svdprune.runner as runner
+import harness.runner as runner
 from svdprune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Sweep definitions (configs/experiment/), the SLURM launcher config, and run-level resume
-(eval.reports.finished_run / skip_reason). Sweeps are expanded exactly as Hydra's basic sweeper does it
+(harness.sweeps.finished_run / skip_reason). Sweeps are expanded exactly as Hydra's basic sweeper does it
 (hydra.sweeper.params + command-line overrides -> BasicSweeper.split_arguments), then composed job by job."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 
-from eval import reports
+from harness import sweeps as reports
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -148,7 +148,7 @@ def test_slurm_launcher_without_the_extra_fails_clearly():
 def finished(tmp_path_factory):
     """One real vanilla run of the tiny model on a fixture dataset (2 questions)."""
     from eval.fixtures import write_local_fixture
-    from svdprune.runner import run
+    from harness.runner import run
 
     root = tmp_path_factory.mktemp("resume")
     data = write_local_fixture(root / "data", questions=6, images=3, seed=0)

@@ -50,8 +50,8 @@ def checkpoint_sha256() -> str:
 
 def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
     """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
-    from svdprune.results import read_predictions
-    from svdprune.runner import run, run_folder
+    from harness.results import read_predictions
+    from harness.runner import run, run_folder
 
     cfg = mini_config(method, budget, limit, output_dir)
     metrics = run(cfg)

@@ -16,11 +16,12 @@ from tqdm import tqdm
 from eval.datasets import Record, check_images_readable, load_dataset, load_image
 from eval.scoring import SCORERS, score
 
-from .errors import UserError
-from .models import load_model
-from .pruning import METHODS, build_method
+from svdprune.errors import UserError
+from svdprune.models import load_model
+from svdprune.pruning import METHODS, build_method
+from svdprune.surgery import generate
+
 from .results import PredictionWriter, read_predictions, write_json_atomic
-from .surgery import generate
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run.

@@ -1,0 +1,113 @@
+"""Run-level resume for sweeps: whether a (sweep) job need not run, decided without loading the model
+(:func:`finished_run`, :func:`skip_reason`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval.reports import GRID, read_jsonl
+
+
+def _num_patches(model_cfg) -> int:
+    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model and LLaVA-1.5; a local
+    llava-hf folder's (or the HF cache's) config.json when it is there. A wrong guess only makes
+    :func:`finished_run` answer False (the run then goes ahead), never skip a run wrongly."""
+    if model_cfg.get("kind") != "pretrained":
+        return GRID * GRID
+    path = str(model_cfg.get("path") or "")
+    config = Path(path).expanduser() / "config.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json", revision=model_cfg.get("revision"))
+            config = Path(cached) if isinstance(cached, str) else config
+        except Exception:  # noqa: BLE001 - offline, odd ids: fall back to LLaVA-1.5's geometry
+            pass
+    try:
+        vision = json.loads(config.read_text())["vision_config"]
+        return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    except (OSError, ValueError, KeyError, TypeError):
+        return GRID * GRID
+
+
+def _run_identity(cfg) -> tuple[Path, str, int]:
+    """(run folder, config hash, effective budget) exactly as harness.runner.run computes them."""
+    from harness.runner import run_folder
+
+    kind = _method_kind(cfg.method.name)
+    if kind is None:
+        raise KeyError(cfg.method.name)
+    budget = _num_patches(cfg.model) if kind == "none" else cfg.budget
+    out_dir, digest = run_folder(cfg, budget)
+    return out_dir, digest, budget
+
+
+def finished_run(cfg) -> bool:
+    """True when ``results/`` already holds this run complete, decided without loading the model:
+    metrics.json exists in the run's folder with the same config hash, the same limit and subset, and
+    ``n`` equal to the number of questions the run selects, and predictions.jsonl answers every selected
+    question under that hash. Loads the dataset's question list (not its images). Any doubt (missing or
+    unreadable files, a configuration error) gives False, so the runner runs and reports errors itself.
+    """
+    try:
+        from eval.datasets import load_dataset
+        from harness.runner import select_records
+
+        out_dir, digest, _ = _run_identity(cfg)
+        metrics_path = out_dir / "metrics.json"
+        if not metrics_path.is_file():
+            return False
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("config_hash") != digest:
+            return False
+        if metrics.get("limit") != cfg.get("limit") or metrics.get("subset") != cfg.get("subset"):
+            return False
+        records = select_records(load_dataset(cfg.dataset).records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
+        if not records or metrics.get("n") != len(records):
+            return False
+        answered = {str(r["question_id"]) for r in read_jsonl(out_dir / "predictions.jsonl")
+                    if r.get("config_hash") == digest}
+        return all(str(r.question_id) in answered for r in records)
+    except Exception:  # noqa: BLE001 - see docstring: the runner reports configuration errors itself
+        return False
+
+
+def _method_kind(name: str) -> str | None:
+    """The method class's ``kind`` ("none" for vanilla) from the registry, without instantiating it."""
+    import importlib
+
+    from svdprune.pruning import METHODS as REGISTRY
+
+    if name not in REGISTRY:
+        return None
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name).kind
+
+
+def budget_free_duplicate(cfg) -> str | None:
+    """A reason to skip when the method ignores the budget (vanilla) and the config's
+    ``sweep.budget_free_at`` (set by configs/experiment/table1.yaml) names another budget: the job at that
+    budget runs it. The runner would file all of these jobs under the same k576 folder, and parallel jobs
+    (SLURM) would write the same files at once."""
+    sweep = cfg.get("sweep")
+    free_at = sweep.get("budget_free_at") if sweep is not None else None
+    if free_at is None:
+        return None
+    try:
+        kind = _method_kind(cfg.method.name)
+    except Exception:  # noqa: BLE001 - a broken method module: the runner reports it
+        return None
+    if kind == "none" and cfg.budget != free_at:
+        return (f"{cfg.method.name} ignores the budget: this sweep runs it once, in its budget={free_at} job "
+                "(sweep.budget_free_at)")
+    return None
+
+
+def skip_reason(cfg) -> str | None:
+    """Why a (sweep) job need not run, or None: :func:`budget_free_duplicate`, or :func:`finished_run`."""
+    reason = budget_free_duplicate(cfg)
+    if reason is None and finished_run(cfg):
+        out_dir, _, _ = _run_identity(cfg)
+        reason = f"finished: {out_dir} already answers every selected question (metrics.json, same config hash)"
+    return reason
