@@ -54,40 +54,77 @@ class Dataset:
         return iter(self.records)
 
 
+# Raster formats only: Image.open would otherwise hand any file PIL recognises (PostScript/EPS to Ghostscript,
+# and so on) to its decoder. Untrusted datasets are limited to these.
+RASTER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+class UnreadableImage(UserError):
+    """An image of a question cannot be decoded (missing, truncated, not an allowed format, too large)."""
+
+    def __init__(self, message: str, record: "Record"):
+        super().__init__(message)
+        self.record = record
+
+
+def open_image(source) -> Image.Image:
+    """``Image.open`` restricted to :data:`RASTER_FORMATS` (a path or a binary file object)."""
+    return Image.open(source, formats=RASTER_FORMATS)
+
+
+_IMAGE_ERRORS = (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError)
+
+
 def load_image(record: Record) -> Image.Image:
-    """The record's image as RGB; an unreadable or missing file is a one-line UserError."""
+    """The record's image as RGB; an unreadable or missing file is a one-line :class:`UnreadableImage`."""
     try:
-        image = record.image() if callable(record.image) else Image.open(record.image)
+        image = record.image() if callable(record.image) else open_image(record.image)
         image.load()
         return image.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+    except _IMAGE_ERRORS as exc:
         raise _unreadable(record, exc) from None
 
 
 def check_images_readable(records: list[Record]) -> None:
-    """Open the header of every distinct image file (cheap: no decoding), so that a missing or non-image
-    file is reported before any result is written. Images held in memory (callables) are skipped."""
+    """Open the header of every distinct image file (cheap: no decoding), so that a missing, non-image or
+    oversized file is reported before any result is written. Images held in memory (callables) are skipped.
+    A file whose data is damaged after a valid header is only found when it is decoded (:func:`load_image`)."""
     seen = set()
     for record in records:
         if callable(record.image) or record.image in seen:
             continue
         seen.add(record.image)
         try:
-            with Image.open(record.image):
+            with open_image(record.image):
                 pass
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        except _IMAGE_ERRORS as exc:
             raise _unreadable(record, exc) from None
 
 
-def _unreadable(record: Record, exc: Exception) -> UserError:
+def _unreadable(record: Record, exc: Exception) -> UnreadableImage:
     where = record.image if not callable(record.image) else record.image_id
-    return UserError(f"cannot read image {str(where)!r} of question {record.question_id!r}: {type(exc).__name__}")
+    if isinstance(exc, Image.DecompressionBombError):
+        why = f"too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, PIL's decompression-bomb limit)"
+    elif isinstance(exc, UnidentifiedImageError):
+        why = f"not an image in an allowed format ({', '.join(RASTER_FORMATS)})"
+    elif isinstance(exc, FileNotFoundError):
+        why = "no such file"
+    else:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        why = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return UnreadableImage(f"cannot read image {str(where)!r} of question {record.question_id!r}: {why}", record)
 
 
 def read_jsonl(path: Path):
-    """(line number, object) for each non-empty line; a bad line is a UserError naming it."""
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
+    """(line number, object) for each non-empty line; a bad line (not UTF-8, not JSON, not an object) is a
+    UserError naming the file and line."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -101,6 +138,10 @@ def read_jsonl(path: Path):
 
 def load_local(cfg) -> Dataset:
     """The local folder format described in the module docstring."""
+    from omegaconf import OmegaConf
+
+    if cfg.get("path") is None or (OmegaConf.is_config(cfg) and OmegaConf.is_missing(cfg, "path")):
+        raise UserError(f"dataset={cfg.name} needs dataset.path=<folder with questions.jsonl and images/>")
     root = Path(cfg.path).expanduser()
     questions_file = root / cfg.get("questions_file", "questions.jsonl")
     if not root.is_dir():

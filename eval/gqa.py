@@ -42,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.datasets import Dataset, Record, _strip_instruction, load_image, read_jsonl
+from eval.datasets import Dataset, Record, _strip_instruction, load_image, open_image, read_jsonl
 from svdprune.errors import UserError
 
 HUB_REPO = "lmms-lab/GQA"
@@ -263,11 +263,11 @@ def to_pil(value) -> Image.Image:
         return value
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"]))
+            return open_image(io.BytesIO(value["bytes"]))
         if value.get("path"):
-            return Image.open(value["path"])
+            return open_image(value["path"])
     if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
+        return open_image(io.BytesIO(value))
     raise OSError(f"image cell holds no image data ({type(value).__name__})")
 
 

@@ -51,11 +51,12 @@ def checkpoint_sha256() -> str:
 def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
     """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
     from harness.results import read_predictions
-    from harness.runner import run, run_folder
+    from harness.runner import run
 
     cfg = mini_config(method, budget, limit, output_dir)
     metrics = run(cfg)
-    rows = read_predictions(run_folder(cfg, metrics["budget"])[0] / "predictions.jsonl")
+    folder = Path(output_dir) / metrics["dataset"] / metrics["method"] / metrics["run_name"]
+    rows = read_predictions(folder / "predictions.jsonl")
     order = {f"test-{i}": i for i in range(limit)}
     answers = sorted((order[r["question_id"]], r["prediction"]) for r in rows if r["question_id"] in order)
-    return metrics["accuracy"], [a for _, a in answers]
+    return metrics["this_run"]["accuracy"], [a for _, a in answers]

@@ -1,68 +1,85 @@
 """One run: dataset -> method -> model -> batched pruned generation -> predictions.jsonl -> metrics.json.
 
-Validation of user values happens here, before anything is written: a bad value raises ``UserError``
-and no results file is started.
+Validation of user values happens first (harness/settings.py), before any data or weights are read: a bad
+value raises ``UserError`` and no results file is started. The run folder is named after the run's identity
+(:func:`config_hash`: configuration plus fingerprints of the questions and weights read, harness/identity.py)
+and locked while the run writes it (harness/lock.py).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.datasets import Record, check_images_readable, load_dataset, load_image
+from eval.datasets import Record, UnreadableImage, check_images_readable, load_dataset, load_image
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
 from svdprune.models import load_model
-from svdprune.pruning import METHODS, build_method
+from svdprune.pruning import build_method
 from svdprune.surgery import generate
 
+from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
+from .lock import RunLock
 from .results import PredictionWriter, read_predictions, write_json_atomic
+from .settings import Settings, check_config
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
-# e.g. a rerun with a larger limit or another batch size continues the same run.
-_NOT_HASHED_MODEL = ("device",)
-_NOT_HASHED_DATASET = ("path", "image_folder", "questions_file", "expect_full")
+# e.g. a rerun with a larger limit or another batch size continues the same run. Where the data and the
+# weights are is not part of it either: what they hold is (their fingerprints, harness/identity.py).
+_NOT_HASHED_MODEL = ("device", "path")
+_NOT_HASHED_DATASET = ("path", "image_folder", "questions_file", "expect_full", "cache_dir", "verify_images")
 
 
 # per-question fields the runner itself writes (not method statistics)
 _ROW_KEYS = {"kept_tokens", "prompt_tokens", "generated_tokens"}
 
 
-def config_hash(cfg: DictConfig, budget: int) -> str:
-    """sha256 of everything that changes a prediction (model, method, budget, dataset version, decoding)."""
+def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> dict:
+    """What the run reads, as hashed into its identity: {"dataset": sha256 of the question set as loaded,
+    "model": the weights' fingerprint (None for the tiny model), "model_name": the model as recorded}."""
+    memo = memo or Sha256Memo()
+    try:
+        model = model_identity(cfg.model, memo)
+        return {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
+                "model_name": model["name"]}
+    finally:
+        memo.save()
+
+
+def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
+    """sha256 of everything that changes a prediction or its score: model (and its weights' fingerprint),
+    method, budget, dataset version (and the question set's content fingerprint), decoding."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    model = {k: v for k, v in container["model"].items() if k not in _NOT_HASHED_MODEL}
+    if container["model"].get("kind") == "pretrained" and prints["model"] is None:
+        model["path"] = container["model"].get("path")  # no fingerprint (not resolvable): the path stands in
     identity = {
-        "model": {k: v for k, v in container["model"].items() if k not in _NOT_HASHED_MODEL},
+        "model": model,
+        "model_fingerprint": prints["model"],
         "method": container["method"],
         "budget": budget,
         "dataset": {k: v for k, v in container["dataset"].items() if k not in _NOT_HASHED_DATASET},
+        "dataset_fingerprint": prints["dataset"],
         "max_new_tokens": container["max_new_tokens"],
         "seed": container["seed"],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def run_folder(cfg: DictConfig, budget: int) -> tuple[Path, str]:
+def run_folder(cfg: DictConfig, budget: int, prints: dict) -> tuple[Path, str]:
     """(results folder, config hash) of a run: <output_dir>/<dataset>/<method>/<run_name>, where run_name
     defaults to k<budget>-<model>-<first 10 hex digits of the hash>. ``budget`` is the effective one
-    (the model's patch count for vanilla)."""
-    digest = config_hash(cfg, budget)
+    (the model's patch count for vanilla); ``prints`` are the run's :func:`fingerprints`."""
+    digest = config_hash(cfg, budget, prints)
     run_name = cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}"
     return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest
-
-
-def _positive_int_or_none(cfg: DictConfig, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{key}={value!r} must be a positive integer (or null)")
-    return value
 
 
 def select_records(records: list[Record], limit: int | None, subset: int | None, seed: int) -> list[Record]:
@@ -81,105 +98,211 @@ def _kept_tokens(per_layer: list[int]) -> int:
 
 
 def run(cfg: DictConfig) -> dict:
+    """One run, resumable; returns the metrics written to metrics.json (see :func:`run_metrics`)."""
     started = time.perf_counter()
-    method_name = cfg.method.name
-    if method_name not in METHODS:
-        raise UserError(f"unknown method {method_name!r}; allowed: {', '.join(sorted(METHODS))}")
-    budget = cfg.budget
-    if not isinstance(budget, int) or isinstance(budget, bool):
-        raise UserError(f"budget={budget!r} must be an integer number of vision tokens")
-    limit = _positive_int_or_none(cfg, "limit")
-    subset = _positive_int_or_none(cfg, "subset")
-    batch_size = _positive_int_or_none(cfg, "batch_size") or 1
+    settings = check_config(cfg)  # every config value, before any data or weights
+    if settings.threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    method_name, budget = cfg.method.name, settings.budget
+    params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
+    method = build_method(method_name, budget, params)  # validates the method's own parameters
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:
         raise UserError(f"unknown scorer {dataset.scorer!r}; allowed: {', '.join(SCORERS)}")
-    records = select_records(dataset.records, limit, subset, cfg.seed)
+    records = select_records(dataset.records, settings.limit, settings.subset, cfg.seed)
     if not records:
-        raise UserError(f"dataset {dataset.name!r} selected no questions (limit={limit}, subset={subset})")
+        raise UserError(f"dataset {dataset.name!r} selected no questions (limit={settings.limit}, "
+                        f"subset={settings.subset})")
 
-    if not 1 <= budget:
-        raise UserError(f"budget={budget} is outside 1..576 (vision tokens the LLM sees)")
-    params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
-    method = build_method(method_name, budget, params)  # validates the method's own parameters
     lm = load_model(cfg.model)
     if method.kind == "none":
         budget = method.budget = lm.num_patches
     if not 1 <= budget <= lm.num_patches:
-        raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {lm.name})")
+        raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
     method.check(lm)
     check_images_readable(records)
 
-    out_dir, digest = run_folder(cfg, budget)
+    prints = fingerprints(cfg, dataset)
+    out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
-    finished = {row["question_id"]: row for row in read_predictions(predictions_path)}
-    stale = {row.get("config_hash") for row in finished.values()} - {digest}
-    if stale:
-        raise UserError(f"{predictions_path} holds predictions of another configuration (hash {stale.pop()[:10]}); "
-                        "choose another run_name or output_dir")
-    todo = [r for r in records if r.question_id not in finished]
+    with RunLock(out_dir):
+        notes: list[str] = []
+        finished = {row["question_id"]: row
+                    for row in read_predictions(predictions_path, settings.repair_predictions, notes)}
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        stale = {row.get("config_hash") for row in finished.values()} - {digest}
+        if stale:
+            raise UserError(f"{predictions_path} holds predictions of another configuration (hash "
+                            f"{stale.pop()[:10]}{_what_differs(out_dir, prints)}); choose another run_name or "
+                            "output_dir")
+        todo = [r for r in records if r.question_id not in finished]
+        max_positions = _max_positions(lm)
+        skipped: list[str] = []
 
-    generated_tokens, generation_seconds = 0, 0.0
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
-               desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
-    with PredictionWriter(predictions_path) as writer:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            images = [load_image(r) for r in batch]
-            t0 = time.perf_counter()
-            out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
-                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-            generation_seconds += time.perf_counter() - t0
-            rows = []
-            for i, record in enumerate(batch):
-                generated_tokens += len(out.token_ids[i])
-                row = {
-                    "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
-                    "answers": record.answers, "question_type": record.question_type,
-                    "kept_tokens": _kept_tokens(out.image_tokens_per_layer[i]),
-                    "image_tokens_per_layer": out.image_tokens_per_layer[i],
-                    "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
-                    "config_hash": digest,
-                }
-                row.update({key: values[i] for key, values in out.stats.items()})
-                finished[record.question_id] = row
-                rows.append(row)
-            writer.write(rows)
-            bar.update(len(batch))
-    bar.close()
+        generated_tokens, generation_seconds = 0, 0.0
+        bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
+                   desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
+        try:
+            with PredictionWriter(predictions_path) as writer:
+                for start in range(0, len(todo), settings.batch_size):
+                    batch, images = _load_images(todo[start:start + settings.batch_size], settings, skipped)
+                    if not batch:
+                        continue
+                    t0 = time.perf_counter()
+                    out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
+                                   max_new_tokens=settings.max_new_tokens, seed=cfg.seed)
+                    generation_seconds += time.perf_counter() - t0
+                    rows = []
+                    for i, record in enumerate(batch):
+                        generated_tokens += len(out.token_ids[i])
+                        row = {
+                            "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
+                            "answers": record.answers, "question_type": record.question_type,
+                            "kept_tokens": _kept_tokens(out.image_tokens_per_layer[i]),
+                            "image_tokens_per_layer": out.image_tokens_per_layer[i],
+                            "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
+                            "config_hash": digest,
+                        }
+                        row.update({key: values[i] for key, values in out.stats.items()})
+                        finished[record.question_id] = row
+                        rows.append(row)
+                    writer.write(rows)
+                    _warn_positions(rows, max_positions, cfg.model.name, warned=start > 0)
+                    bar.update(len(batch))
+            bar.close()
+            metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions)
+            metrics.update({
+                "model": prints["model_name"], "model_fingerprint": prints["model"],
+                "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
+                "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
+                "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
+                "max_position_embeddings": max_positions,
+                "config_hash": digest, "run_name": run_name,
+                "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": skipped,
+                "wall_time_s": time.perf_counter() - started, "generation_time_s": generation_seconds,
+                "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
+                "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
+            })
+            write_json_atomic(out_dir / "metrics.json", metrics)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"disk full while writing {out_dir}: every answer written so far is kept; free "
+                                "some space and rerun the same command to continue") from None
+            raise
+    this = metrics["this_run"]
+    union = "" if metrics["n"] == this["n"] else f"; the run folder answers {metrics['n']}: {metrics['accuracy']:.2f}"
+    skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
+    accuracy = "n/a" if this["accuracy"] is None else f"{this['accuracy']:.2f}"
+    print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy} on {this['n']} questions "
+          f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
+    return metrics
 
-    selected = [finished[r.question_id] for r in records]
-    correct = [score(dataset.scorer, row["prediction"], row["answers"]) for row in selected]
-    accuracy = 100.0 * sum(correct) / len(correct)
-    n_layers = len(selected[0]["image_tokens_per_layer"])
+
+def _load_images(batch: list[Record], settings: Settings, skipped: list[str]):
+    """(records, RGB images) of a batch; an image that cannot be decoded stops the run with a one-line error
+    saying how to go on, or, with on_bad_image=skip, leaves its question out (listed in ``skipped``)."""
+    kept, images = [], []
+    for record in batch:
+        try:
+            images.append(load_image(record))
+            kept.append(record)
+        except UnreadableImage as exc:
+            if settings.on_bad_image != "skip":
+                raise UserError(f"{exc}; the answers so far are kept: fix or remove the image and rerun the same "
+                                "command, or add on_bad_image=skip to leave such questions out") from None
+            print(f"note: skipped: {exc}", file=sys.stderr)
+            skipped.append(record.question_id)
+    return kept, images
+
+
+def _max_positions(lm) -> int | None:
+    config = lm.model.config
+    text = getattr(config, "text_config", config)
+    return getattr(text, "max_position_embeddings", None)
+
+
+def _warn_positions(rows: list[dict], max_positions: int | None, model: str, warned: bool) -> None:
+    """Warn (once per run, on stderr) when a question used more positions than the model was trained for:
+    the run goes on (LLaVA itself does not stop there), metrics.json counts them (``over_max_positions``)."""
+    over = [r for r in rows if _over(r, max_positions)]
+    if over and not warned:
+        r = over[0]
+        print(f"warning: question {r['question_id']!r} needs {r['prompt_tokens'] + r['generated_tokens']} positions "
+              f"(prompt {r['prompt_tokens']} + generated {r['generated_tokens']}), more than {model}'s "
+              f"max_position_embeddings={max_positions}: such answers are unreliable (metrics.json: "
+              "over_max_positions)", file=sys.stderr)
+
+
+def _over(row: dict, max_positions: int | None) -> bool:
+    return max_positions is not None and row["prompt_tokens"] + row["generated_tokens"] > max_positions
+
+
+def _what_differs(out_dir: Path, prints: dict) -> str:
+    """", the dataset content differs" etc. from the folder's metrics.json, where it says."""
+    try:
+        recorded = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    what = [name for name, key, ours in (("questions/images", "dataset_fingerprint", prints["dataset"]),
+                                          ("model weights", "model_fingerprint", prints["model"]))
+            if key in recorded and recorded[key] != ours]
+    return f"; other {' and '.join(what)}" if what else ""
+
+
+def selection_label(dataset_ids: list[str], answered: set[str], settings: Settings, seed: int) -> str:
+    """What the answered question set is, in words: all of the dataset, its first N, or a mix."""
+    n = len(answered)
+    if n == len(dataset_ids):
+        return f"all {n} questions"
+    if set(dataset_ids[:n]) == answered:
+        return f"the first {n} questions (limit={n})"
+    if settings.subset is not None and settings.limit is None and n == settings.subset:
+        return f"a seeded subset of {n} questions (subset={n}, seed={seed})"
+    return f"{n} answered questions (several limit/subset selections)"
+
+
+def run_metrics(dataset, records: list[Record], finished: dict, settings: Settings, cfg: DictConfig, method,
+                params: dict, budget: int, max_positions: int | None) -> dict:
+    """Metrics over every question the run folder answers (predictions.jsonl, in the dataset's order): the
+    question set is stated (``selection``, ``question_ids_sha256``) and is what every report reads. The
+    invocation's own selection (limit/subset) is under ``this_run``."""
+    answered_rows = [finished[r.question_id] for r in dataset.records if r.question_id in finished]
+    if not answered_rows:
+        raise UserError("no question was answered: every selected question's image was skipped as unreadable")
+    correct = [score(dataset.scorer, row["prediction"], row["answers"]) for row in answered_rows]
+    chosen = [r.question_id for r in records if r.question_id in finished]
+    chosen_set = set(chosen)
+    this_correct = [c for row, c in zip(answered_rows, correct) if row["question_id"] in chosen_set]
+    n_layers = len(answered_rows[0]["image_tokens_per_layer"])
+    n = len(answered_rows)
     metrics = {
-        "accuracy": accuracy, "n": len(selected), "scorer": dataset.scorer,
-        "dataset": dataset.name, "dataset_revision": dataset.revision, "dataset_info": dataset.info,
-        "limit": limit, "subset": subset, "seed": cfg.seed,
-        "method": method_name, "method_kind": method.kind, "method_params": params, "budget": budget,
+        "accuracy": 100.0 * sum(correct) / n, "n": n,
+        "selection": selection_label([r.question_id for r in dataset.records],
+                                     {row["question_id"] for row in answered_rows}, settings, cfg.seed),
+        "question_ids_sha256": question_ids_sha256(row["question_id"] for row in answered_rows),
+        "this_run": {"limit": settings.limit, "subset": settings.subset, "n": len(chosen),
+                     "accuracy": 100.0 * sum(this_correct) / len(this_correct) if this_correct else None,
+                     "question_ids_sha256": question_ids_sha256(chosen)},
+        "scorer": dataset.scorer, "dataset": dataset.name, "dataset_revision": dataset.revision,
+        "dataset_info": dataset.info, "dataset_questions": len(dataset.records), "seed": cfg.seed,
+        "method": cfg.method.name, "method_kind": method.kind, "method_params": params, "budget": budget,
         "method_info": method.describe() if hasattr(method, "describe") else {},
-        "kept_tokens_mean": sum(r["kept_tokens"] for r in selected) / len(selected),
-        "image_tokens_per_layer_mean": [sum(r["image_tokens_per_layer"][l] for r in selected) / len(selected)
+        "kept_tokens_mean": sum(r["kept_tokens"] for r in answered_rows) / n,
+        "image_tokens_per_layer_mean": [sum(r["image_tokens_per_layer"][l] for r in answered_rows) / n
                                         for l in range(n_layers)],
-        "model": lm.name, "model_revision": lm.revision, "dtype": str(lm.dtype).replace("torch.", ""),
-        "device": str(lm.device), "batch_size": batch_size, "max_new_tokens": cfg.max_new_tokens,
-        "config_hash": digest, "run_name": run_name,
-        "newly_answered": len(todo), "wall_time_s": time.perf_counter() - started,
-        "generation_time_s": generation_seconds,
-        "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
-        "questions_per_s": len(todo) / generation_seconds if generation_seconds else None,
+        "over_max_positions": sum(_over(row, max_positions) for row in answered_rows),
     }
     metrics["image_tokens_mean_over_layers"] = sum(metrics["image_tokens_per_layer_mean"]) / n_layers
-    for key in sorted(set(selected[0]) - set(metrics)):  # numeric per-image values a method recorded
-        values = [row.get(key) for row in selected]
+    for key in sorted(set(answered_rows[0]) - set(metrics)):  # numeric per-image values a method recorded
+        values = [row.get(key) for row in answered_rows]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and key not in _ROW_KEYS:
             metrics[f"{key}_mean"] = sum(values) / len(values)
-    metrics.update(_breakdown(selected, correct))
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy:.2f} on {len(selected)} questions "
-          f"({len(todo)} new, {metrics['wall_time_s']:.1f} s) -> {out_dir}")
+    metrics.update(_breakdown(answered_rows, correct))
     return metrics
 
 

@@ -8,69 +8,72 @@ from pathlib import Path
 from eval.reports import GRID, read_jsonl
 
 
-def _num_patches(model_cfg) -> int:
-    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model and LLaVA-1.5; a local
-    llava-hf folder's (or the HF cache's) config.json when it is there. A wrong guess only makes
-    :func:`finished_run` answer False (the run then goes ahead), never skip a run wrongly."""
+def read_num_patches(model_cfg) -> int | None:
+    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model; a local llava-hf
+    folder's (or the HF cache's) config.json when it is there; None when unknown."""
     if model_cfg.get("kind") != "pretrained":
         return GRID * GRID
-    path = str(model_cfg.get("path") or "")
+    from harness.identity import hub_snapshot
+    from svdprune.models import _in_project
+
+    path = _in_project(str(model_cfg.get("path") or ""))
     config = Path(path).expanduser() / "config.json"
     if not config.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(path, "config.json", revision=model_cfg.get("revision"))
-            config = Path(cached) if isinstance(cached, str) else config
-        except Exception:  # noqa: BLE001 - offline, odd ids: fall back to LLaVA-1.5's geometry
-            pass
+        snapshot = hub_snapshot(path, model_cfg.get("revision"))
+        config = snapshot / "config.json" if snapshot is not None else config
     try:
         vision = json.loads(config.read_text())["vision_config"]
         return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
     except (OSError, ValueError, KeyError, TypeError):
-        return GRID * GRID
+        return None
 
 
-def _run_identity(cfg) -> tuple[Path, str, int]:
+def _num_patches(model_cfg) -> int:
+    """:func:`read_num_patches`, LLaVA-1.5's 576 when unknown. A wrong guess only makes :func:`finished_run`
+    answer False (the run then goes ahead), never skip a run wrongly."""
+    return read_num_patches(model_cfg) or GRID * GRID
+
+
+def _run_identity(cfg, dataset) -> tuple[Path, str, int]:
     """(run folder, config hash, effective budget) exactly as harness.runner.run computes them."""
-    from harness.runner import run_folder
+    from harness.runner import fingerprints, run_folder
 
     kind = _method_kind(cfg.method.name)
     if kind is None:
         raise KeyError(cfg.method.name)
     budget = _num_patches(cfg.model) if kind == "none" else cfg.budget
-    out_dir, digest = run_folder(cfg, budget)
+    out_dir, digest = run_folder(cfg, budget, fingerprints(cfg, dataset))
     return out_dir, digest, budget
 
 
-def finished_run(cfg) -> bool:
-    """True when ``results/`` already holds this run complete, decided without loading the model:
-    metrics.json exists in the run's folder with the same config hash, the same limit and subset, and
-    ``n`` equal to the number of questions the run selects, and predictions.jsonl answers every selected
-    question under that hash. Loads the dataset's question list (not its images). Any doubt (missing or
-    unreadable files, a configuration error) gives False, so the runner runs and reports errors itself.
+def finished_run(cfg) -> Path | None:
+    """The run folder when ``results/`` already holds this run complete, decided without loading the model:
+    metrics.json in the run's folder (named after the run's identity: configuration and fingerprints of the
+    questions and weights) has the same config hash and describes every question predictions.jsonl answers,
+    and those include every question the run selects. Loads the dataset's question list (its images are only
+    fingerprinted). Any doubt (missing or unreadable files, a configuration error) gives None, so the runner
+    runs and reports errors itself.
     """
     try:
         from eval.datasets import load_dataset
         from harness.runner import select_records
 
-        out_dir, digest, _ = _run_identity(cfg)
+        dataset = load_dataset(cfg.dataset)
+        out_dir, digest, _ = _run_identity(cfg, dataset)
         metrics_path = out_dir / "metrics.json"
         if not metrics_path.is_file():
-            return False
+            return None
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("config_hash") != digest:
-            return False
-        if metrics.get("limit") != cfg.get("limit") or metrics.get("subset") != cfg.get("subset"):
-            return False
-        records = select_records(load_dataset(cfg.dataset).records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
-        if not records or metrics.get("n") != len(records):
-            return False
+            return None
+        records = select_records(dataset.records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
         answered = {str(r["question_id"]) for r in read_jsonl(out_dir / "predictions.jsonl")
                     if r.get("config_hash") == digest}
-        return all(str(r.question_id) in answered for r in records)
+        if not records or metrics.get("n") != len(answered):
+            return None
+        return out_dir if all(str(r.question_id) in answered for r in records) else None
     except Exception:  # noqa: BLE001 - see docstring: the runner reports configuration errors itself
-        return False
+        return None
 
 
 def _method_kind(name: str) -> str | None:
@@ -107,7 +110,8 @@ def budget_free_duplicate(cfg) -> str | None:
 def skip_reason(cfg) -> str | None:
     """Why a (sweep) job need not run, or None: :func:`budget_free_duplicate`, or :func:`finished_run`."""
     reason = budget_free_duplicate(cfg)
-    if reason is None and finished_run(cfg):
-        out_dir, _, _ = _run_identity(cfg)
-        reason = f"finished: {out_dir} already answers every selected question (metrics.json, same config hash)"
+    if reason is None:
+        out_dir = finished_run(cfg)
+        if out_dir is not None:
+            reason = f"finished: {out_dir} already answers every selected question (metrics.json, same config hash)"
     return reason
