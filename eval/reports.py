@@ -168,13 +168,35 @@ def choose_run(candidates: Iterable[Run]) -> Run | None:
 
 
 def single_model(runs: Sequence[Run], model: str | None) -> list[Run]:
-    """Runs of ``model``; with model None, results/ must hold one model only."""
+    """Runs of ``model``; with model None, results/ must hold one model only. The runs must also agree on
+    what they read (:func:`check_one_version`)."""
     if model is not None:
-        return [r for r in runs if r.model == model]
-    models = sorted({str(r.model) for r in runs})
-    if len(models) > 1:
-        raise ReportError(f"results hold runs of several models ({', '.join(models)}); choose one with --model")
+        runs = [r for r in runs if r.model == model]
+    else:
+        models = sorted({str(r.model) for r in runs})
+        if len(models) > 1:
+            raise ReportError(f"results hold runs of several models ({', '.join(models)}); choose one with --model")
+    check_one_version(runs)
     return list(runs)
+
+
+def check_one_version(runs: Sequence[Run]) -> None:
+    """One set of weights per model name and one question set per dataset name (the fingerprints runs record
+    in metrics.json; runs without them are not compared): a report never mixes retrained weights or a
+    changed copy of a dataset into one table."""
+    for what, name_key, print_key in (("model", "model", "model_fingerprint"),
+                                      ("dataset", "dataset", "dataset_fingerprint")):
+        seen: dict[str, dict[str, Path]] = {}
+        for run in runs:
+            value = run.metrics.get(print_key)
+            if value is not None:
+                seen.setdefault(str(run.metrics.get(name_key)), {}).setdefault(value, run.path)
+        for name, versions in sorted(seen.items()):
+            if len(versions) > 1:
+                examples = ", ".join(str(p) for p in list(versions.values())[:2])
+                raise ReportError(f"results hold runs of {what} {name} on {len(versions)} different "
+                                  f"{'weights' if what == 'model' else 'question sets'} (e.g. {examples}); move "
+                                  "the runs of the stale version out of the results folder")
 
 
 @dataclass

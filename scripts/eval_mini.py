@@ -5,6 +5,9 @@ runner; writes results/mini/accuracy.csv, accuracy.md and accuracy_vs_budget.png
     python scripts/eval_mini.py --limit 240 --budgets 64 16 --regression   # refresh the CI reference
 
 ``--regression`` writes results/mini/regression.json, the reference the CI regression test compares with.
+Only the committed protocol (--limit 1000, every budget, every method) writes results/mini/accuracy.* by
+default; any smaller or partial run goes to results/mini/_scratch/<limit, budgets, methods>/ (not tracked)
+unless --out names a folder.
 """
 from __future__ import annotations
 
@@ -38,19 +41,34 @@ def evaluate(method: str, budgets, limit: int, output_dir: str, reasons: dict) -
     return results
 
 
-def main() -> None:
+COMMITTED = ROOT / "results" / "mini"
+COMMITTED_LIMIT = 1000
+
+
+def output_folder(limit: int, budgets, chosen_methods, regression: bool) -> Path:
+    """results/mini for the committed table (--limit 1000, every budget and method) and for --regression;
+    a scratch folder named after the run otherwise, so a small or partial run never overwrites the committed
+    files."""
+    if regression or (limit == COMMITTED_LIMIT and tuple(budgets) == tuple(BUDGETS) and not chosen_methods):
+        return COMMITTED
+    tag = f"limit{limit}-k{'_'.join(map(str, budgets))}" + (f"-{'_'.join(chosen_methods)}" if chosen_methods else "")
+    return COMMITTED / "_scratch" / tag
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--methods", nargs="+", default=None)
-    parser.add_argument("--out", default=str(ROOT / "results" / "mini"))
+    parser.add_argument("--out", default=None, help="default: results/mini for the committed protocol (and "
+                        "--regression), results/mini/_scratch/... otherwise")
     parser.add_argument("--regression", action="store_true")
-    args = parser.parse_args()
-    out = Path(args.out)
-    # run folders are keyed by the checkpoint's bytes: the run hash names the model folder, not its weights,
-    # so a retrained checkpoint must not resume the previous one's predictions
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else output_folder(args.limit, args.budgets, args.methods, args.regression)
+    # one runs folder (not tracked) for every invocation: a run's identity includes the weights' and the
+    # questions' fingerprints, and each invocation scores only the questions it selects
     weights = checkpoint_sha256()
-    runs = out / "runs" / weights[:12]
+    runs = COMMITTED / "runs"
     table, reasons = {}, {}
     for method in args.methods or methods():
         if method in NOT_ON_MINI:
@@ -62,10 +80,13 @@ def main() -> None:
         reference = {"limit": args.limit, "dataset": "easyvqa test", "checkpoint_sha256": weights,
                      "accuracy": {m: {b: r[0] for b, r in d.items()} for m, d in done.items()},
                      "answers": {m: {b: r[1] for b, r in d.items()} for m, d in done.items()}}
+        out.mkdir(parents=True, exist_ok=True)
         (out / "regression.json").write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
+        print(f"regression reference -> {out / 'regression.json'}")
         return
     accuracy = {m: {b: None if r is None else r[0] for b, r in by_budget.items()} for m, by_budget in table.items()}
     write_table(accuracy, args.budgets, args.limit, out, reasons)
+    print(f"mini accuracy table -> {out}/accuracy.{{csv,md}}, accuracy_vs_budget.{{png,pdf}}")
 
 
 def write_table(table: dict[str, dict[int, float | None]], budgets, limit: int, out: Path, reasons: dict) -> None:

@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not any(e.accuracy is not None for e in entries):
+        print(f"error: no runs in {args.results} for datasets {', '.join(args.datasets)} at budgets "
+              f"{', '.join(map(str, args.budgets))} (or 576 for vanilla)"
+              + (f" of model {args.model}" if args.model else "") + "; nothing written", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     write_csv(entries, out / "table1.csv")
     model = args.model or next((e.model for e in entries if e.model), None)

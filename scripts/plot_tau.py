@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not rows:
+        print(f"error: no SVD-Prune runs with default parameters except tau for dataset {args.dataset} in "
+              f"{args.results}" + (f" (model {args.model}, budgets {args.budgets})" if args.model or args.budgets
+                                   else "") + "; nothing written (python run.py -m experiment=tau_ablation)",
+              file=sys.stderr)
+        return 2
     tables = args.tables or args.results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     write_csv(rows, tables / "tau_ablation.csv")
