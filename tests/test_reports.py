@@ -199,17 +199,27 @@ def test_table1_values(tree, tmp_path):
     assert "\\multicolumn{2}{c}{192}" in tex
 
 
-def test_table1_needs_a_model_choice_and_survives_an_empty_tree(tree, tmp_path, capsys):
+def test_table1_needs_a_model_choice_and_refuses_an_empty_tree(tree, tmp_path, capsys):
     results, configs = tree
     assert make_table1.main(["--results", str(results), "--out", str(tmp_path), "--configs", str(configs)]) == 2
     err = capsys.readouterr().err
     assert "several models" in err and "tiny" in err and MODEL in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert make_table1.main(["--results", str(empty), "--out", str(tmp_path / "t"), "--configs", str(configs)]) == 0
-    rows = read_csv(tmp_path / "t" / "table1.csv")
-    assert rows and all(r["accuracy"] == "" for r in rows)
-    assert "| SVD-Prune | ours |" in (tmp_path / "t" / "table1.md").read_text()
+    assert make_table1.main(["--results", str(empty), "--out", str(tmp_path / "t"), "--configs", str(configs)]) == 2
+    assert capsys.readouterr().err == (f"error: no runs in {empty} for datasets gqa, textvqa at budgets 192, 128, 64, "
+                                       "32, 16 (or 576 for vanilla); nothing written\n")
+    assert not (tmp_path / "t").exists()
+
+
+def test_tau_plot_refuses_an_empty_tree(tree, tmp_path, capsys):
+    results, configs = tree
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot_tau.main(["--results", str(empty), "--configs", str(configs)]) == 2
+    assert capsys.readouterr().err == (f"error: no SVD-Prune runs with default parameters except tau for dataset gqa "
+                                       f"in {empty}; nothing written (python run.py -m experiment=tau_ablation)\n")
+    assert list(empty.iterdir()) == []
 
 
 def test_table1_cli(tree, tmp_path):

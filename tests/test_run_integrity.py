@@ -442,3 +442,18 @@ def test_threads_setting(shapes_folder, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_eval_mini_small_runs_do_not_overwrite_committed_results():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_mini", ROOT / "scripts" / "eval_mini.py")
+    eval_mini = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_mini)
+    committed, all_budgets = ROOT / "results" / "mini", eval_mini.BUDGETS
+    assert eval_mini.output_folder(1000, all_budgets, None, False) == committed
+    assert eval_mini.output_folder(240, (64, 16), None, True) == committed  # --regression: asked for
+    scratch = committed / "_scratch"
+    assert eval_mini.output_folder(200, all_budgets, None, False) == scratch / "limit200-k192_128_64_32_16"
+    assert eval_mini.output_folder(1000, (64,), None, False) == scratch / "limit1000-k64"
+    assert eval_mini.output_folder(1000, all_budgets, ["svd"], False) == scratch / "limit1000-k192_128_64_32_16-svd"
