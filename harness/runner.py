@@ -7,6 +7,7 @@ and locked while the run writes it (harness/lock.py).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -129,7 +130,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
-    with RunLock(out_dir):
+    with RunLock(out_dir), _disk_full_is_an_error(out_dir):
         notes: list[str] = []
         finished = {row["question_id"]: row
                     for row in read_predictions(predictions_path, settings.repair_predictions, notes)}
@@ -141,59 +142,53 @@ def run(cfg: DictConfig) -> dict:
                             f"{stale.pop()[:10]}{_what_differs(out_dir, prints)}); choose another run_name or "
                             "output_dir")
         todo = [r for r in records if r.question_id not in finished]
-        max_positions = _max_positions(lm)
+        max_positions, warned = _max_positions(lm), False
         skipped: list[str] = []
 
         generated_tokens, generation_seconds = 0, 0.0
         bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
                    desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
-        try:
-            with PredictionWriter(predictions_path) as writer:
-                for start in range(0, len(todo), settings.batch_size):
-                    batch, images = _load_images(todo[start:start + settings.batch_size], settings, skipped)
-                    if not batch:
-                        continue
-                    t0 = time.perf_counter()
-                    out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
-                                   max_new_tokens=settings.max_new_tokens, seed=cfg.seed)
-                    generation_seconds += time.perf_counter() - t0
-                    rows = []
-                    for i, record in enumerate(batch):
-                        generated_tokens += len(out.token_ids[i])
-                        row = {
-                            "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
-                            "answers": record.answers, "question_type": record.question_type,
-                            "kept_tokens": _kept_tokens(out.image_tokens_per_layer[i]),
-                            "image_tokens_per_layer": out.image_tokens_per_layer[i],
-                            "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
-                            "config_hash": digest,
-                        }
-                        row.update({key: values[i] for key, values in out.stats.items()})
-                        finished[record.question_id] = row
-                        rows.append(row)
-                    writer.write(rows)
-                    _warn_positions(rows, max_positions, cfg.model.name, warned=start > 0)
-                    bar.update(len(batch))
-            bar.close()
-            metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions)
-            metrics.update({
-                "model": prints["model_name"], "model_fingerprint": prints["model"],
-                "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
-                "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
-                "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
-                "max_position_embeddings": max_positions,
-                "config_hash": digest, "run_name": run_name,
-                "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": skipped,
-                "wall_time_s": time.perf_counter() - started, "generation_time_s": generation_seconds,
-                "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
-                "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
-            })
-            write_json_atomic(out_dir / "metrics.json", metrics)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"disk full while writing {out_dir}: every answer written so far is kept; free "
-                                "some space and rerun the same command to continue") from None
-            raise
+        with PredictionWriter(predictions_path) as writer:
+            for start in range(0, len(todo), settings.batch_size):
+                batch, images = _load_images(todo[start:start + settings.batch_size], settings, skipped)
+                if not batch:
+                    continue
+                t0 = time.perf_counter()
+                out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
+                               max_new_tokens=settings.max_new_tokens, seed=cfg.seed)
+                generation_seconds += time.perf_counter() - t0
+                rows = []
+                for i, record in enumerate(batch):
+                    generated_tokens += len(out.token_ids[i])
+                    row = {
+                        "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
+                        "answers": record.answers, "question_type": record.question_type,
+                        "kept_tokens": _kept_tokens(out.image_tokens_per_layer[i]),
+                        "image_tokens_per_layer": out.image_tokens_per_layer[i],
+                        "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
+                        "config_hash": digest,
+                    }
+                    row.update({key: values[i] for key, values in out.stats.items()})
+                    finished[record.question_id] = row
+                    rows.append(row)
+                writer.write(rows)
+                warned = _warn_positions(rows, max_positions, cfg.model.name, warned)
+                bar.update(len(batch))
+        bar.close()
+        metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions)
+        metrics.update({
+            "model": prints["model_name"], "model_fingerprint": prints["model"],
+            "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
+            "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
+            "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
+            "max_position_embeddings": max_positions,
+            "config_hash": digest, "run_name": run_name,
+            "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": skipped,
+            "wall_time_s": time.perf_counter() - started, "generation_time_s": generation_seconds,
+            "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
+            "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
+        })
+        write_json_atomic(out_dir / "metrics.json", metrics)
     this = metrics["this_run"]
     union = "" if metrics["n"] == this["n"] else f"; the run folder answers {metrics['n']}: {metrics['accuracy']:.2f}"
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
@@ -220,15 +215,28 @@ def _load_images(batch: list[Record], settings: Settings, skipped: list[str]):
     return kept, images
 
 
+@contextlib.contextmanager
+def _disk_full_is_an_error(out_dir: Path):
+    """A full disk (or quota) while writing the run folder is a one-line UserError: what was written stays."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"disk full while writing {out_dir}: every answer written so far is kept; free "
+                            "some space and rerun the same command to continue") from None
+        raise
+
+
 def _max_positions(lm) -> int | None:
     config = lm.model.config
     text = getattr(config, "text_config", config)
     return getattr(text, "max_position_embeddings", None)
 
 
-def _warn_positions(rows: list[dict], max_positions: int | None, model: str, warned: bool) -> None:
+def _warn_positions(rows: list[dict], max_positions: int | None, model: str, warned: bool) -> bool:
     """Warn (once per run, on stderr) when a question used more positions than the model was trained for:
-    the run goes on (LLaVA itself does not stop there), metrics.json counts them (``over_max_positions``)."""
+    the run goes on (LLaVA itself does not stop there), metrics.json counts them (``over_max_positions``).
+    Returns whether the run has warned."""
     over = [r for r in rows if _over(r, max_positions)]
     if over and not warned:
         r = over[0]
@@ -236,6 +244,7 @@ def _warn_positions(rows: list[dict], max_positions: int | None, model: str, war
               f"(prompt {r['prompt_tokens']} + generated {r['generated_tokens']}), more than {model}'s "
               f"max_position_embeddings={max_positions}: such answers are unreliable (metrics.json: "
               "over_max_positions)", file=sys.stderr)
+    return warned or bool(over)
 
 
 def _over(row: dict, max_positions: int | None) -> bool:

@@ -97,7 +97,9 @@ def check_config(cfg: DictConfig) -> Settings:
     budget = cfg.budget
     if not isinstance(budget, int) or isinstance(budget, bool):
         raise UserError(f"budget={budget!r} must be an integer number of vision tokens")
-    patches = known_num_patches(cfg.model)
+    from harness.sweeps import read_num_patches
+
+    patches = read_num_patches(cfg.model)  # known without loading the model (tiny; a local folder), else None
     if not 1 <= budget or (patches is not None and budget > patches and not _ignores_budget(cfg.method.name)):
         high = patches if patches is not None else 576
         raise UserError(f"budget={budget} is outside 1..{high} (vision tokens of {cfg.model.name})")
@@ -130,10 +132,3 @@ def _ignores_budget(method: str) -> bool:
     except Exception:  # noqa: BLE001 - a broken method module is reported when the method is built
         return False
 
-
-def known_num_patches(model_cfg) -> int | None:
-    """Image tokens of the model when they are known without loading it (the tiny model; a local folder's
-    config.json); None otherwise."""
-    from harness.sweeps import read_num_patches
-
-    return read_num_patches(model_cfg)

@@ -67,10 +67,10 @@ def finished_run(cfg) -> Path | None:
         if metrics.get("config_hash") != digest:
             return None
         records = select_records(dataset.records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
-        answered = {str(r["question_id"]) for r in read_jsonl(out_dir / "predictions.jsonl")
-                    if r.get("config_hash") == digest}
-        if not records or metrics.get("n") != len(answered):
-            return None
+        rows = read_jsonl(out_dir / "predictions.jsonl")
+        answered = {str(r["question_id"]) for r in rows if r.get("config_hash") == digest}
+        if not records or metrics.get("n") != len(answered) or len(rows) != len(answered):
+            return None  # not up to date, or repeated lines: the runner repairs them
         return out_dir if all(str(r.question_id) in answered for r in records) else None
     except Exception:  # noqa: BLE001 - see docstring: the runner reports configuration errors itself
         return None
