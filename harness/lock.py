@@ -57,10 +57,13 @@ class RunLock:
             if same:
                 break
             os.close(fd)  # the holder removed the file between our open and flock: lock the new one
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.write(fd, json.dumps(info).encode())
         self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+        except OSError:  # a full disk: the lock holds all the same, only the busy message has less to say
+            pass
 
     def _holder(self) -> str:
         try:

@@ -130,7 +130,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
-    with RunLock(out_dir), _disk_full_is_an_error(out_dir):
+    with _disk_full_is_an_error(out_dir), RunLock(out_dir):
         notes: list[str] = []
         finished = {row["question_id"]: row
                     for row in read_predictions(predictions_path, settings.repair_predictions, notes)}
