@@ -102,7 +102,8 @@ def dataset_fingerprint(dataset, memo: Sha256Memo) -> str:
     for record in dataset.records:
         if callable(record.image):
             files = _image_source_files(record.image)
-            image = ([file_digest(f) for f in files] + [repr(record.image)]) if files else ["memory", record.image_id]
+            where = [getattr(record.image, "row", None), getattr(record.image, "column", None)]  # not its path
+            image = [*map(file_digest, files), *where] if files else ["memory", record.image_id]
         else:
             try:
                 image = file_digest(Path(record.image))
