@@ -41,8 +41,8 @@ def mini_config(method: str, budget: int, limit: int, output_dir: str | Path, ba
 
 
 def checkpoint_sha256() -> str:
-    """sha256 of the committed mini weights: names eval_mini's run folders and is recorded in the regression
-    reference (a run hash names the model folder, not its weights)."""
+    """sha256 of the committed mini weights, recorded in the regression reference (a retrained checkpoint without
+    a refreshed reference fails the regression test at once)."""
     import hashlib
 
     return hashlib.sha256(MINI_WEIGHTS.read_bytes()).hexdigest()
