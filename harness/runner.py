@@ -22,6 +22,7 @@ from svdprune.pruning import METHODS, build_method
 from svdprune.surgery import generate
 
 from .results import PredictionWriter, read_predictions, write_json_atomic
+from .shard import merge_shards, parse_shard, read_shard, shard_predictions_path, shard_records
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run.
@@ -91,6 +92,7 @@ def run(cfg: DictConfig) -> dict:
     limit = _positive_int_or_none(cfg, "limit")
     subset = _positive_int_or_none(cfg, "subset")
     batch_size = _positive_int_or_none(cfg, "batch_size") or 1
+    shard = parse_shard(cfg.get("shard"))  # None, or this process's block of the questions (harness/shard.py)
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:
@@ -115,16 +117,19 @@ def run(cfg: DictConfig) -> dict:
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
     finished = {row["question_id"]: row for row in read_predictions(predictions_path)}
+    if shard is not None:
+        finished.update((row["question_id"], row) for row in read_shard(out_dir, shard))
     stale = {row.get("config_hash") for row in finished.values()} - {digest}
     if stale:
         raise UserError(f"{predictions_path} holds predictions of another configuration (hash {stale.pop()[:10]}); "
                         "choose another run_name or output_dir")
-    todo = [r for r in records if r.question_id not in finished]
+    mine = shard_records(records, shard)
+    todo = [r for r in mine if r.question_id not in finished]
 
     generated_tokens, generation_seconds = 0, 0.0
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not cfg.get("progress", True),
                desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
-    with PredictionWriter(predictions_path) as writer:
+    with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             images = [load_image(r) for r in batch]
@@ -149,6 +154,13 @@ def run(cfg: DictConfig) -> dict:
             writer.write(rows)
             bar.update(len(batch))
     bar.close()
+    if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
+        merged = merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)
+        if merged is None:
+            print(f"{dataset.name} {method_name} k={budget}: shard {shard} answered its {len(mine)} questions "
+                  f"({len(todo)} new); metrics.json is written by the shard that finishes last -> {out_dir}")
+            return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo), "run_folder": str(out_dir)}
+        finished.update((row["question_id"], row) for row in merged)
 
     selected = [finished[r.question_id] for r in records]
     correct = [score(dataset.scorer, row["prediction"], row["answers"]) for row in selected]
