@@ -13,6 +13,7 @@ from svdprune.errors import UserError
 def main(cfg: DictConfig) -> None:
     from harness.sweeps import skip_reason
     from harness.runner import run
+    from harness.sweep_status import clear_error, record_error
 
     try:
         reason = skip_reason(cfg)  # sweeps: finished runs and vanilla's duplicate budgets
@@ -20,9 +21,14 @@ def main(cfg: DictConfig) -> None:
             print(f"skip: {reason}")
             return
         run(cfg)
+        clear_error()  # sweep jobs: forget an earlier attempt's error (python -m harness.sweep_status)
     except UserError as exc:
+        record_error(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        record_error(f"{type(exc).__name__}: {exc}")
+        raise
 
 
 if __name__ == "__main__":
