@@ -12,6 +12,10 @@
 # declares N stand-in GPU devices (files under the state folder) so that GPU requests schedule and get
 # CUDA_VISIBLE_DEVICES without hardware.
 #
+# scancel sends SIGTERM, which submitit's job wrapper ignores; the job is killed KillWait seconds later
+# (here 2 s; Slurm's default, usual on clusters, is 30 s). Nothing is lost either way: every batch of
+# answers is flushed before the next one starts, and a rerun resumes.
+#
 # Files: /etc/slurm/slurm.conf (+ gres.conf), state, logs and pid files in $SLURM_LOCAL_DIR
 # (default /var/lib/slurm-local). An /etc/slurm/slurm.conf not written by this script is never touched.
 set -euo pipefail
@@ -82,6 +86,7 @@ SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 SlurmdParameters=config_overrides
 ReturnToService=2
+KillWait=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
