@@ -1,6 +1,7 @@
 """Entry point: ``python run.py method=svd budget=32 dataset=gqa`` (Hydra; see configs/)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -25,6 +26,8 @@ def main(cfg: DictConfig) -> None:
     except UserError as exc:
         record_error(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a cluster job: submitit reports exceptions to the launcher,
+            raise  # but an exit leaves it waiting where the cluster has no accounting (sacct)
         sys.exit(2)
     except Exception as exc:
         record_error(f"{type(exc).__name__}: {exc}")

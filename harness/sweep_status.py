@@ -150,6 +150,7 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
     from eval.datasets import load_dataset
     from harness.runner import select_records
     from harness.sweeps import _run_identity, budget_free_duplicate
+    from svdprune.errors import UserError
 
     reason = budget_free_duplicate(cfg)
     if reason is not None:
@@ -164,6 +165,8 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
         try:
             records = select_records(load_dataset(cfg.dataset).records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
             selections[key] = [str(r.question_id) for r in records]
+        except UserError as exc:
+            selections[key] = f"error: {exc}"
         except Exception as exc:  # noqa: BLE001 - shown to the user; the run itself would fail the same way
             selections[key] = f"{type(exc).__name__}: {exc}"
     selected = selections[key]

@@ -184,3 +184,12 @@ def test_sweep_through_slurm_then_cancel_and_resubmit(cluster, tmp_path):
         [json.loads(x)["prediction"] for x in (svd64 / "predictions.jsonl").read_text().splitlines()]
     assert json.loads((merged / "metrics.json").read_text())["accuracy"] == \
         json.loads((svd64 / "metrics.json").read_text())["accuracy"]
+
+    # 6. a job that fails (a bad value) ends the launcher with an error instead of leaving it waiting, and
+    # sweep_status shows its one-line error
+    failing = tmp_path / "failing"
+    proc = launch(failing, 2, name, cluster["gpus"], ("method=svd", "budget=0"))
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "budget=0 is outside" in log
+    [status] = sweep_status.sweep_status(failing / "sweeps" / "multirun" / "multirun.yaml")
+    assert status.state == "failed" and status.detail.startswith("error: budget=0 is outside")
