@@ -30,6 +30,7 @@ from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_
 from .lock import RunLock
 from .results import PredictionWriter, read_predictions, write_json_atomic
 from .settings import Settings, check_config
+from .shard import merge_shards, read_shard, shard_predictions_path, shard_records
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run. Where the data and the
@@ -106,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
         import torch
 
         torch.set_num_threads(settings.threads)
-    method_name, budget = cfg.method.name, settings.budget
+    method_name, budget, shard = cfg.method.name, settings.budget, settings.shard
     params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
 
@@ -130,10 +131,15 @@ def run(cfg: DictConfig) -> dict:
     out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
-    with _disk_full_is_an_error(out_dir), RunLock(out_dir):
+    # a shard locks (and writes) only its own folder; the run folder is locked to merge (harness/shard.py)
+    lock_folder = out_dir / shard.folder_name if shard is not None else out_dir
+    with _disk_full_is_an_error(out_dir), RunLock(lock_folder):
         notes: list[str] = []
         finished = {row["question_id"]: row
                     for row in read_predictions(predictions_path, settings.repair_predictions, notes)}
+        if shard is not None:
+            finished.update((row["question_id"], row)
+                            for row in read_shard(out_dir, shard, settings.repair_predictions, notes))
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         stale = {row.get("config_hash") for row in finished.values()} - {digest}
@@ -141,14 +147,15 @@ def run(cfg: DictConfig) -> dict:
             raise UserError(f"{predictions_path} holds predictions of another configuration (hash "
                             f"{stale.pop()[:10]}{_what_differs(out_dir, prints)}); choose another run_name or "
                             "output_dir")
-        todo = [r for r in records if r.question_id not in finished]
+        mine = shard_records(records, shard)
+        todo = [r for r in mine if r.question_id not in finished]
         max_positions, warned = _max_positions(lm), False
         skipped: list[str] = []
 
         generated_tokens, generation_seconds = 0, 0.0
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not cfg.get("progress", True),
                    desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
-        with PredictionWriter(predictions_path) as writer:
+        with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
             for start in range(0, len(todo), settings.batch_size):
                 batch, images = _load_images(todo[start:start + settings.batch_size], settings, skipped)
                 if not batch:
@@ -175,6 +182,16 @@ def run(cfg: DictConfig) -> dict:
                 warned = _warn_positions(rows, max_positions, cfg.model.name, warned)
                 bar.update(len(batch))
         bar.close()
+    if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
+        merged = _merge_if_complete(out_dir, records, digest, shard)
+        if merged is None:
+            print(f"{dataset.name} {method_name} k={budget}: shard {shard} answered its {len(mine)} questions "
+                  f"({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
+                  f"-> {out_dir}")
+            return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
+                    "run_folder": str(out_dir)}
+        finished.update((row["question_id"], row) for row in merged)
+    with _disk_full_is_an_error(out_dir):
         metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions)
         metrics.update({
             "model": prints["model_name"], "model_fingerprint": prints["model"],
@@ -196,6 +213,18 @@ def run(cfg: DictConfig) -> dict:
     print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy} on {this['n']} questions "
           f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
+
+
+def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard) -> list[dict] | None:
+    """Merge the shard files under the run folder's lock; None while some shard has questions left, or while
+    another shard holds the run folder (that one merges)."""
+    from .lock import RunFolderBusy
+
+    try:
+        with RunLock(out_dir):
+            return merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)
+    except RunFolderBusy:
+        return None
 
 
 def _load_images(batch: list[Record], settings: Settings, skipped: list[str]):

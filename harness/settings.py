@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from svdprune.errors import UserError
 
+from .shard import Shard, parse_shard
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "method", "dataset")
 # keys that come from configs/experiment/*.yaml or Hydra itself rather than config.yaml's own list
@@ -32,6 +34,7 @@ class Settings:
     threads: int | None
     repair_predictions: bool
     on_bad_image: str
+    shard: Shard | None  # this process's block of the questions (shard=i/n, harness/shard.py)
 
 
 def top_level_keys(configs: Path = CONFIGS) -> list[str]:
@@ -111,7 +114,7 @@ def check_config(cfg: DictConfig) -> Settings:
         budget=budget, limit=_positive(cfg, "limit"), subset=_positive(cfg, "subset"),
         batch_size=_positive(cfg, "batch_size") or 1, max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
         threads=_int(cfg, "threads", 1, True), repair_predictions=_bool(cfg, "repair_predictions"),
-        on_bad_image=on_bad_image,
+        on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
     )
 
 

@@ -1,0 +1,245 @@
+"""What a sweep has left: every run of a ``python run.py -m ...`` sweep with its state.
+
+    python -m harness.sweep_status results                        # every sweep under results/sweeps/
+    python -m harness.sweep_status results/sweeps/table1          # one sweep (its folder or its multirun.yaml)
+
+The sweep's jobs are expanded from its multirun.yaml (saved by Hydra in the sweep folder, ``hydra.sweep.dir``)
+exactly as Hydra's basic sweeper does (sweeper params + command-line overrides), each job's config is
+composed from configs/, and its run folder is read without loading any model:
+
+    done      metrics.json and predictions answer every selected question (as harness.sweeps.finished_run)
+    partial   n/N questions answered so far (predictions.jsonl and any shard files)
+    failed    the job's last attempt raised: the error's last line (<sweep folder>/errors/, written by run.py)
+    pending   nothing answered, no error recorded (not started yet, queued, or killed before its first batch)
+    skipped   a job the sweep skips by design (vanilla outside ``sweep.budget_free_at``)
+    invalid   the job's config does not compose (the message says why)
+
+A job killed from outside (scancel, a node failure, out of memory) records no error: it shows as partial
+or pending; its scheduler log (hydra.launcher.submitit_folder) has the rest. Exit status: 0 when every run
+is done or skipped, 1 otherwise, 2 for a bad argument.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+ERRORS = "errors"  # <sweep folder>/errors/<job key>.txt
+
+
+# ------------------------------------------------------------------------------- errors of sweep jobs
+
+
+def job_key(overrides: Sequence[str]) -> str:
+    """A file name for one sweep job: a digest of its (sorted) overrides, hydra's own left out."""
+    task = sorted(o for o in overrides if not _is_hydra_override(o))
+    return hashlib.sha256("\n".join(task).encode()).hexdigest()[:16]
+
+
+def _is_hydra_override(override: str) -> bool:
+    return override.lstrip("+~").startswith(("hydra/", "hydra."))
+
+
+def _current_job() -> tuple[Path, list[str]] | None:
+    """(sweep folder, this job's overrides) inside a Hydra multirun job; None otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hc.sweep.dir), list(hc.overrides.task)
+
+
+def record_error(message: str) -> None:
+    """In a sweep job: save ``message`` (one line) as this job's last error, for :func:`main` to show."""
+    job = _current_job()
+    if job is None:
+        return
+    sweep_dir, overrides = job
+    folder = sweep_dir / ERRORS
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"overrides": overrides, "error": message.strip().splitlines()[-1] if message.strip() else "",
+                       "slurm_job_id": os.environ.get("SLURM_JOB_ID")}) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, folder / f"{job_key(overrides)}.json")
+
+
+def clear_error() -> None:
+    """In a sweep job that succeeded: forget an error of an earlier attempt."""
+    job = _current_job()
+    if job is not None:
+        (job[0] / ERRORS / f"{job_key(job[1])}.json").unlink(missing_ok=True)
+
+
+def read_error(sweep_dir: Path, overrides: Sequence[str]) -> str | None:
+    path = sweep_dir / ERRORS / f"{job_key(overrides)}.json"
+    try:
+        return json.loads(path.read_text())["error"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# ------------------------------------------------------------------------------- expanding a sweep
+
+
+def find_sweeps(path: Path) -> list[Path]:
+    """multirun.yaml files: ``path`` itself, ``path/multirun.yaml``, or ``path/sweeps/*/multirun.yaml``."""
+    if path.is_file():
+        return [path]
+    if (path / "multirun.yaml").is_file():
+        return [path / "multirun.yaml"]
+    return sorted(path.glob("sweeps/*/multirun.yaml"))
+
+
+def expand_jobs(multirun) -> list[list[str]]:
+    """Each job's overrides, in Hydra's order (hydra.sweeper.params + command-line overrides, as BasicSweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = multirun.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(multirun.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+# ------------------------------------------------------------------------------- one run's state
+
+
+@dataclass
+class RunStatus:
+    overrides: list[str]
+    state: str  # done | partial | failed | pending | skipped | invalid
+    folder: Path | None = None
+    answered: int = 0
+    total: int = 0
+    detail: str = ""
+
+    def line(self) -> str:
+        """state, n/N, <dataset>/<method>/<run_name> (or the job's overrides), detail."""
+        label = str(Path(*self.folder.parts[-3:])) if self.folder is not None else " ".join(o for o in self.overrides if not _is_hydra_override(o))
+        counts = f"{self.answered}/{self.total}" if self.total else ""
+        return f"{self.state:<8} {counts:>11}  {label}" + (f"  {self.detail}" if self.detail else "")
+
+
+def _answered(folder: Path, digest: str) -> set[str]:
+    """Question ids answered under ``digest`` in predictions.jsonl and any shard files (read-only)."""
+    from eval.reports import read_jsonl
+    from harness.shard import shard_folders
+
+    files = [folder / "predictions.jsonl"] + [p / "predictions.jsonl" for p in shard_folders(folder)]
+    return {str(r["question_id"]) for f in files for r in read_jsonl(f) if r.get("config_hash") == digest}
+
+
+def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> RunStatus:
+    """The state of one composed job. ``selections`` caches the selected question ids per dataset selection."""
+    from omegaconf import OmegaConf
+
+    from eval.datasets import load_dataset
+    from harness.runner import select_records
+    from harness.sweeps import _run_identity, budget_free_duplicate
+    from svdprune.errors import UserError
+
+    reason = budget_free_duplicate(cfg)
+    if reason is not None:
+        return RunStatus(overrides, "skipped", detail=reason.split(":")[0])
+    key = json.dumps([OmegaConf.to_container(cfg.dataset, resolve=True), cfg.get("limit"), cfg.get("subset"),
+                      cfg.seed], sort_keys=True)
+    if key not in selections:
+        try:
+            dataset = load_dataset(cfg.dataset)
+            records = select_records(dataset.records, cfg.get("limit"), cfg.get("subset"), cfg.seed)
+            selections[key] = (dataset, [str(r.question_id) for r in records])
+        except UserError as exc:
+            selections[key] = f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - shown to the user; the run itself would fail the same way
+            selections[key] = f"{type(exc).__name__}: {exc}"
+    selected = selections[key]
+    error = read_error(sweep_dir, overrides)
+    if isinstance(selected, str):
+        return RunStatus(overrides, "failed" if error else "invalid", detail=error or selected)
+    dataset, selected = selected
+    try:
+        folder, digest, _ = _run_identity(cfg, dataset)
+    except KeyError as exc:
+        return RunStatus(overrides, "invalid", detail=f"unknown method {exc}")
+    answered_all = _answered(folder, digest)
+    answered = len(answered_all & set(selected))
+    status = RunStatus(overrides, "pending", folder, answered, len(selected))
+    if answered == len(selected) and _metrics_complete(folder / "metrics.json", digest, len(answered_all)):
+        status.state = "done"
+    elif error:
+        status.state, status.detail = "failed", error
+    elif answered:
+        status.state = "partial"
+    return status
+
+
+def _metrics_complete(path: Path, digest: str, n_answered: int) -> bool:
+    """metrics.json is of this configuration and describes every answered question (harness.runner.run_metrics)."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return metrics.get("config_hash") == digest and metrics.get("n") == n_answered
+
+
+def sweep_status(multirun_path: Path, configs: Path = CONFIGS) -> list[RunStatus]:
+    """Every job of the sweep saved in ``multirun_path``, with its state."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    multirun = OmegaConf.load(multirun_path)
+    sweep_dir = multirun_path.parent
+    selections: dict = {}
+    out = []
+    with initialize_config_dir(config_dir=str(configs.resolve()), version_base="1.3"):
+        for overrides in expand_jobs(multirun):
+            try:
+                cfg = compose("config", overrides=[o for o in overrides if not _is_hydra_override(o)])
+            except Exception as exc:  # noqa: BLE001 - a job Hydra cannot compose: shown, not raised
+                out.append(RunStatus(overrides, "invalid", detail=str(exc).splitlines()[0]))
+                continue
+            out.append(run_status(cfg, overrides, sweep_dir, selections))
+    return out
+
+
+STATES = ("done", "partial", "failed", "pending", "skipped", "invalid")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="an output_dir (all its sweeps/*), a sweep folder or a multirun.yaml")
+    parser.add_argument("--configs", type=Path, default=CONFIGS, help="configs/ the sweep was composed from")
+    args = parser.parse_args(argv)
+    sweeps = find_sweeps(args.path)
+    if not sweeps:
+        print(f"error: no sweep under {args.path} (looked for multirun.yaml and sweeps/*/multirun.yaml)",
+              file=sys.stderr)
+        return 2
+    all_done = True
+    for path in sweeps:
+        runs = sweep_status(path, args.configs)
+        counts = {s: sum(r.state == s for r in runs) for s in STATES}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"sweep {path.parent} ({len(runs)} jobs): {summary}")
+        for r in runs:
+            print("  " + r.line())
+        all_done &= all(r.state in ("done", "skipped") for r in runs)
+    return 0 if all_done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
