@@ -13,15 +13,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.datasets import Record, check_images_readable, load_dataset, load_image
+from eval.datasets import Record, check_images_readable, load_dataset
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
 from svdprune.models import load_model
 from svdprune.pruning import METHODS, build_method
-from svdprune.surgery import generate
 
 from .results import PredictionWriter, read_predictions, write_json_atomic
+from .schedule import answer_batches, check_schedule
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run.
@@ -91,6 +91,7 @@ def run(cfg: DictConfig) -> dict:
     limit = _positive_int_or_none(cfg, "limit")
     subset = _positive_int_or_none(cfg, "subset")
     batch_size = _positive_int_or_none(cfg, "batch_size") or 1
+    schedule = check_schedule(cfg.get("schedule", "by_image"))
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:
@@ -125,13 +126,10 @@ def run(cfg: DictConfig) -> dict:
     bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not cfg.get("progress", True),
                desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
     with PredictionWriter(predictions_path) as writer:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            images = [load_image(r) for r in batch]
-            t0 = time.perf_counter()
-            out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
-                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-            generation_seconds += time.perf_counter() - t0
+        for batch, out, seconds in answer_batches(lm, method, todo, batch_size=batch_size, schedule=schedule,
+                                                  instruction=dataset.instruction,
+                                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed):
+            generation_seconds += seconds
             rows = []
             for i, record in enumerate(batch):
                 generated_tokens += len(out.token_ids[i])
