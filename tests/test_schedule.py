@@ -38,15 +38,18 @@ def rows_by_id(out):
 
 @pytest.mark.parametrize("overrides, label", METHODS, ids=[m[1] for m in METHODS])
 def test_by_image_equals_per_question(shapes_folder, tmp_path, overrides, label):
-    """24 questions on 8 images (3 each, of 3 prompt lengths): the per-question path in dataset order at batch
-    size 3 against the by-image schedule at batch sizes 1 and 5 (batches mixing images, padded suffixes,
-    images spanning two batches). Every field of every row is equal: prediction, prompt, token counts, stats."""
+    """12 questions on 8 images (q % 8; colour and shape questions of two prompt lengths): the per-question path
+    in dataset order at batch size 3 against the by-image schedule at batch sizes 1 and 5 (batches mixing images,
+    padded suffixes, an image spanning two batches). Every field of every row is equal: prediction, prompt,
+    token counts, stats."""
     reference = tmp_path / "per_question"
-    runner.run(make_cfg(base(shapes_folder, reference, *overrides, "schedule=per_question", "batch_size=3")))
+    runner.run(make_cfg(base(shapes_folder, reference, *overrides, "schedule=per_question", "batch_size=3",
+                             "limit=12")))
     expected = rows_by_id(reference)
     for batch_size in (1, 5):
         out = tmp_path / f"by_image_{batch_size}"
-        runner.run(make_cfg(base(shapes_folder, out, *overrides, "schedule=by_image", f"batch_size={batch_size}")))
+        runner.run(make_cfg(base(shapes_folder, out, *overrides, "schedule=by_image", f"batch_size={batch_size}",
+                                 "limit=12")))
         assert rows_by_id(out) == expected, f"{label} batch {batch_size}"
 
 
@@ -71,20 +74,15 @@ def count_vision_images(tiny, run):
 
 @pytest.mark.parametrize("batch_size", [1, 5])
 def test_one_vision_pass_and_one_prefix_prefill_per_image(tiny, shapes_folder, batch_size):
-    todo = records(shapes_folder)  # 24 questions on 8 images
-
-    def answer(name):
-        return lambda: [b for b in schedule.answer_batches(
-            tiny, SvdPrune(16), todo, batch_size=batch_size, instruction=INSTRUCTION, max_new_tokens=1, seed=0,
-            schedule=name, workers=2, ahead=3)]
-
-    by_image = count_vision_images(tiny, answer("by_image"))
+    todo = records(shapes_folder)[:14]  # 14 questions on 8 images (q % 8)
+    by_image = count_vision_images(tiny, lambda: [b for b in schedule.answer_batches(
+        tiny, SvdPrune(16), todo, batch_size=batch_size, instruction=INSTRUCTION, max_new_tokens=1, seed=0,
+        workers=2, ahead=3)])
     assert by_image["images"] == 8
     prefix_len = len(split_prompt(tiny, vicuna_prompt("", INSTRUCTION), 16)[0])
     prefix_rows = sum(rows for rows, length in by_image["layer0"] if length == prefix_len)
     assert prefix_rows == 8  # each image's prefix prefilled once; the rest are question suffixes (and decode steps)
     assert all(length < prefix_len for _, length in by_image["layer0"] if length != prefix_len)
-    assert count_vision_images(tiny, answer("per_question"))["images"] == 24
 
 
 def test_shared_prefix_prefill_matches_whole_prompt_prefill(tiny, random_images):
@@ -165,7 +163,7 @@ def test_prefetcher_runs_ahead_within_its_bound():
 @pytest.mark.parametrize("name", schedule.SCHEDULES)
 def test_cuda_oom_halves_the_batch(shapes_folder, tmp_path, monkeypatch, caplog, name):
     clean = tmp_path / "clean"
-    runner.run(make_cfg(base(shapes_folder, clean, "budget=16", f"schedule={name}", "batch_size=8")))
+    runner.run(make_cfg(base(shapes_folder, clean, "budget=16", f"schedule={name}", "batch_size=8", "limit=8")))
     engine = "generate_by_image" if name == "by_image" else "generate"
     real, sizes = getattr(schedule, engine), []
 
@@ -178,11 +176,12 @@ def test_cuda_oom_halves_the_batch(shapes_folder, tmp_path, monkeypatch, caplog,
     monkeypatch.setattr(schedule, engine, out_of_memory_above_four)
     out = tmp_path / "oom"
     with caplog.at_level(logging.WARNING, logger="harness.schedule"):
-        metrics = runner.run(make_cfg(base(shapes_folder, out, "budget=16", f"schedule={name}", "batch_size=8")))
-    assert sizes == [8] + [4] * 6
+        metrics = runner.run(make_cfg(base(shapes_folder, out, "budget=16", f"schedule={name}", "batch_size=8",
+                                           "limit=8")))
+    assert sizes == [8, 4, 4]
     assert [r.getMessage() for r in caplog.records] == [
         "CUDA out of memory in a batch of 8 questions: continuing with batch size 4"]
-    assert rows_by_id(out) == rows_by_id(clean) and metrics["n"] == 24
+    assert rows_by_id(out) == rows_by_id(clean) and metrics["n"] == 8
 
 
 def test_cuda_oom_at_batch_size_one_is_raised(shapes_folder, tmp_path, monkeypatch):
