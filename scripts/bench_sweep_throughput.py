@@ -131,6 +131,36 @@ def timed_pass(lm, method, records, schedule: str, batch: int, args) -> tuple[fl
     return time.perf_counter() - started, answers
 
 
+@torch.inference_mode()
+def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, float]:
+    """Whole-prompt prefill vs prefix + suffix prefill, float32: (max |logit difference| of the first answer
+    token over ``records``, smallest top-1 minus top-2 logit margin). Rows batched in dataset order."""
+    from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
+    from svdprune.pruning import PruneContext
+    from svdprune.surgery import (_new_cache, build_inputs, encode_images, prefill, prefill_prefixes,
+                                  prefill_suffixes, split_prompt)
+    from eval.datasets import load_image
+    from svdprune.prompts import preprocess_image
+
+    gap, margin = 0.0, float("inf")
+    for start in range(0, len(records), batch):
+        rows = records[start:start + batch]
+        pixels = torch.stack([preprocess_image(load_image(r), lm.image_size, lm.image_mean, lm.image_std)
+                              for r in rows])
+        prompts = [vicuna_prompt(r.question, ANSWER_INSTRUCTION) for r in rows]
+        embeds = encode_images(lm, method, pixels, PruneContext(None, model=lm.model))
+        full, _, _ = prefill(lm, build_inputs(lm, prompts, embeds), method, PruneContext(None), _new_cache(lm))
+        prefix, _ = split_prompt(lm, prompts[0], embeds.shape[1])
+        kv = prefill_prefixes(lm, prefix, embeds)  # one prefix per row (same numbers as one per image)
+        shared, _ = prefill_suffixes(lm, kv, len(prefix), [split_prompt(lm, p, embeds.shape[1])[1] for p in prompts],
+                                     _new_cache(lm))
+        a, b = lm.model.lm_head(full), lm.model.lm_head(shared)
+        gap = max(gap, float((a - b).abs().max()))
+        top = a.topk(2, dim=-1).values
+        margin = min(margin, float((top[:, 0] - top[:, 1]).min()))
+    return gap, margin
+
+
 def throughput(args) -> list[dict]:
     from omegaconf import OmegaConf
 
@@ -164,6 +194,8 @@ def throughput(args) -> list[dict]:
                            new_questions_per_s=n / seconds["by_image"],
                            speedup=seconds["per_question"] / seconds["by_image"], identical_answers=same,
                            jpeg_decode_ms=decode_ms, max_new_tokens=args.max_new_tokens)
+                if batch == args.batch_sizes[0]:
+                    row["max_abs_logit_diff"], row["min_top1_margin"] = first_token_logit_gap(lm, method, records)
                 rows.append(row)
                 print(f"{name:8s} k={budget:3d} batch {batch:2d}: old {row['old_questions_per_s']:7.1f} q/s, "
                       f"new {row['new_questions_per_s']:7.1f} q/s, x{row['speedup']:.2f}, "
@@ -188,6 +220,10 @@ def write_throughput(rows: list[dict], args) -> None:
     for r in rows:
         lines.append(f"| {r['method']} | {r['budget']} | {r['batch_size']} | {r['old_questions_per_s']:.1f} | "
                      f"{r['new_questions_per_s']:.1f} | {r['speedup']:.2f}x | {r['identical_answers']}/{r['questions']} |")
+    lines += ["", "Floating point (float32): largest |difference| between the first answer token's logits of the "
+              "whole-prompt prefill and of the prefix + suffix prefill, and the smallest top-1 - top-2 margin:", ""]
+    lines += [f"- {r['method']} k={r['budget']}: max |d logit| {r['max_abs_logit_diff']:.2e}, min margin "
+              f"{r['min_top1_margin']:.2f}" for r in rows if r.get("max_abs_logit_diff") is not None]
     lines += ["", "CPU figures on a 2-layer, 64-wide model: the LLM is nearly free, so the old path's cost is mostly "
               "image decoding, preprocessing and the vision tower, which the new path pays once per image. Shared "
               "machine: figures move with the load; the ratio of the two paths, measured back to back, is the result."]
