@@ -30,9 +30,9 @@ class PruneContext:
     """Per-batch inputs a method may need, and per-image statistics it may record.
 
     questions: the question lines of the batch (text-aware methods, e.g. TRIM); ``None`` when the engine
-    encodes each distinct image once for all its questions (methods that read them declare
-    ``question_dependent``); instruction: the answer
-    instruction appended after them in the prompt (None when the dataset has none).
+    encodes each distinct image once for all its questions (a method that reads them declares
+    ``question_dependent``). instruction: the answer instruction appended after them in the prompt (None when
+    the dataset has none).
     vision_hidden_states: all hidden states of the vision tower, CLS included (filled by ``encode``).
     seed: the run seed, for methods with randomness.
     """

@@ -8,6 +8,11 @@ method can change the token set between layers. With no cut, this loop computes 
 
 Only surviving image tokens are placed in the prompt (k image positions, not 576 with a mask), so the
 projector and every LLM layer process the shorter sequence.
+
+Two entry points, same predictions: :func:`generate` (every question pays for its own image and whole prompt;
+the reference) and :func:`generate_by_image` (vision tower, cut and projector once per image; for vanilla and
+encoder-side methods also the prompt prefix up to the image tokens, whose KV cache the image's questions share,
+so only their suffixes are prefilled).
 """
 from __future__ import annotations
 
