@@ -62,6 +62,7 @@ def trim_select(scores: torch.Tensor, features: torch.Tensor, budget: int) -> tu
 
 class Trim(EncoderPruner):
     kind = "encoder"
+    question_dependent = True  # the kept tokens follow the question's CLIP text embedding
 
     def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
                  revision: str | None = None, sign: str = "official",

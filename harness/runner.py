@@ -18,17 +18,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.datasets import Record, UnreadableImage, check_images_readable, load_dataset, load_image
+from eval.datasets import Record, check_images_readable, load_dataset
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
 from svdprune.models import load_model
 from svdprune.pruning import build_method
-from svdprune.surgery import generate
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
 from .lock import RunLock
 from .results import PredictionWriter, read_predictions, write_json_atomic
+from .schedule import answer_batches
 from .settings import Settings, check_config
 from .shard import merge_shards, read_shard, shard_predictions_path, shard_records
 
@@ -156,14 +156,11 @@ def run(cfg: DictConfig) -> dict:
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not cfg.get("progress", True),
                    desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
         with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
-            for start in range(0, len(todo), settings.batch_size):
-                batch, images = _load_images(todo[start:start + settings.batch_size], settings, skipped)
-                if not batch:
-                    continue
-                t0 = time.perf_counter()
-                out = generate(lm, method, [r.question for r in batch], images, instruction=dataset.instruction,
-                               max_new_tokens=settings.max_new_tokens, seed=cfg.seed)
-                generation_seconds += time.perf_counter() - t0
+            for batch, out, seconds in answer_batches(
+                    lm, method, todo, batch_size=settings.batch_size, schedule=settings.schedule,
+                    instruction=dataset.instruction, max_new_tokens=settings.max_new_tokens, seed=cfg.seed,
+                    on_bad_image=settings.on_bad_image, skipped=skipped):
+                generation_seconds += seconds
                 rows = []
                 for i, record in enumerate(batch):
                     generated_tokens += len(out.token_ids[i])
@@ -225,23 +222,6 @@ def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard)
             return merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)
     except RunFolderBusy:
         return None
-
-
-def _load_images(batch: list[Record], settings: Settings, skipped: list[str]):
-    """(records, RGB images) of a batch; an image that cannot be decoded stops the run with a one-line error
-    saying how to go on, or, with on_bad_image=skip, leaves its question out (listed in ``skipped``)."""
-    kept, images = [], []
-    for record in batch:
-        try:
-            images.append(load_image(record))
-            kept.append(record)
-        except UnreadableImage as exc:
-            if settings.on_bad_image != "skip":
-                raise UserError(f"{exc}; the answers so far are kept: fix or remove the image and rerun the same "
-                                "command, or add on_bad_image=skip to leave such questions out") from None
-            print(f"note: skipped: {exc}", file=sys.stderr)
-            skipped.append(record.question_id)
-    return kept, images
 
 
 @contextlib.contextmanager

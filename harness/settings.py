@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from svdprune.errors import UserError
 
+from .schedule import check_schedule
 from .shard import Shard, parse_shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -34,6 +35,7 @@ class Settings:
     threads: int | None
     repair_predictions: bool
     on_bad_image: str
+    schedule: str  # by_image | per_question (harness/schedule.py)
     shard: Shard | None  # this process's block of the questions (shard=i/n, harness/shard.py)
 
 
@@ -115,6 +117,7 @@ def check_config(cfg: DictConfig) -> Settings:
         batch_size=_positive(cfg, "batch_size") or 1, max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
         threads=_int(cfg, "threads", 1, True), repair_predictions=_bool(cfg, "repair_predictions"),
         on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
+        schedule=check_schedule(cfg.get("schedule", "by_image")),
     )
 
 

@@ -29,8 +29,10 @@ from torch import nn
 class PruneContext:
     """Per-batch inputs a method may need, and per-image statistics it may record.
 
-    questions: the question lines of the batch (text-aware methods, e.g. TRIM); instruction: the answer
-    instruction appended after them in the prompt (None when the dataset has none).
+    questions: the question lines of the batch (text-aware methods, e.g. TRIM); ``None`` when the engine
+    encodes each distinct image once for all its questions (a method that reads them declares
+    ``question_dependent``). instruction: the answer instruction appended after them in the prompt (None when
+    the dataset has none).
     vision_hidden_states: all hidden states of the vision tower, CLS included (filled by ``encode``).
     seed: the run seed, for methods with randomness.
     """
@@ -56,6 +58,11 @@ class EncoderPruner:
 
     kind = "encoder"
     budget: int
+    #: True when the kept tokens depend on the question (the method reads ``context.questions``, e.g. TRIM):
+    #: the engine then runs ``reduce`` once per question. False: ``encode`` and ``reduce`` run once per distinct
+    #: image (their context has ``questions=None``) and the image's questions share the kept tokens and the
+    #: prefilled prompt prefix.
+    question_dependent = False
 
     def check(self, lm) -> None:
         """Raise UserError if the method cannot run on the loaded model (called before any result is written)."""
@@ -145,6 +152,9 @@ class DecoderPruner:
 
     kind = "decoder"
     budget: int
+    #: Decoder-side cuts read the prompt (the last token's or the text tokens' attention), so the LLM prefill
+    #: is per question from the first cut on; ``encode`` and ``reduce`` (all image tokens) still run once per image.
+    question_dependent = True
 
     def check(self, lm) -> None:
         """Raise UserError if the method cannot run on the loaded model (e.g. a schedule deeper than the LLM);

@@ -8,6 +8,11 @@ method can change the token set between layers. With no cut, this loop computes 
 
 Only surviving image tokens are placed in the prompt (k image positions, not 576 with a mask), so the
 projector and every LLM layer process the shorter sequence.
+
+Two entry points, same predictions: :func:`generate` (every question pays for its own image and whole prompt;
+the reference) and :func:`generate_by_image` (vision tower, cut and projector once per image; for vanilla and
+encoder-side methods also the prompt prefix up to the image tokens, whose KV cache the image's questions share,
+so only their suffixes are prefilled).
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ class _LayerCache:
     padding: torch.Tensor  # (B, L_l) bool: padded slots of these layers' KV cache
     next_position: torch.Tensor  # (B,) RoPE position of the first generated token
 
+    def __post_init__(self):
+        self.has_padding = bool(self.padding.any())  # no padding: decoding attends without a mask
+
 
 def _attention_mask(padding: torch.Tensor) -> torch.Tensor:
     """(B, L) padding -> (B, 1, L, L) bool causal mask, True = attend. Padded rows attend to themselves
@@ -52,6 +60,12 @@ def _attention_mask(padding: torch.Tensor) -> torch.Tensor:
     return mask[:, None]
 
 
+def _layer_mask(padding: torch.Tensor) -> torch.Tensor | None:
+    """The mask the decoder layers get in prefill: None when no row is padded, so that SDPA runs with
+    ``is_causal`` (its fastest kernels on a GPU); the explicit causal + padding mask otherwise."""
+    return _attention_mask(padding) if bool(padding.any()) else None
+
+
 def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: PruneContext) -> torch.Tensor:
     """Vision tower + encoder-side cut + projector. Returns LLM-input image embeddings (B, k, d)."""
     features = method.encode(lm.vision_tower, pixel_values, lm.feature_layer, context)  # (B, N, Dv)
@@ -61,10 +75,8 @@ def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: 
     return lm.projector(kept.to(lm.dtype))
 
 
-def build_inputs(lm: LoadedModel, prompts: list[str], image_embeds: torch.Tensor) -> TokenState:
-    """Tokenise with k image positions, left-pad, embed, place the image embeddings. image_embeds: (B, k, d)."""
-    k = image_embeds.shape[1]
-    rows = [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, k) for p in prompts]
+def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids (B, L), padding (B, L) bool, True at left padding), on the model's device."""
     length = max(map(len, rows))
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
@@ -72,17 +84,35 @@ def build_inputs(lm: LoadedModel, prompts: list[str], image_embeds: torch.Tensor
     for i, row in enumerate(rows):
         ids[i, length - len(row):] = torch.tensor(row)
         padding[i, length - len(row):] = False
-    ids, padding = ids.to(lm.device), padding.to(lm.device)
+    return ids.to(lm.device), padding.to(lm.device)
+
+
+def _positions(padding: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(B, L) padding -> RoPE positions start, start + 1, ... of the real tokens (as HF generate:
+    cumsum(mask) - 1; padded slots get ``start``, they are never attended to)."""
+    return start + (torch.cumsum(~padding, dim=1) - 1).clamp_min(0)
+
+
+def _embed(lm: LoadedModel, ids: torch.Tensor, image_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed ids (B, L) and place image_embeds (B, k, d) at the image positions. Returns (embeds, is_image)."""
     is_image = ids == lm.image_token_id
     embeds = lm.language_model.embed_tokens(ids)  # (B, L, d)
-    embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
-    position_ids = (torch.cumsum(~padding, dim=1) - 1).clamp_min(0)  # as HF generate: cumsum(mask) - 1
-    return TokenState(hidden=embeds, position_ids=position_ids, padding=padding, is_image=is_image)
+    return embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype)), is_image
+
+
+def build_inputs(lm: LoadedModel, prompts: list[str], image_embeds: torch.Tensor) -> TokenState:
+    """Tokenise with k image positions, left-pad, embed, place the image embeddings. image_embeds: (B, k, d)."""
+    k = image_embeds.shape[1]
+    ids, padding = _left_pad(lm, [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, k) for p in prompts])
+    embeds, is_image = _embed(lm, ids, image_embeds)
+    return TokenState(hidden=embeds, position_ids=_positions(padding), padding=padding, is_image=is_image)
 
 
 def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, cache):
     """Run every decoder layer over the prompt, letting a decoder-side method cut between layers.
 
+    Without padding the layers get no mask (SDPA ``is_causal``); a decoder-side method still sees the
+    explicit (B, 1, L, L) mask in its :class:`LayerView`.
     Returns (last hidden state of each row (B, d), per-layer image-token counts (B, n_layers), layer groups).
     """
     llm = lm.language_model
@@ -92,7 +122,7 @@ def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, c
     for layer_idx, layer in enumerate(llm.layers):
         if position_embeddings is None:  # first layer, or the token set changed
             position_embeddings = llm.rotary_emb(state.hidden, state.position_ids)
-            mask = _attention_mask(state.padding)
+            mask = _layer_mask(state.padding)
             group_start = layer_idx
         layer_input = state.hidden
         output = layer(layer_input, attention_mask=mask, position_embeddings=position_embeddings,
@@ -102,7 +132,8 @@ def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, c
         new_state = None
         if method.kind == "decoder" and layer_idx < len(llm.layers) - 1:
             view = LayerView(layer_idx=layer_idx, layer_input=layer_input, state=state,
-                             position_embeddings=position_embeddings, attention_mask=mask,
+                             position_embeddings=position_embeddings,
+                             attention_mask=mask if mask is not None else _attention_mask(state.padding),
                              layers=llm.layers, rotary=llm.rotary_emb, context=context)
             new_state = method.after_layer(layer_idx, view)
         if new_state is not None or layer_idx == len(llm.layers) - 1:
@@ -117,15 +148,17 @@ def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, c
 def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: list[_LayerCache], cache) -> torch.Tensor:
     """One greedy step for tokens (B,) at generation step ``step`` (0 = first generated token fed back).
 
-    Each layer group attends over its own (pruned) cache and places the new token at its own position.
-    Returns last hidden states (B, d) after the final norm.
+    Each layer group attends over its own (pruned) cache and places the new token at its own position
+    (no mask when that cache holds no padding). Returns last hidden states (B, d) after the final norm.
     """
     llm = lm.language_model
     hidden = llm.embed_tokens(token_ids[:, None])  # (B, 1, d)
     for group in groups:
-        batch = group.padding.shape[0]
-        generated = torch.zeros(batch, step + 1, dtype=torch.bool, device=hidden.device)
-        mask = ~torch.cat([group.padding, generated], dim=1)[:, None, None, :]  # (B, 1, 1, L_l + step + 1)
+        mask = None
+        if group.has_padding:
+            batch = group.padding.shape[0]
+            generated = torch.zeros(batch, step + 1, dtype=torch.bool, device=hidden.device)
+            mask = ~torch.cat([group.padding, generated], dim=1)[:, None, None, :]  # (B, 1, 1, L_l + step + 1)
         positions = (group.next_position + step)[:, None]  # (B, 1)
         position_embeddings = llm.rotary_emb(hidden, positions)
         for layer_idx in group.layers:
@@ -134,26 +167,11 @@ def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: lis
     return llm.norm(hidden[:, -1])
 
 
-@torch.inference_mode()
-def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *,
-             instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
-    """Greedy generation for one batch of (question, image) pairs with ``method`` applied."""
-    from transformers import DynamicCache
-
-    assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
-    method.check(lm)
-    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
-    pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
-    image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
-    prompts = [vicuna_prompt(q, instruction) for q in questions]
-    state = build_inputs(lm, prompts, image_embeds)
-    prompt_lengths = (~state.padding).sum(-1).tolist()
-
-    cache = DynamicCache(config=lm.language_model.config)
-    last_hidden, image_counts, groups = prefill(lm, state, method, context, cache)
+def _greedy(lm: LoadedModel, last_hidden: torch.Tensor, groups: list[_LayerCache], cache,
+            max_new_tokens: int) -> list[list[int]]:
+    """Greedy decoding from the prefill's last hidden states (B, d); generated ids per row, EOS excluded."""
     eos = lm.tokenizer.eos_token_id
-    batch = len(questions)
-    finished = torch.zeros(batch, dtype=torch.bool, device=lm.device)
+    finished = torch.zeros(last_hidden.shape[0], dtype=torch.bool, device=last_hidden.device)
     steps: list[torch.Tensor] = []  # per step (B,) ids, with -1 once a row has finished
     for step in range(max_new_tokens):
         next_ids = lm.model.lm_head(last_hidden).argmax(-1)  # (B,)
@@ -163,8 +181,236 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
             break
         last_hidden = decode_step(lm, next_ids, step, groups, cache)
     table = torch.stack(steps, dim=1).tolist()  # (B, T), copied to the host once
-    generated = [[token for token in row if token >= 0] for row in table]
+    return [[token for token in row if token >= 0] for row in table]
+
+
+def _new_cache(lm: LoadedModel):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=lm.language_model.config)
+
+
+def _finish(lm: LoadedModel, generated: list[list[int]], prompts: list[str], image_counts: list[list[int]],
+            prompt_lengths: list[int], stats: dict) -> Generation:
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
-    return Generation(token_ids=generated, texts=texts, prompts=prompts,
-                      image_tokens_per_layer=image_counts.tolist(), prompt_lengths=prompt_lengths,
-                      stats=dict(context.stats))
+    return Generation(token_ids=generated, texts=texts, prompts=prompts, image_tokens_per_layer=image_counts,
+                      prompt_lengths=prompt_lengths, stats=stats)
+
+
+def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: torch.Tensor, context: PruneContext,
+                   max_new_tokens: int, stats: dict | None = None) -> Generation:
+    """Whole-prompt prefill (with the method's decoder-side cuts) + greedy decoding; image_embeds (B, k, d)."""
+    state = build_inputs(lm, prompts, image_embeds)
+    prompt_lengths = (~state.padding).sum(-1).tolist()
+    cache = _new_cache(lm)
+    last_hidden, image_counts, groups = prefill(lm, state, method, context, cache)
+    generated = _greedy(lm, last_hidden, groups, cache, max_new_tokens)
+    return _finish(lm, generated, prompts, image_counts.tolist(), prompt_lengths, {**(stats or {}), **context.stats})
+
+
+@torch.inference_mode()
+def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *,
+             instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
+    """Greedy generation for one batch of (question, image) pairs with ``method`` applied: the straightforward
+    per-question path (every row pays for its own image and whole prompt). The reference
+    :func:`generate_by_image` is tested against."""
+    assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
+    method.check(lm)
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+    pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
+    image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
+    prompts = [vicuna_prompt(q, instruction) for q in questions]
+    return _generate_full(lm, method, prompts, image_embeds, context, max_new_tokens)
+
+
+# ---------------------------------------------------------------- one vision pass and one prefix per image
+
+@dataclass
+class ImagePrefix:
+    """The question-independent part of one image's prompts, computed once and shared by its questions.
+
+    embeds: (k, d) LLM-input image embeddings after the encoder-side cut and the projector.
+    stats: the per-image values the method recorded (one value per key).
+    prefix_ids: the ids every prompt of the image starts with: BOS, system prompt, "USER: ", k image ids.
+    kv: per LLM layer (keys, values), each (H_kv, P, head_dim): the prefilled prefix. None for methods whose
+        LLM prefill cannot be shared (decoder-side cuts).
+    """
+
+    embeds: torch.Tensor
+    stats: dict
+    prefix_ids: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def shares_prefix(method) -> bool:
+    """Whether the LLM prefill of the image prefix can be shared by the image's questions: only when every
+    layer sees the same image tokens whatever the question (no question-dependent selection, no cut between
+    LLM layers)."""
+    return method.kind != "decoder" and not method.question_dependent
+
+
+def split_prompt(lm: LoadedModel, prompt: str, k: int) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids of one prompt with k image positions: the prefix ends with the last image token.
+    Their concatenation is exactly ``tokenizer_image_token(prompt, ..., k)``."""
+    ids = tokenizer_image_token(prompt, lm.tokenizer, lm.image_token_id, k)
+    end = len(ids) - ids[::-1].index(lm.image_token_id)
+    return ids[:end], ids[end:]
+
+
+def prefill_prefixes(lm: LoadedModel, prefix_ids: list[int], image_embeds: torch.Tensor):
+    """Run every decoder layer over the shared prefix of n images (no padding: SDPA ``is_causal``).
+
+    prefix_ids: P ids (k of them image ids); image_embeds: (n, k, d).
+    Returns per layer (keys, values), each (n, H_kv, P, head_dim) with RoPE applied, as the KV cache holds them.
+    """
+    n = image_embeds.shape[0]
+    ids = torch.tensor([prefix_ids], device=lm.device).expand(n, -1)  # (n, P)
+    hidden, _ = _embed(lm, ids, image_embeds)
+    positions = torch.arange(len(prefix_ids), device=lm.device)[None].expand(n, -1)
+    llm = lm.language_model
+    position_embeddings = llm.rotary_emb(hidden, positions)
+    cache = _new_cache(lm)
+    for layer in llm.layers:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, position_ids=positions,
+                       cache=cache, use_cache=True)
+    return [(cache.layers[i].keys, cache.layers[i].values) for i in range(len(llm.layers))]
+
+
+def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list[list[int]], cache):
+    """Prefill only the question suffixes of B rows whose prefix is already in the KV cache.
+
+    prefix_kv: per layer (keys, values), each (B, H_kv, P, head_dim), one row per question;
+    suffixes: B token lists (the text after the image tokens). The suffixes are left-padded *after* the
+    prefix ([prefix][padding][suffix]), so the last slot is still every row's last token; each suffix
+    token sits at RoPE position P + its index, as in the whole-prompt prefill.
+    Returns (last hidden states (B, d), one layer group for decoding).
+    """
+    llm = lm.language_model
+    ids, padding = _left_pad(lm, suffixes)  # (B, S)
+    hidden = llm.embed_tokens(ids)  # (B, S, d)
+    positions = _positions(padding, prefix_len)
+    full_padding = torch.cat([padding.new_zeros(padding.shape[0], prefix_len), padding], dim=1)  # (B, P + S)
+    mask = _attention_mask(full_padding)[:, :, prefix_len:]  # (B, 1, S, P + S): the suffix rows
+    for layer_idx, (keys, values) in enumerate(prefix_kv):
+        cache.update(keys, values, layer_idx)
+    position_embeddings = llm.rotary_emb(hidden, positions)
+    for layer in llm.layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, position_ids=positions,
+                       cache=cache, use_cache=True)
+    group = _LayerCache(range(len(llm.layers)), full_padding, positions[:, -1] + 1)
+    return llm.norm(hidden[:, -1]), group
+
+
+def _per_image_stats(stats: dict, n: int) -> list[dict]:
+    """{key: [v_0 .. v_n-1]} as recorded for n images -> n dicts {key: v_j}."""
+    return [{key: values[j] for key, values in stats.items()} for j in range(n)]
+
+
+def _row_stats(per_image: list[dict], row_image: list[int]) -> dict:
+    """Per-image stat dicts -> {key: one value per row}."""
+    keys = list(dict.fromkeys(key for stats in per_image for key in stats))
+    return {key: [per_image[j][key] for j in row_image] for key in keys}
+
+
+def encode_prefixes(lm: LoadedModel, method, pixel_values: torch.Tensor, *, instruction: str | None,
+                    seed: int) -> list[ImagePrefix]:
+    """Vision tower, encoder-side cut, projector and (where :func:`shares_prefix`) the prefix prefill of n
+    distinct images (pixel_values (n, 3, S, S)). The method's context has no questions (``None``): a method
+    that reads them must declare ``question_dependent``."""
+    context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    embeds = encode_images(lm, method, pixel_values.to(lm.device, lm.dtype), context)  # (n, k, d)
+    prefix_ids, _ = split_prompt(lm, vicuna_prompt("", instruction), embeds.shape[1])
+    kv = prefill_prefixes(lm, prefix_ids, embeds) if shares_prefix(method) else None
+    stats = _per_image_stats(context.stats, embeds.shape[0])
+    return [ImagePrefix(embeds=embeds[j], stats=stats[j], prefix_ids=prefix_ids,
+                        kv=[(keys[j], values[j]) for keys, values in kv] if kv is not None else None)
+            for j in range(embeds.shape[0])]
+
+
+def _expand_context(image_context: PruneContext, n: int, index: torch.Tensor, questions: list[str], seed: int,
+                    lm, instruction: str | None) -> PruneContext:
+    """A per-question context from the one of n images: vision hidden states and encoder_aux tensors of the
+    image stage repeated per row (index (B,) -> image), per-image stats repeated per row."""
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+    if image_context.vision_hidden_states is not None:
+        context.vision_hidden_states = tuple(h.index_select(0, index) for h in image_context.vision_hidden_states)
+    context.encoder_aux = {key: value.index_select(0, index) if isinstance(value, torch.Tensor) else value
+                           for key, value in image_context.encoder_aux.items()}
+    if image_context.stats:
+        context.stats.update(_row_stats(_per_image_stats(image_context.stats, n), index.tolist()))
+    return context
+
+
+def _generate_question_dependent(lm, method, prompts, questions, pixel_values, row_image, *, instruction,
+                                 max_new_tokens, seed) -> Generation:
+    """Encoder-side selection that reads the question (TRIM): the vision tower runs once per distinct image,
+    ``reduce`` once per question, the whole prompt is prefilled per question."""
+    image_context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    features = method.encode(lm.vision_tower, pixel_values.to(lm.device, lm.dtype), lm.feature_layer,
+                             image_context)  # (n, N, Dv)
+    index = torch.tensor(row_image, device=features.device)
+    context = _expand_context(image_context, features.shape[0], index, questions, seed, lm, instruction)
+    kept = method.reduce(features.index_select(0, index), context)  # (B, k, Dv)
+    assert kept.shape[1] == method.budget, f"{type(method).__name__} returned {kept.shape[1]} tokens, budget {method.budget}"
+    return _generate_full(lm, method, prompts, lm.projector(kept.to(lm.dtype)), context, max_new_tokens)
+
+
+@torch.inference_mode()
+def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, pixels, *,
+                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0,
+                      prefixes: dict | None = None) -> Generation:
+    """Greedy generation for a batch of questions, paying once per distinct image instead of once per question.
+
+    image_keys: one hashable per question naming its image; pixels: key -> preprocessed image (3, S, S)
+    (needed for the keys not in ``prefixes``). ``prefixes`` (key -> :class:`ImagePrefix`, owned by the caller)
+    carries images from one batch to the next: missing keys are computed and added, the caller drops what it no
+    longer needs. Per method (``method.kind``, ``method.question_dependent``):
+
+    * vanilla and encoder-side: vision tower, cut and projector once per image, the prompt prefix (up to and
+      including the image tokens) prefilled once per image; only the question suffixes are prefilled per
+      question, decoding continues from the shared prefix cache;
+    * decoder-side: vision tower and projector once per image; the whole prompt is prefilled per question
+      (the cuts depend on the question from the first cut on);
+    * question-dependent encoder-side (TRIM): vision tower once per distinct image in the batch, the cut and
+      the whole prompt per question.
+
+    Same predictions as :func:`generate` on the same questions (up to floating-point summation order).
+    """
+    assert len(questions) == len(image_keys), f"{len(questions)} questions for {len(image_keys)} images"
+    method.check(lm)
+    prefixes = {} if prefixes is None else prefixes
+    prompts = [vicuna_prompt(q, instruction) for q in questions]
+    distinct = list(dict.fromkeys(image_keys))
+    row_image = [distinct.index(key) for key in image_keys]
+    if method.kind != "decoder" and method.question_dependent:
+        stacked = torch.stack([pixels[key] for key in distinct])
+        return _generate_question_dependent(lm, method, prompts, questions, stacked, row_image,
+                                            instruction=instruction, max_new_tokens=max_new_tokens, seed=seed)
+
+    missing = [key for key in distinct if key not in prefixes]
+    if missing:
+        new = encode_prefixes(lm, method, torch.stack([pixels[key] for key in missing]), instruction=instruction,
+                              seed=seed)
+        prefixes.update(zip(missing, new))
+    rows = [prefixes[key] for key in image_keys]
+    stats = _row_stats([prefixes[key].stats for key in distinct], row_image)
+    if not shares_prefix(method):
+        context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+        embeds = torch.stack([row.embeds for row in rows])  # (B, N, d)
+        return _generate_full(lm, method, prompts, embeds, context, max_new_tokens, stats)
+
+    k = rows[0].embeds.shape[0]
+    split = [split_prompt(lm, prompt, k) for prompt in prompts]
+    assert all(prefix == row.prefix_ids for (prefix, _), row in zip(split, rows)), "prompts do not share the prefix"
+    prefix_ids = rows[0].prefix_ids
+    index = torch.tensor(row_image, device=lm.device)
+    prefix_kv = [(torch.stack([prefixes[key].kv[layer][0] for key in distinct]).index_select(0, index),
+                  torch.stack([prefixes[key].kv[layer][1] for key in distinct]).index_select(0, index))
+                 for layer in range(len(lm.language_model.layers))]  # per layer (B, H_kv, P, head_dim)
+    cache = _new_cache(lm)
+    suffixes = [suffix for _, suffix in split]
+    last_hidden, group = prefill_suffixes(lm, prefix_kv, len(prefix_ids), suffixes, cache)
+    generated = _greedy(lm, last_hidden, [group], cache, max_new_tokens)
+    n_layers = len(lm.language_model.layers)
+    return _finish(lm, generated, prompts, [[k] * n_layers for _ in questions],
+                   [len(prefix_ids) + len(suffix) for suffix in suffixes], stats)

@@ -151,3 +151,33 @@ def test_text_is_question_plus_the_datasets_instruction():
     assert method.texts(["Q?"], None) == ["Q?"]
     method.text_suffix = " custom"
     assert method.texts(["Q?"], ANSWER_INSTRUCTION) == ["Q? custom"]
+
+
+def test_by_image_engine_cuts_per_question(tiny, clip_folder):
+    """TRIM declares question_dependent: scheduled by image, the vision tower runs once per distinct image but
+    the cut is made per question (two questions on one image keep different tokens), as the per-question path."""
+    from PIL import Image
+
+    from svdprune.prompts import preprocess_image
+    from svdprune.surgery import generate, generate_by_image
+
+    method = build_method("trim", 16, {"clip_path": str(clip_folder)})
+    assert method.question_dependent
+    rng = torch.Generator().manual_seed(9)
+    images = [Image.fromarray(torch.randint(0, 256, (60, 90, 3), generator=rng, dtype=torch.uint8).numpy())
+              for _ in range(2)]
+    questions, keys = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]], [0, 0, 1]
+    pixels = {k: preprocess_image(img) for k, img in enumerate(images)}
+    passes = []
+    hook = tiny.vision_tower.register_forward_hook(lambda m, args, out: passes.append(args[0].shape[0]))
+    try:
+        ours = generate_by_image(tiny, method, questions, keys, pixels, instruction=ANSWER_INSTRUCTION,
+                                 max_new_tokens=4)
+    finally:
+        hook.remove()
+    reference = generate(tiny, method, questions, [images[k] for k in keys], instruction=ANSWER_INSTRUCTION,
+                         max_new_tokens=4)
+    assert passes == [2]
+    assert ours.stats["kept_indices"] == reference.stats["kept_indices"]
+    assert ours.stats["kept_indices"][0] != ours.stats["kept_indices"][1]
+    assert ours.token_ids == reference.token_ids
