@@ -143,6 +143,7 @@ LOADERS: dict[str, str] = {
     "easyvqa": "eval.easyvqa:load",
     "gqa": "eval.gqa:load",
     "textvqa": "eval.textvqa:load",
+    "scenes": "eval.scenes:load",
 }
 
 
