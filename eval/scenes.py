@@ -29,7 +29,7 @@ Scoring: exact match (the ``gqa`` scorer). Question ids ``<split>-<scene>-<q>``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -131,16 +131,29 @@ def render(scene: Scene) -> Image.Image:
     return image
 
 
+def patch_shares(obj: Obj) -> dict[int, float]:
+    """{patch index: share of its pixels the object covers} for the patches it touches. Drawn on a small
+    canvas of whole patches around the object (PIL rasterises integer translations identically, so this
+    equals ``object_mask`` pooled per patch, tested) -- the loader computes it for every question."""
+    c0, r0 = obj.x // PATCH, obj.y // PATCH
+    c1, r1 = -(-(obj.x + obj.size) // PATCH), -(-(obj.y + obj.size) // PATCH)
+    canvas = Image.new("L", ((c1 - c0) * PATCH, (r1 - r0) * PATCH), 0)
+    _draw_shape(ImageDraw.Draw(canvas), replace(obj, x=obj.x - c0 * PATCH, y=obj.y - r0 * PATCH), 255)
+    share = (np.asarray(canvas) > 0).reshape(r1 - r0, PATCH, c1 - c0, PATCH).mean((1, 3))
+    return {(r0 + r) * GRID + c0 + c: float(share[r, c]) for r, c in zip(*np.nonzero(share))}
+
+
 def patches_of(obj: Obj) -> list[int]:
     """Sorted raster indices of the patches the object covers (share of pixels >= COVER)."""
-    share = object_mask(obj).reshape(GRID, PATCH, GRID, PATCH).mean((1, 3)).reshape(-1)
-    return np.flatnonzero(share >= COVER).tolist()
+    return sorted(p for p, share in patch_shares(obj).items() if share >= COVER)
 
 
 def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Per patch (576,): index of the object covering it most (-1: background) and that object's pixel share."""
-    shares = np.stack([object_mask(o).reshape(GRID, PATCH, GRID, PATCH).mean((1, 3)).reshape(-1)
-                       for o in scene.objects])  # (n_objects, 576)
+    shares = np.zeros((len(scene.objects), GRID * GRID))  # (n_objects, 576)
+    for i, obj in enumerate(scene.objects):
+        for p, share in patch_shares(obj).items():
+            shares[i, p] = share
     best = shares.argmax(0)
     share = shares.max(0)
     return np.where(share > 0, best, -1), share

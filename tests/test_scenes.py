@@ -4,8 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from eval.datasets import load_dataset
-from eval.scenes import (ANSWERS, COLORS, GRID, PATCH, SIZE, evidence, object_mask, records, render, scene,
-                         scenes)
+from eval.scenes import (ANSWERS, COLORS, COVER, GRID, PATCH, SIZE, evidence, object_mask, patches_of, records,
+                         render, scene, scenes)
 from svdprune.errors import UserError
 
 
@@ -69,3 +69,10 @@ def test_loader_records_evidence_and_types():
 def test_bad_values_are_user_errors(bad):
     with pytest.raises(UserError):
         load_dataset(OmegaConf.create({"name": "scenes", "split": "test", "scenes": None, **bad}))
+
+
+def test_patches_of_equals_the_full_canvas_mask():
+    for s in scenes("train", 30):
+        for obj in s.objects:
+            share = object_mask(obj).reshape(GRID, PATCH, GRID, PATCH).mean((1, 3)).reshape(-1)
+            assert patches_of(obj) == np.flatnonzero(share >= COVER).tolist()

@@ -3,6 +3,7 @@ scene, and the normalisation equals the project's preprocessing."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from eval.scenes import COLORS, SHAPES, patches_of, render, scene
@@ -51,5 +52,5 @@ def test_scene_targets_follow_the_objects():
 
 def test_normalise_equals_preprocess_image():
     image = render(scene("test", 0))
-    x = train_scenes.normalise(torch.from_numpy(__import__("numpy").asarray(image))[None])
+    x = train_scenes.normalise(torch.from_numpy(np.array(image))[None])
     torch.testing.assert_close(x[0], preprocess_image(image), rtol=0, atol=1e-6)
