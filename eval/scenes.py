@@ -140,7 +140,7 @@ def patch_shares(obj: Obj) -> dict[int, float]:
     canvas = Image.new("L", ((c1 - c0) * PATCH, (r1 - r0) * PATCH), 0)
     _draw_shape(ImageDraw.Draw(canvas), replace(obj, x=obj.x - c0 * PATCH, y=obj.y - r0 * PATCH), 255)
     share = (np.asarray(canvas) > 0).reshape(r1 - r0, PATCH, c1 - c0, PATCH).mean((1, 3))
-    return {(r0 + r) * GRID + c0 + c: float(share[r, c]) for r, c in zip(*np.nonzero(share))}
+    return {int((r0 + r) * GRID + c0 + c): float(share[r, c]) for r, c in zip(*np.nonzero(share))}
 
 
 def patches_of(obj: Obj) -> list[int]:

@@ -61,13 +61,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "scenes"))
     parser.add_argument("--regression", action="store_true")
     parser.add_argument("--tau", action="store_true", help="the tau ablation instead of the method table")
+    parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS), help="--tau: the tau values")
+    parser.add_argument("--tau-budgets", type=int, nargs="+", default=list(TAU_BUDGETS), help="--tau: the budgets")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = checkpoint_sha256()
     runs = out / "runs" / weights[:12]  # keyed by the weights: a retrained checkpoint never resumes old runs
     if args.tau:
-        return tau_ablation(args.limit, runs, out)
+        return tau_ablation(args.limit, runs, out, args.taus, args.tau_budgets)
     table, reasons = {}, {}
     for method in args.methods or methods():
         if method in NOT_ON_SCENES:
@@ -84,11 +86,11 @@ def main() -> None:
     write_table(table, args.budgets, args.limit, out, reasons)
 
 
-def tau_ablation(limit: int, runs: Path, out: Path) -> None:
+def tau_ablation(limit: int, runs: Path, out: Path, taus=TAUS, budgets=TAU_BUDGETS) -> None:
     rows = []
     for center in (False, True):
-        for budget in TAU_BUDGETS:
-            for tau in TAUS:
+        for budget in budgets:
+            for tau in taus:
                 extra = (f"method.params.tau={tau}", f"method.params.center={str(center).lower()}")
                 accuracy, preds = scenes_run("svd", budget, limit, runs, extra)
                 recall = evidence_recall("svd", preds)["recall"]
@@ -99,9 +101,9 @@ def tau_ablation(limit: int, runs: Path, out: Path) -> None:
     (out / "tau.csv").write_text("\n".join(lines) + "\n")
     md = [f"SVD-Prune tau ablation on the scenes model (first {limit} test questions; `python scripts/eval_scenes.py "
           "--tau`): accuracy % / evidence recall % / mean rank r.", "",
-          "| centring | k | " + " | ".join(str(t) for t in TAUS) + " |", "|---|---|" + "---|" * len(TAUS)]
+          "| centring | k | " + " | ".join(str(t) for t in taus) + " |", "|---|---|" + "---|" * len(taus)]
     for center in (False, True):
-        for budget in TAU_BUDGETS:
+        for budget in budgets:
             cells = [f"{a:.1f} / {r:.1f} / {k:.1f}" for c, b, t, a, r, k in rows if c == center and b == budget]
             md.append(f"| {'on' if center else 'off'} | {budget} | " + " | ".join(cells) + " |")
     (out / "tau.md").write_text("\n".join(md) + "\n")
@@ -112,7 +114,7 @@ def tau_ablation(limit: int, runs: Path, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for center, style in ((False, "-"), (True, "--")):
-        for budget in TAU_BUDGETS:
+        for budget in budgets:
             pts = [(t, a, r) for c, b, t, a, r, _ in rows if c == center and b == budget]
             label = f"k={budget}, centring {'on' if center else 'off'}"
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
