@@ -2,10 +2,12 @@
 
 Each method at budgets 64 and 16 must stay within TOLERANCE accuracy points of the value recorded in
 results/scenes/regression.json (``python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression``) and
-give the recorded answer to at least AGREEMENT of the questions. On this benchmark the answer depends on which
-tokens survive (random selection at 16 tokens is far below vanilla), so a broken selection rule moves both.
+give the recorded answer to at least AGREEMENT of the questions. Opt-in (``SVDPRUNE_SCENES_REGRESSION=1``):
+the committed scenes model answers near its priors (vanilla 46%), so it is not yet the discriminating CI check
+the benchmark is meant to give, and its runtime exceeds the 2-minute CI budget on 2 cores.
 """
 import json
+import os
 
 import pytest
 
@@ -15,6 +17,10 @@ REFERENCE = ROOT / "results" / "scenes" / "regression.json"
 TOLERANCE = 3.0  # accuracy points (92 questions: ~1.1 points each); absorbs BLAS differences between machines
 AGREEMENT = 0.95  # share of questions answered as recorded
 
+if os.environ.get("SVDPRUNE_SCENES_REGRESSION") != "1":
+    # opt-in: ~21 runs of 92 questions through a 7-layer tower are several minutes on 2 CPU cores, and the
+    # committed scenes model is below its targets (checkpoints/scenes/README.md), so it guards little yet
+    pytest.skip("opt-in: set SVDPRUNE_SCENES_REGRESSION=1", allow_module_level=True)
 if not REFERENCE.exists() or not SCENES_WEIGHTS.exists():
     pytest.skip("the scenes checkpoint or its regression reference is not in this checkout", allow_module_level=True)
 
