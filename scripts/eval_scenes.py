@@ -2,9 +2,14 @@
 runner: accuracy and evidence recall side by side (results/scenes/accuracy.{csv,md},
 accuracy_recall_vs_budget.{png,pdf}), the tau ablation (tau.{csv,md,png}) and the CI regression reference.
 
-    python scripts/eval_scenes.py --limit 460                       # the table (first 100 test scenes)
-    python scripts/eval_scenes.py --tau --limit 460                 # SVD-Prune tau 0.1..1.0 at 16/32/192, centring on/off
-    python scripts/eval_scenes.py --limit 100 --budgets 64 16 --regression   # refresh the CI reference
+    python scripts/eval_scenes.py --limit 92 --budgets 64 16        # the committed table (first 20 test scenes)
+    python scripts/eval_scenes.py --tau --limit 92 --taus 0.1 0.5 0.9 1.0 --tau-budgets 16   # the committed tau rows
+    python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression   # refresh the regression reference
+    python scripts/eval_scenes.py --tau                              # the full Fig. 3 sweep: tau 0.1..1.0 at 16/32/192
+
+The defaults (all budgets, 460 questions, the full tau sweep) are what the benchmark is meant for; on the
+shared 2-core machine one run of 92 questions took 1-2 min, so the committed files are the smaller commands.
+Run folders are kept in results/scenes/runs/<weights sha>/ (not committed); reruns resume there.
 """
 from __future__ import annotations
 
