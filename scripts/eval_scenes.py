@@ -2,7 +2,7 @@
 runner: accuracy and evidence recall side by side (results/scenes/accuracy.{csv,md},
 accuracy_recall_vs_budget.{png,pdf}), the tau ablation (tau.{csv,md,png}) and the CI regression reference.
 
-    python scripts/eval_scenes.py --limit 92 --budgets 64 16        # the committed table (first 20 test scenes)
+    python scripts/eval_scenes.py --limit 92 --budgets 192 64 32 16   # the committed table (first 20 test scenes)
     python scripts/eval_scenes.py --tau --limit 92 --taus 0.1 0.5 0.9 1.0 --tau-budgets 16   # the committed tau rows
     python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression   # refresh the regression reference
     python scripts/eval_scenes.py --tau                              # the full Fig. 3 sweep: tau 0.1..1.0 at 16/32/192
