@@ -57,4 +57,6 @@ class FastV(DecoderPruner):
         image_pos = image_positions(state.is_image)
         image_scores = scores.gather(1, image_pos)
         keep_local = image_scores.topk(min(self.budget, image_pos.shape[1]), dim=1).indices
+        # every image token is still there (raster order): local indices are patch indices; a record only
+        view.context.record(kept_indices=keep_local.sort(dim=1).values.tolist())
         return state.gather(keep_indices(state.is_image, image_pos, keep_local))  # original position ids

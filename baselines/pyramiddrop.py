@@ -98,6 +98,8 @@ class PyramidDrop(DecoderPruner):
                                view.attention_mask, last_token_index(state), scale="divide")
         scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in the model dtype
         keep_local = scores.gather(1, image_pos).topk(keep, dim=1).indices
+        if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
+            view.context.record(kept_indices=keep_local.sort(dim=1).values.tolist())
         dropped = state.gather(keep_indices(state.is_image, image_pos, keep_local))
         dropped.position_ids = renumber(dropped.padding)
         return dropped

@@ -166,12 +166,16 @@ class SparseVLM(DecoderPruner):
         keep = min(self.keep[stage], n_image - 1)
         kept_local = scores.topk(keep, dim=1).indices
         pruned = state.gather(keep_indices(state.is_image, image_pos, kept_local))
+        if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
+            view.context.record(kept_indices=kept_local.sort(dim=1).values.tolist())
         if self.recycle and n_image - keep > 0:
             deleted = torch.ones_like(scores, dtype=torch.bool).scatter(1, kept_local, False)
             deleted_local = deleted.nonzero()[:, 1].view(scores.shape[0], -1)  # index order, as policy == 0
             n_candidates = int(deleted_local.shape[1] * RECYCLE_FRACTION) + 1
             pick = scores.gather(1, deleted_local).topk(n_candidates, dim=1).indices  # score order
             candidates = image_pos.gather(1, deleted_local.gather(1, pick))
+            if stage == 0:  # the patches merged into the recycled tokens (a record only)
+                view.context.record(recycled_indices=deleted_local.gather(1, pick).sort(dim=1).values.tolist())
             x = state.hidden.gather(1, candidates[..., None].expand(-1, -1, state.hidden.shape[-1]))
             clusters = int(n_candidates / CLUSTER_DIVISOR) + 1
             generator = torch.Generator().manual_seed(view.context.seed * 1000 + stage)

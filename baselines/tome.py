@@ -47,7 +47,8 @@ sum to 576 - budget.
 
 The schedule actually used is recorded per image as ``tome_schedule`` (predictions.jsonl) and kept as the
 attribute ``schedule`` (list of ints) for metrics; each output token's size (how many patches it holds) is
-recorded as ``merged_sizes`` (sums to 576 over an image's tokens).
+recorded as ``merged_sizes`` (sums to 576 over an image's tokens), and each patch's output token (0..budget-1, the
+merge group it ended in) as ``merge_groups`` (576 per image).
 
 Where we differ from the reference on purpose:
 - the edge ordering uses a stable sort (ties: lower A position first); ToMe's ``argsort`` is unstable;
@@ -177,6 +178,21 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, plan) -> tuple[torch.Ten
     return (weighted / new_size).to(x.dtype), new_size
 
 
+def merged_positions(plan, tokens: int) -> torch.Tensor:
+    """Where each of the ``tokens`` current tokens goes in ``merge_weighted``'s output: (B, tokens) long.
+    Unmerged A tokens keep their rank among the unmerged, src A tokens go to their dst B token, B tokens follow
+    the unmerged ones. Bookkeeping only (merge groups for the record), no effect on the merge."""
+    unmerged, src, dst = plan
+    batch, kept = unmerged.shape
+    a_pos = torch.empty(batch, (tokens + 1) // 2, dtype=torch.long, device=unmerged.device)
+    a_pos.scatter_(1, unmerged, torch.arange(kept, device=unmerged.device).expand(batch, -1))
+    a_pos.scatter_(1, src, kept + dst)
+    out = torch.empty(batch, tokens, dtype=torch.long, device=unmerged.device)
+    out[:, ::2] = a_pos
+    out[:, 1::2] = kept + torch.arange(tokens // 2, device=unmerged.device)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- method
 
 class ToMe(EncoderPruner):
@@ -243,19 +259,25 @@ class ToMe(EncoderPruner):
         self.schedule = schedule
 
         size = None  # (B, T, 1) float32, patches held by each token; None = all ones
+        owner = torch.arange(tokens, device=hidden.device).expand(batch, -1)  # (B, 1 + N): token of each input
         states = [hidden]
         for layer, r in zip(layers[:last + 1], schedule):
-            hidden, size = self.layer_forward(layer, hidden, size, r)
+            width = hidden.shape[1]
+            hidden, size, plan = self.layer_forward(layer, hidden, size, r)
+            if plan is not None:
+                owner = merged_positions(plan, width).gather(1, owner)
             states.append(hidden)
         if size is None:
             size = torch.ones(batch, hidden.shape[1], 1, device=hidden.device)
         context.vision_hidden_states = tuple(states)  # lengths shrink layer by layer
         context.record(tome_schedule=[list(schedule)] * batch,
-                       merged_sizes=size[:, 1:, 0].round().long().tolist())
+                       merged_sizes=size[:, 1:, 0].round().long().tolist(),
+                       merge_groups=(owner[:, 1:] - 1).tolist())
         return hidden[:, 1:]
 
     def layer_forward(self, layer, hidden: torch.Tensor, size: torch.Tensor | None, r: int):
-        """One CLIPEncoderLayer with proportional attention and a ToMe merge between attention and MLP."""
+        """One CLIPEncoderLayer with proportional attention and a ToMe merge between attention and MLP.
+        Returns (hidden, size, the merge plan or None when r = 0)."""
         attn = layer.self_attn
         captured = {}
         handle = attn.k_proj.register_forward_hook(lambda module, args, output: captured.setdefault("k", output))
@@ -267,6 +289,7 @@ class ToMe(EncoderPruner):
         finally:
             handle.remove()
         hidden = hidden + attn_out
+        plan = None
         if r > 0:
             metric = split_heads(captured["k"], attn.num_heads).mean(dim=1)  # (B, T, head_dim)
             if size is None:
@@ -274,7 +297,7 @@ class ToMe(EncoderPruner):
             plan = bipartite_soft_matching(metric, r, protect_cls=True)
             hidden, size = merge_weighted(hidden, size, plan)
         hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
-        return hidden, size
+        return hidden, size, plan
 
     def reduce(self, features, context):
         """The merging already happened in ``encode``: ``features`` are the ``budget`` merged tokens."""

@@ -184,6 +184,7 @@ LOADERS: dict[str, str] = {
     "easyvqa": "eval.easyvqa:load",
     "gqa": "eval.gqa:load",
     "textvqa": "eval.textvqa:load",
+    "scenes": "eval.scenes:load",
 }
 
 

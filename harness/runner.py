@@ -173,6 +173,7 @@ def run(cfg: DictConfig) -> dict:
                         "config_hash": digest,
                     }
                     row.update({key: values[i] for key, values in out.stats.items()})
+                    row.update(record.extra.get("recorded", {}))  # per-question facts a dataset records (evidence)
                     finished[record.question_id] = row
                     rows.append(row)
                 writer.write(rows)
