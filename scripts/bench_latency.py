@@ -158,7 +158,7 @@ def build_geometry7b(device: torch.device, dtype: torch.dtype, tokenizer_path: s
     """LlavaForConditionalGeneration with LLaVA-1.5-7B's config, random weights, built on ``device`` directly.
 
     Without ``tokenizer_path`` the tiny byte-level tokenizer is used (the GQA prompt is 55-77 tokens with it,
-    58-67 with the real Llama-2 tokenizer); ``<image>``'s id is set into the config.
+    60-68 with the real Llama-2 tokenizer); ``<image>``'s id is set into the config.
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -561,6 +561,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1, help="questions per timed call (Table 3: 1)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per question (no EOS stop)")
+    parser.add_argument("--by-budget", action="store_true",
+                        help="run vanilla, then every method at the first budget, then the next (default: per method)")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="one untimed SVD-Prune k=16 question before the first configuration (cheap warm-up)")
+    parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (e.g. make_random_llava.py --clip)")
     parser.add_argument("--kernel-time", action="store_true", help="GPU: also sum CUDA kernel time (torch.profiler)")
     parser.add_argument("--svd-vision", choices=["auto", "clip-l", "model", "none"], default="auto",
                         help="vision tower for the SVD ratio: clip-l = random CLIP-L/336 (default for tiny), "
@@ -581,10 +586,45 @@ def main(argv=None) -> dict:
     questions = [GQA_SAMPLE_QUESTIONS[i % len(GQA_SAMPLE_QUESTIONS)] for i in range(args.batch)]
     images = [probe_image(seed=i) for i in range(args.batch)]
     names = args.methods if args.methods is not None else method_order(METHODS)
-    rows, notes = [], []
+    rows, notes, svd_rows = [], [], []
+    out = output_dir(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = device_tag(device, model_name)
+    header = dict(device=device.type, device_name=device_name(device), model=model_name, dtype=str(lm.dtype)[6:],
+                  batch=args.batch, new_tokens=args.new_tokens, iters=args.iters, warmup=args.warmup,
+                  svd_iters=args.svd_iters, tokenizer=word_tokenizer_note(lm),
+                  model_note=model_note(lm, args, model_name))
+
+    def write_all(final: bool) -> None:
+        """Rewritten after every configuration, so that a long run stopped half way keeps what it measured."""
+        pending = [] if final else ["(partial: the run is still going or was stopped before the end)"]
+        write_csv(out / f"latency_{tag}.csv", rows)
+        if svd_rows:
+            write_csv(out / f"svd_vs_vision_{tag}.csv", svd_rows)
+        write_markdown(out / f"latency_{tag}.md", rows, svd_rows, header, notes + pending)
+
     workdir = Path(tempfile.mkdtemp(prefix="svdprune_latency_"))
-    for name, budget, params in method_budgets(names, lm, args.budgets, workdir, notes,
-                                               "; its text-tower time is not representative"):
+    configs = list(method_budgets(names, lm, args.budgets, workdir, notes,
+                                  "; its text-tower time is not representative"))
+    if args.clip:
+        notes[:] = [n for n in notes if not n.startswith("trim:")] + [f"trim: CLIP from --clip {args.clip}"]
+    if device.type == "cpu":
+        notes.append("peak VRAM and kernel time: GPU only; peak RSS = the process's VmHWM, reset before each "
+                     "configuration (so it includes the model's weights)")
+    elif not args.kernel_time:
+        notes.append("kernel time: run with --kernel-time")
+    if args.by_budget:  # vanilla, then every method at the first budget, then at the next, ...
+        configs.sort(key=lambda c: (c[0] != "vanilla", args.budgets.index(c[1]) if c[1] in args.budgets else -1))
+    if args.prewarm:  # one untimed question through every weight (first touch of mmap'ed pages, kernel set-up)
+        from svdprune.prompts import ANSWER_INSTRUCTION
+        from svdprune.surgery import generate
+        from svdprune.svd import SvdPrune
+
+        generate(lm, SvdPrune(16), questions, images, instruction=ANSWER_INSTRUCTION, max_new_tokens=2)
+        notes.append("one untimed SVD-Prune k=16 question ran first (--prewarm): first-touch costs are in no row")
+    for name, budget, params in configs:
+        if name == "trim" and args.clip:
+            params = dict(params, clip_path=args.clip, revision=None)
         try:
             row = bench_config(lm, name, budget, args, clock, images, questions, params)
         except (UserError, OSError, ValueError, RuntimeError) as exc:
@@ -596,31 +636,14 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"{name:12s} k={row['budget']:3d} prefill {row['prefill_ms']:8.2f} ms  decode {row['decode_ms']:8.2f} ms"
               f"  prune {row['prune_ms']:7.2f} ms  e2e {row['e2e_ms']:8.2f} ms  [{row['device_name']}]", flush=True)
+        write_all(final=False)
     shutil.rmtree(workdir, ignore_errors=True)
-    if device.type == "cpu":
-        notes.append("peak VRAM and kernel time: GPU only; peak RSS = the process's VmHWM, reset before each "
-                     "configuration (so it includes the model's weights)")
-    elif not args.kernel_time:
-        notes.append("kernel time: run with --kernel-time")
 
-    svd_rows = []
     svd_vision = args.svd_vision if args.svd_vision != "auto" else ("clip-l" if model_name == "tiny" else "model")
     if svd_vision != "none":
         args.svd_vision = svd_vision
         svd_rows = bench_svd_vs_vision(lm, args, clock)
-
-    out = output_dir(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = device_tag(device, model_name)
-    header = dict(device=device.type, device_name=device_name(device), model=model_name, dtype=str(lm.dtype)[6:],
-                  batch=args.batch, new_tokens=args.new_tokens, iters=args.iters, warmup=args.warmup,
-                  svd_iters=args.svd_iters,
-                  tokenizer=word_tokenizer_note(lm),
-                  model_note=model_note(lm, args, model_name))
-    write_csv(out / f"latency_{tag}.csv", rows)
-    if svd_rows:
-        write_csv(out / f"svd_vs_vision_{tag}.csv", svd_rows)
-    write_markdown(out / f"latency_{tag}.md", rows, svd_rows, header, notes)
+    write_all(final=True)
     print(f"wrote {out / f'latency_{tag}.csv'} and .md")
     return dict(rows=rows, svd_rows=svd_rows, notes=notes, tag=tag)
 

@@ -19,7 +19,8 @@ def make_cfg(overrides):
 
 
 def base(shapes_folder, out, *extra):
-    return ["model=tiny", "dataset=local", f"dataset.path={shapes_folder}", f"output_dir={out}",
+    return ["model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local",  # shallow: plumbing only
+            f"dataset.path={shapes_folder}", f"output_dir={out}",
             "max_new_tokens=6", "progress=false", *extra]
 
 
