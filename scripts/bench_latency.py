@@ -100,8 +100,8 @@ SCRATCH = Path(tempfile.gettempdir()) / "svdprune-bench"
 
 
 def output_dir(value: str | None) -> Path:
-    """``--output-dir`` as given, else a scratch folder: ad-hoc runs never overwrite committed results."""
-    if value is None:
+    """``--output-dir`` as given, else (default) a scratch folder: ad-hoc runs never overwrite committed results."""
+    if value is None or Path(value) == SCRATCH:
         print(f"no --output-dir: writing to {SCRATCH} (committed figures: --output-dir results/efficiency)")
         return SCRATCH
     return Path(value)
@@ -506,8 +506,10 @@ def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: d
              "logits), `decode` = the rest; `prune` = method.reduce + after_layer (ToMe's merging is inside "
              "`vision`); `q/s` = questions per second at this batch size.", ""]
     if header["device"] == "cpu":
-        lines += ["**CPU figures** (not GPU figures, and on the random tiny model they say nothing about LLaVA-1.5-7B "
-                  "speed: they show the harness works). On a CPU shared with other jobs the medians still move by up "
+        scope = ("at LLaVA-1.5-7B's geometry and dtype, so the work per question is the real model's; the weights are "
+                 "random, so answers are noise" if header["model"] == "7b" else
+                 "and on the random tiny model they say nothing about LLaVA-1.5-7B speed: they show the harness works")
+        lines += [f"**CPU figures** (not GPU figures, {scope}). On a CPU shared with other jobs the times move by up "
                   "to 2x between identical computations (compare the `vision` column, the same tower for every "
                   "method except ToMe).", ""]
     lines += ["| method | k | img tok (first cut / avg) | prompt tok | gen | vision | prune | prefill | decode | "
@@ -549,7 +551,7 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     parser.add_argument("--budgets", nargs="*", type=int, default=BUDGETS)
-    parser.add_argument("--output-dir", default=None,
+    parser.add_argument("--output-dir", default=str(SCRATCH),
                         help=f"where the files go; default {SCRATCH} (never the committed results/efficiency: "
                              "pass --output-dir results/efficiency to refresh those)")
 
@@ -563,6 +565,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per question (no EOS stop)")
     parser.add_argument("--by-budget", action="store_true",
                         help="run vanilla, then every method at the first budget, then the next (default: per method)")
+    parser.add_argument("--tag", default=None, help="file tag (default <device>-<model>, e.g. cpu-7b)")
     parser.add_argument("--prewarm", action="store_true",
                         help="one untimed SVD-Prune k=16 question before the first configuration (cheap warm-up)")
     parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (e.g. make_random_llava.py --clip)")
@@ -589,7 +592,7 @@ def main(argv=None) -> dict:
     rows, notes, svd_rows = [], [], []
     out = output_dir(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tag = device_tag(device, model_name)
+    tag = args.tag or device_tag(device, model_name)
     header = dict(device=device.type, device_name=device_name(device), model=model_name, dtype=str(lm.dtype)[6:],
                   batch=args.batch, new_tokens=args.new_tokens, iters=args.iters, warmup=args.warmup,
                   svd_iters=args.svd_iters, tokenizer=word_tokenizer_note(lm),
