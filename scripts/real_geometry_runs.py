@@ -147,11 +147,11 @@ def main(argv=None) -> int:
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
     fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
     rows = []
+    out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
     for method in args.methods:
         for budget in ([192] if method == "vanilla" else args.budgets):
             rows.append(run_one(args, method, budget, fixture, runs))
-    out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
-    write(out, args.tag, rows, args)
+            write(out, args.tag, rows, args)  # after every run: a stopped sweep keeps its rows
     print(f"wrote {out / f'runs_{args.tag}.csv'} and .md")
     return 0 if all(r["exit"] == 0 and r.get("kept_ok") is not False for r in rows) else 1
 
