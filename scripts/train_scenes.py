@@ -155,7 +155,7 @@ def shared_prefix_loss(model, prefix: list[int], suffixes: list[list[int]], answ
     length = max(map(len, rows))
     suffix = torch.tensor([row + [row[-1]] * (length - len(row)) for row in rows])  # (B, S) right-padded
     positions = torch.arange(len(prefix), len(prefix) + length).expand(len(rows), -1)
-    hidden = llm(inputs_embeds=llm.embed_tokens(suffix), past_key_values=cache, position_ids=positions,
+    hidden = llm(inputs_embeds=llm.embed_tokens(suffix), cache=cache, position_ids=positions,
                  use_cache=True).last_hidden_state  # (B, S, d)
     ends = torch.tensor([len(row) for row in rows])
     picked = torch.stack([hidden[torch.arange(len(rows)), ends - 3], hidden[torch.arange(len(rows)), ends - 2]], 1)

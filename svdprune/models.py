@@ -157,11 +157,14 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, vision_hidden: int = 32,
-               vision_layers: int = 3, text_hidden: int = 64, text_layers: int = 4, heads: int = 4,
+               vision_layers: int = 24, text_hidden: int = 64, text_layers: int = 32, heads: int = 4,
                initializer_range: float = 0.2, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """A random-weight LlavaForConditionalGeneration with LLaVA-1.5's token geometry (577 = CLS + 24 x 24).
 
     Same classes and forward code as the 7B model, built from a LlavaConfig in milliseconds, no download.
+    Default depth is LLaVA-1.5-7B's (24 CLIP layers, 32 LLM layers) so that every method runs with its LLaVA
+    schedule (ToMe's 23 merging layers, SparseVLM's layer 15, PyramidDrop's layer 16); tests that only need
+    the plumbing pass smaller depths.
     ``initializer_range`` is larger than HF's 0.02 so that image features visibly move the logits.
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -193,3 +196,32 @@ def load_model(cfg) -> LoadedModel:
         return build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                           **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in cfg})
     raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
+
+
+def build_tiny_clip(vision_config, seed: int = 0):
+    """A random CLIP (text tower + projections) whose vision side matches ``vision_config``, and its tokenizer:
+    TRIM's ``clip_path=tiny`` for the tiny model (CLIP's real text tower is a hub download). The tokenizer is
+    :func:`build_tiny_tokenizer`'s, ending every text with an end-of-text token as CLIP's does; the text tower
+    is 2 layers of width 32, projections of width 16. Returns (CLIPModel in eval mode, tokenizer)."""
+    from tokenizers import processors
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
+    eos = tokenizer.eos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A <|endoftext|>", special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", eos)])
+    tokenizer.model_max_length = 77
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=vision_config.hidden_size, intermediate_size=vision_config.intermediate_size,
+                           num_hidden_layers=1, num_attention_heads=vision_config.num_attention_heads,
+                           image_size=vision_config.image_size, patch_size=vision_config.patch_size),
+        projection_dim=16)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    torch.random.set_rng_state(generator_state)
+    return model, tokenizer

@@ -335,7 +335,7 @@ def official_average(layers: list[int], counts_after: list[int], n_layers: int =
 @pytest.fixture(scope="module")
 def deep():
     """A 32-layer tiny model: LLaVA-1.5-7B's depth, so the published schedules apply unchanged."""
-    return build_tiny(seed=1, text_layers=32)
+    return build_tiny(seed=1, vision_layers=3, text_layers=32)
 
 
 def test_config_schedules_give_documented_counts(deep, random_images):

@@ -41,6 +41,7 @@ def test_bench_latency_end_to_end(tmp_path):
         assert r["peak_vram_gb"] == "" and r["kernel_ms"] == ""  # GPU-only columns stay empty on CPU
         assert float(r["e2e_ms"]) == pytest.approx(float(r["prefill_ms"]) + float(r["decode_ms"]), rel=1e-4)
         assert float(r["fps"]) == pytest.approx(1000 / float(r["e2e_ms"]), rel=1e-4)
+        assert float(r["peak_rss_gb"]) > 0 and 1 <= float(r["generated_tokens"]) <= 3
     by_method = {r["method"]: r for r in rows}
     assert by_method["svd"]["image_tokens_first_cut"] == "16"
     assert int(by_method["svd"]["prompt_tokens"]) == int(by_method["vanilla"]["prompt_tokens"]) - 560
@@ -51,6 +52,37 @@ def test_bench_latency_end_to_end(tmp_path):
     assert all(r["tokens"] == "576" for r in svd_rows)
     md = (tmp_path / "latency_cpu-tiny.md").read_text()
     assert "CPU figures" in md and "GPU" not in md.split("CPU figures")[0]
+
+
+def test_prefill_mark_splits_the_engines_generate(tiny):
+    """The lm_head hook marks the first token's logits: one call per generated token, the first ends prefill."""
+    from svdprune.prompts import ANSWER_INSTRUCTION
+    from svdprune.svd import SvdPrune
+
+    clock = bench_latency.Clock(torch.device("cpu"))
+    mark = bench_latency.PrefillMark(tiny, clock)
+    try:
+        out = bench_latency.run_question(tiny, SvdPrune(16), [bench_latency.probe_image()], ["What is it?"], 4, clock,
+                                         mark, ANSWER_INSTRUCTION)
+    finally:
+        mark.remove()
+    assert out["decode_steps"] == out["generated"] - 1 == mark.calls - 1
+    assert out["prefill"] > 0 and out["decode"] >= 0 and out["image_tokens"][0] == 16
+    assert not tiny.model.lm_head._forward_hooks  # removed: later runs are not timed
+
+
+def test_adhoc_runs_do_not_write_committed_results():
+    assert bench_latency.output_dir(None) == bench_latency.SCRATCH
+    assert bench_latency.SCRATCH.resolve() != (SCRIPTS.parent / "results" / "efficiency").resolve()
+    assert bench_latency.output_dir("elsewhere") == Path("elsewhere")
+
+
+def test_model_argument_takes_a_folder():
+    parser = __import__("argparse").ArgumentParser()
+    bench_latency.common_arguments(parser)
+    assert (parser.parse_args([]).model, parser.parse_args([]).model_path) == ("tiny", None)
+    args = parser.parse_args(["--model", "/some/llava-folder"])
+    assert (args.model, args.model_path) == ("real", "/some/llava-folder")
 
 
 def test_timed_method_records_the_pruning_step():

@@ -381,3 +381,26 @@ def test_stratified_subset_edges():
     assert stratified_subset(records, 10, seed=0) == records
     with pytest.raises(UserError, match="positive integer"):
         stratified_subset(records, 0, seed=0)
+
+
+def test_hf_table_images_are_decoded_raster_only():
+    """Images in a datasets.Dataset reach PIL through the project's raster-only open, not datasets' own
+    decoding (which would hand a PostScript cell to PIL's EPS plugin, i.e. Ghostscript where installed)."""
+    import io
+
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from PIL import Image, UnidentifiedImageError
+
+    from eval.gqa import HFTable
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "PNG")
+    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    assert Image.open(io.BytesIO(postscript)).format == "EPS"  # what an unrestricted open would do
+    cells = [{"bytes": buffer.getvalue(), "path": None}, {"bytes": postscript, "path": None}]
+    table = HFTable(Dataset.from_dict({"image": cells, "id": ["a", "b"]},
+                                      features=Features({"image": ImageFeature(), "id": Value("string")})), "fixture")
+    image = table.image(0)
+    assert (image.format, image.size, image.getpixel((0, 0))) == ("PNG", (8, 8), (200, 10, 10))
+    with pytest.raises(UnidentifiedImageError):
+        table.image(1)

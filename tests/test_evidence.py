@@ -103,7 +103,8 @@ def test_runner_writes_the_evidence_of_each_question(tiny, tmp_path):
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "model=tiny", "dataset=scenes", "dataset.scenes=2", "method=svd", "budget=16", f"output_dir={tmp_path}",
+            "model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=scenes", "dataset.scenes=2",
+            "method=svd", "budget=16", f"output_dir={tmp_path}",
             "max_new_tokens=2", "progress=false"])
     run(cfg)
     [path] = tmp_path.glob("scenes/svd/*/predictions.jsonl")

@@ -36,7 +36,7 @@ def make_cfg(overrides):
 
 
 def base(data, out, *extra):
-    return ["model=tiny", "dataset=local", f"dataset.path={data}", f"output_dir={out}", "max_new_tokens=1",
+    return ["model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local", f"dataset.path={data}", f"output_dir={out}", "max_new_tokens=1",
             "progress=false", "method=svd", "budget=16", *extra]
 
 

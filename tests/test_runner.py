@@ -20,7 +20,9 @@ def make_cfg(overrides):
 
 
 def base(shapes_folder, out, *extra):
-    return ["model=tiny", "dataset=local", f"dataset.path={shapes_folder}", f"output_dir={out}",
+    shallow = [] if any(e.startswith("model=") for e in extra) else ["model.vision_layers=3", "model.text_layers=4"]
+    return ["model=tiny", *shallow, "dataset=local",  # a shallow tiny model: these tests check the plumbing
+            f"dataset.path={shapes_folder}", f"output_dir={out}",
             "max_new_tokens=6", "progress=false", *extra]
 
 

@@ -21,7 +21,7 @@ def make_cfg(overrides):
 
 
 def cfg(shapes_folder, out, *extra):
-    return make_cfg(["model=tiny", "dataset=local", f"dataset.path={shapes_folder}", f"output_dir={out}",
+    return make_cfg(["model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local", f"dataset.path={shapes_folder}", f"output_dir={out}",
                      "max_new_tokens=6", "progress=false", "method=svd", "budget=16", "limit=5", *extra])
 
 

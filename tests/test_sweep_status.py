@@ -20,7 +20,7 @@ def test_sweep_status_lists_done_failed_pending_skipped_and_partial(shapes_folde
     # Hydra's basic launcher stops a sweep at its first failing job: svd k=16 runs, svd budget=0 fails
     # (a one-line error, recorded), vanilla k=16 never starts, and vanilla at budget 0 is a budget-free duplicate.
     out = tmp_path / "out"
-    cmd = [sys.executable, "run.py", "-m", "model=tiny", "dataset=local", f"dataset.path={shapes_folder}",
+    cmd = [sys.executable, "run.py", "-m", "model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local", f"dataset.path={shapes_folder}",
            f"output_dir={out}", "max_new_tokens=4", "progress=false", "limit=3", "method=svd,vanilla",
            "budget=16,0", "+sweep.budget_free_at=16"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

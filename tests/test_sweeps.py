@@ -152,7 +152,8 @@ def finished(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("resume")
     data = write_local_fixture(root / "data", questions=6, images=3, seed=0)
-    base = ["model=tiny", "dataset=local", f"dataset.path={data}", "limit=2", "max_new_tokens=1",
+    base = ["model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local", f"dataset.path={data}",
+            "limit=2", "max_new_tokens=1",
             f"output_dir={root / 'results'}", "progress=false"]
     metrics = run(_compose(base + ["method=vanilla"]))
     return base, metrics, root / "results"

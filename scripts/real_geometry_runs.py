@@ -1,0 +1,161 @@
+"""Every method end to end through run.py on a LLaVA-1.5-7B-geometry folder, one process per run.
+
+    python scripts/real_geometry_runs.py --model /work/llava7b-random --clip /work/clip-l-random \
+        --output-dir results/efficiency
+
+For each method (LLaVA defaults from configs/method) and budget it runs
+
+    python run.py model.path=FOLDER model.dtype=bfloat16 model.device=cpu dataset=local dataset.path=FIXTURE \
+        limit=2 max_new_tokens=4 method=M budget=B output_dir=RUNS [method.params.clip_path=CLIP for trim]
+
+under ``/usr/bin/time -v`` (wall time and peak RSS of the whole process: loading the 7B weights included),
+checks that it exited 0 and that metrics.json has the expected kept tokens (encoder side: exactly the
+budget; decoder side: the budget after the first cut), and writes ``runs_<tag>.csv`` / ``.md``. The fixture is
+``eval.fixtures``' synthetic shapes (written into RUNS). Runs are sequential: one 7B model in memory at a time.
+Without ``--output-dir`` the table goes to a scratch folder (never over the committed results).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "random", "pooling",
+           "fastv", "pyramiddrop", "sparsevlm"]
+DECODER = {"fastv", "pyramiddrop", "sparsevlm"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_v(stderr: str) -> tuple[float | None, float | None]:
+    """(wall seconds, peak RSS GB) from GNU time -v's report."""
+    wall = rss = None
+    match = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", stderr)
+    if match:
+        parts = [float(p) for p in match.group(1).split(":")]
+        wall = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    if match:
+        rss = int(match.group(1)) * 1024 / 1e9
+    return wall, rss
+
+
+def expected_kept(method: str, budget: int, patches: int = 576) -> int | None:
+    """Image tokens after the first cut that metrics.json must show: the budget, except vanilla (all) and the
+    methods whose first stage keeps more (PyramidDrop's lambda schedule, SparseVLM's keep + recycled tokens:
+    their counts are checked against the tiny model's, see README's schedule table)."""
+    if method == "vanilla":
+        return patches
+    return None if method in ("pyramiddrop", "sparsevlm") else budget
+
+
+def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
+    command = [sys.executable, "run.py", f"model.path={args.model}", f"model.dtype={args.dtype}", "model.device=cpu",
+               "dataset=local", f"dataset.path={fixture}", f"limit={args.limit}",
+               f"max_new_tokens={args.max_new_tokens}", f"method={method}", f"budget={budget}",
+               f"output_dir={runs}", "progress=false"]
+    if method == "trim" and args.clip:
+        command.append(f"method.params.clip_path={args.clip}")
+    started = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - started
+    wall, rss = time_v(done.stderr)
+    row = dict(method=method, budget=budget, exit=done.returncode, wall_s=wall or seconds, peak_rss_gb=rss)
+    folder_budget = 576 if method == "vanilla" else budget
+    metrics_files = sorted((runs / "local" / method).glob(f"k{folder_budget}-*/metrics.json"))
+    if done.returncode == 0 and metrics_files:
+        metrics = json.loads(metrics_files[-1].read_text())
+        row.update(n=metrics["n"], kept_tokens_mean=metrics["kept_tokens_mean"],
+                   image_tokens_mean_over_layers=round(metrics["image_tokens_mean_over_layers"], 2),
+                   generation_s=round(metrics["generation_time_s"], 2), run_wall_s=round(metrics["wall_time_s"], 2), dtype=metrics["dtype"])
+        want = expected_kept(method, budget)
+        row["kept_ok"] = metrics["kept_tokens_mean"] == want if want is not None else None
+    else:
+        tail = (done.stdout + done.stderr).strip().splitlines()
+        row["error"] = next((l for l in reversed(tail) if l.startswith(("error:", "Traceback")) or "Error" in l),
+                            tail[-1] if tail else "")[:300]
+    print(f"{method:12s} k={budget:3d} exit {done.returncode} wall {row['wall_s']:.0f} s rss {rss or 0:.1f} GB "
+          f"kept {row.get('kept_tokens_mean')} avg {row.get('image_tokens_mean_over_layers')} "
+          f"{row.get('error', '')}", flush=True)
+    return row
+
+
+def ok_text(row: dict) -> str:
+    if row["exit"] != 0:
+        return "FAILED: " + row.get("error", "")
+    return {True: "yes", False: "NO (kept != budget)", None: "ran (schedule: see README)"}[row.get("kept_ok")]
+
+
+def write(out: Path, tag: str, rows: list[dict], args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    with (out / f"runs_{tag}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Every method through run.py at LLaVA-1.5-7B geometry on CPU {cpu_name()}", "",
+             f"Generated by `scripts/real_geometry_runs.py` on `{args.model}` ({args.dtype}, CPU, "
+             f"{args.limit} questions of the synthetic shapes fixture, max_new_tokens={args.max_new_tokens}); each "
+             "row is one `python run.py ...` process under `/usr/bin/time -v`: wall time and peak RSS include "
+             "loading the 7B weights. `kept` = metrics.json kept_tokens_mean (image tokens after the first cut), "
+             "`avg` = image tokens averaged over the 32 LLM layers.", "",
+             "| method | k | exit | wall s | generation s | peak RSS GB | kept | avg over layers | ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['budget']} | {r['exit']} | {r['wall_s']:.0f} | {r.get('generation_s', '-')} | "
+                     f"{(r['peak_rss_gb'] or 0):.1f} | {r.get('kept_tokens_mean', '-')} | "
+                     f"{r.get('image_tokens_mean_over_layers', '-')} | "
+                     f"{ok_text(r)} |")
+    (out / f"runs_{tag}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="llava-hf folder (scripts/make_random_llava.py)")
+    parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (make_random_llava.py --clip)")
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--budgets", nargs="*", type=int, default=[192, 16])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--limit", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--runs-dir", default=None, help="run.py output_dir (default: a temp folder)")
+    parser.add_argument("--output-dir", default=None, help="table folder (default: scratch, not results/)")
+    parser.add_argument("--tag", default="cpu-7b")
+    args = parser.parse_args(argv)
+
+    from eval.fixtures import write_local_fixture
+
+    runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
+    fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
+    rows = []
+    out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
+    for method in args.methods:
+        for budget in ([192] if method == "vanilla" else args.budgets):
+            rows.append(run_one(args, method, budget, fixture, runs))
+            write(out, args.tag, rows, args)  # after every run: a stopped sweep keeps its rows
+    print(f"wrote {out / f'runs_{args.tag}.csv'} and .md")
+    return 0 if all(r["exit"] == 0 and r.get("kept_ok") is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
