@@ -48,15 +48,19 @@ def checkpoint_sha256() -> str:
     return hashlib.sha256(MINI_WEIGHTS.read_bytes()).hexdigest()
 
 
-def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
-    """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
+def run_and_read(cfg) -> tuple[dict, list[dict]]:
+    """Run ``cfg`` through the runner: (its metrics, every prediction row of its run folder)."""
     from harness.results import read_predictions
     from harness.runner import run
 
-    cfg = mini_config(method, budget, limit, output_dir)
     metrics = run(cfg)
-    folder = Path(output_dir) / metrics["dataset"] / metrics["method"] / metrics["run_name"]
-    rows = read_predictions(folder / "predictions.jsonl")
+    folder = Path(cfg.output_dir) / metrics["dataset"] / metrics["method"] / metrics["run_name"]
+    return metrics, read_predictions(folder / "predictions.jsonl")
+
+
+def mini_run(method: str, budget: int, limit: int, output_dir: str | Path) -> tuple[float, list[str]]:
+    """Run ``method`` at ``budget`` on mini through the runner: (accuracy %, the answers in question order)."""
+    metrics, rows = run_and_read(mini_config(method, budget, limit, output_dir))
     order = {f"test-{i}": i for i in range(limit)}
     answers = sorted((order[r["question_id"]], r["prediction"]) for r in rows if r["question_id"] in order)
     return metrics["this_run"]["accuracy"], [a for _, a in answers]

@@ -26,7 +26,7 @@ from svdprune.models import load_model
 from svdprune.pruning import build_method
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
-from .lock import RunLock
+from .lock import RunFolderBusy, RunLock
 from .results import PredictionWriter, read_predictions, write_json_atomic
 from .schedule import answer_batches
 from .settings import Settings, check_config
@@ -217,8 +217,6 @@ def run(cfg: DictConfig) -> dict:
 def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard) -> list[dict] | None:
     """Merge the shard files under the run folder's lock; None while some shard has questions left, or while
     another shard holds the run folder (that one merges)."""
-    from .lock import RunFolderBusy
-
     try:
         with RunLock(out_dir):
             return merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)

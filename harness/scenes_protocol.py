@@ -58,12 +58,8 @@ def scenes_run(method: str, budget: int, limit: int, output_dir: str | Path,
                extra: tuple[str, ...] = ()) -> tuple[float, list[dict]]:
     """Run ``method`` at ``budget`` on the scenes model through the runner: (accuracy %, the prediction rows
     of the first ``limit`` test questions in dataset order)."""
-    from harness.results import read_predictions
-    from harness.runner import run
+    from harness.mini_protocol import run_and_read
 
-    cfg = scenes_config(method, budget, limit, output_dir, extra)
-    metrics = run(cfg)
-    folder = Path(output_dir) / metrics["dataset"] / metrics["method"] / metrics["run_name"]
-    rows = read_predictions(folder / "predictions.jsonl")
+    metrics, rows = run_and_read(scenes_config(method, budget, limit, output_dir, extra))
     order = sorted(rows, key=lambda r: tuple(int(part) for part in r["question_id"].split("-")[1:]))  # scene, q
     return metrics["this_run"]["accuracy"], order[:limit]

@@ -74,19 +74,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's guess where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable device: the GPU's name, or the CPU model and the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} ({torch.get_num_threads()} threads)"
+    return f"CPU {cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def device_tag(device: torch.device, model_name: str) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import random
 import statistics
 import sys
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench_latency import cpu_model  # scripts/bench_latency.py
 from flops import GQA_SAMPLE_QUESTIONS, RECORDED_LENGTHS  # scripts/flops.py: sample questions, 7B prompt lengths
 from svdprune import flops as F
 
@@ -101,17 +101,6 @@ def jpeg_decode_ms(folder: Path, repeat: int = 3) -> float:
 
 
 # --------------------------------------------------------------------------------------------- throughput
-
-def cpu_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return model
-
 
 def timed_pass(lm, method, records, schedule: str, batch: int, args) -> tuple[float, dict]:
     """Seconds to answer all ``records`` through the runner's loop, and the answers by question id."""
@@ -188,7 +177,7 @@ def throughput(args) -> list[dict]:
                     seconds[schedule], answers[schedule] = timed_pass(lm, method, records, schedule, batch, args)
                 n = len(records)
                 same = sum(answers["per_question"][q] == answers["by_image"][q] for q in answers["per_question"])
-                row = dict(cpu=cpu_name(), torch_threads=torch.get_num_threads(), image_workers=args.workers,
+                row = dict(cpu=cpu_model(), torch_threads=torch.get_num_threads(), image_workers=args.workers,
                            model="mini", method=name, budget=budget, batch_size=batch, questions=n,
                            images=info["images"], old_questions_per_s=n / seconds["per_question"],
                            new_questions_per_s=n / seconds["by_image"],

@@ -121,19 +121,13 @@ def stand_in_clip(lm, folder: Path) -> Path:
     """A random CLIP (text tower + projections) whose vision width matches ``lm``'s tower, saved in ``folder``:
     lets a method that loads a separate CLIP (TRIM's ``clip_path``) run offline. Its weights change which tokens
     are kept, never how many, so token counts (and shapes for timing on the tiny model) stay valid."""
-    from tokenizers import processors
     from transformers import CLIPConfig, CLIPModel
 
-    from svdprune.models import build_tiny_tokenizer
+    from svdprune.models import build_clip_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>",
-        special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", tokenizer.eos_token_id)])
-    tokenizer.model_max_length = 77
+    tokenizer = build_clip_tokenizer()
     vision = lm.vision_tower.config
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -195,17 +195,11 @@ def write_marker(out: Path, seed: int, dtype) -> None:
 
 def write_clip(out: Path, seed: int) -> int:
     """A random CLIP-L/14-336 (float32, as TRIM loads it) with the project's byte-level BPE tokenizer."""
-    from tokenizers import processors
     from transformers import CLIPConfig, CLIPModel
 
-    from svdprune.models import build_tiny_tokenizer
+    from svdprune.models import build_clip_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>",
-        special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", tokenizer.eos_token_id)])
-    tokenizer.model_max_length = 77
+    tokenizer = build_clip_tokenizer()
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     config = CLIPConfig(text_config={**CLIP_L_336["text_config"], **ids},

@@ -198,20 +198,29 @@ def load_model(cfg) -> LoadedModel:
     raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
 
 
-def build_tiny_clip(vision_config, seed: int = 0):
-    """A random CLIP (text tower + projections) whose vision side matches ``vision_config``, and its tokenizer:
-    TRIM's ``clip_path=tiny`` for the tiny model (CLIP's real text tower is a hub download). The tokenizer is
-    :func:`build_tiny_tokenizer`'s, ending every text with an end-of-text token as CLIP's does; the text tower
-    is 2 layers of width 32, projections of width 16. Returns (CLIPModel in eval mode, tokenizer)."""
+def build_clip_tokenizer():
+    """:func:`build_tiny_tokenizer` made CLIP-like: every text ends with an end-of-text token (``<|endoftext|>``,
+    the eos) and is cut at 77 tokens. For the random CLIP text towers TRIM uses offline."""
     from tokenizers import processors
-    from transformers import CLIPConfig, CLIPModel
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    eos = tokenizer.eos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>", special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", eos)])
+        single="<s> $A <|endoftext|>",
+        special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", tokenizer.eos_token_id)])
     tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def build_tiny_clip(vision_config, seed: int = 0):
+    """A random CLIP (text tower + projections) whose vision side matches ``vision_config``, and its tokenizer:
+    TRIM's ``clip_path=tiny`` for the tiny model (CLIP's real text tower is a hub download). The tokenizer is
+    :func:`build_clip_tokenizer`'s; the text tower
+    is 2 layers of width 32, projections of width 16. Returns (CLIPModel in eval mode, tokenizer)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = build_clip_tokenizer()
+    eos = tokenizer.eos_token_id
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,

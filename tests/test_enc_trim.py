@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import processors
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+from transformers import AutoTokenizer, CLIPModel
 
 from baselines.trim import Trim
 from svdprune.errors import UserError
-from svdprune.models import build_tiny_tokenizer
+from svdprune.models import build_tiny_clip
 from svdprune.pruning import PruneContext, build_method
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import encode_images
@@ -20,26 +19,11 @@ QUESTIONS = ["What color is the shape?", "How many circles are there in the imag
 def clip_folder(tiny, tmp_path_factory):
     """A random CLIP whose vision side matches the tiny LLaVA tower (hidden 32, 336 px, patch 14), with a
     tokenizer that ends every text with an end-of-text token (as CLIP's does), saved with save_pretrained."""
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    eos = tokenizer.eos_token_id
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>", special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", eos)])
-    tokenizer.model_max_length = 77
-    vision = tiny.vision_tower.config
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
-                           num_hidden_layers=1, num_attention_heads=vision.num_attention_heads,
-                           image_size=vision.image_size, patch_size=vision.patch_size),
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = CLIPModel(config)
+    model, tokenizer = build_tiny_clip(tiny.vision_tower.config, seed=0)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-trivial post-LayerNorm so that the test sees whether it is applied
-        model.vision_model.post_layernorm.weight.uniform_(0.5, 1.5)
-        model.vision_model.post_layernorm.bias.uniform_(-0.5, 0.5)
+        model.vision_model.post_layernorm.weight.uniform_(0.5, 1.5, generator=generator)
+        model.vision_model.post_layernorm.bias.uniform_(-0.5, 0.5, generator=generator)
     folder = tmp_path_factory.mktemp("tiny_clip")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
