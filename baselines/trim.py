@@ -89,6 +89,9 @@ class Trim(EncoderPruner):
     def _load(self, path: str, revision: str | None) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
+        from svdprune.models import in_project
+
+        path = in_project(path)  # a project-relative folder (checkpoints/scenes/clip) works from any directory
         try:
             clip = CLIPModel.from_pretrained(path, revision=revision, dtype=torch.float32)
             self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from svdprune.models import PROJECT_ROOT, _in_project
+from svdprune.models import PROJECT_ROOT, in_project
 
 from .results import write_json_atomic
 
@@ -143,7 +143,7 @@ def model_identity(model_cfg, memo: Sha256Memo) -> dict:
     if model_cfg.get("kind") != "pretrained":
         return {"name": str(model_cfg.get("name")), "fingerprint": None}
     raw = str(model_cfg.get("path"))
-    path = _in_project(raw)
+    path = in_project(raw)
     if is_local(path):
         folder = Path(path).expanduser().resolve()
         try:

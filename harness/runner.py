@@ -45,12 +45,21 @@ _ROW_KEYS = {"kept_tokens", "prompt_tokens", "generated_tokens"}
 
 def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> dict:
     """What the run reads, as hashed into its identity: {"dataset": sha256 of the question set as loaded,
-    "model": the weights' fingerprint (None for the tiny model), "model_name": the model as recorded}."""
+    "model": the weights' fingerprint (None for the tiny model), "model_name": the model as recorded}, plus
+    "method_weights" when the method reads weights of its own (TRIM's ``clip_path``) that can be fingerprinted."""
     memo = memo or Sha256Memo()
     try:
         model = model_identity(cfg.model, memo)
-        return {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
-                "model_name": model["name"]}
+        prints = {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
+                  "model_name": model["name"]}
+        params = cfg.method.get("params") or {}
+        clip_path = params.get("clip_path")
+        if isinstance(clip_path, str) and clip_path != "tiny":
+            clip = model_identity({"kind": "pretrained", "path": clip_path, "revision": params.get("revision")},
+                                  memo)["fingerprint"]
+            if clip is not None:
+                prints["method_weights"] = clip
+        return prints
     finally:
         memo.save()
 
@@ -72,6 +81,8 @@ def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
         "max_new_tokens": container["max_new_tokens"],
         "seed": container["seed"],
     }
+    if prints.get("method_weights") is not None:  # only then: the hashes of other runs stay as they were
+        identity["method_weights_fingerprint"] = prints["method_weights"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -194,6 +205,7 @@ def run(cfg: DictConfig) -> dict:
         metrics.update({
             "model": prints["model_name"], "model_fingerprint": prints["model"],
             "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
+            **({"method_weights_fingerprint": prints["method_weights"]} if "method_weights" in prints else {}),
             "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
             "batch_size": settings.batch_size, "schedule": settings.schedule,
             "max_new_tokens": settings.max_new_tokens,
@@ -267,7 +279,9 @@ def _what_differs(out_dir: Path, prints: dict) -> str:
     except (OSError, ValueError):
         return ""
     what = [name for name, key, ours in (("questions/images", "dataset_fingerprint", prints["dataset"]),
-                                          ("model weights", "model_fingerprint", prints["model"]))
+                                          ("model weights", "model_fingerprint", prints["model"]),
+                                          ("method weights (clip_path)", "method_weights_fingerprint",
+                                           prints.get("method_weights")))
             if key in recorded and recorded[key] != ours]
     return f"; other {' and '.join(what)}" if what else ""
 

@@ -14,9 +14,9 @@ def read_num_patches(model_cfg) -> int | None:
     if model_cfg.get("kind") != "pretrained":
         return GRID * GRID
     from harness.identity import hub_snapshot
-    from svdprune.models import _in_project
+    from svdprune.models import in_project
 
-    path = _in_project(str(model_cfg.get("path") or ""))
+    path = in_project(str(model_cfg.get("path") or ""))
     config = Path(path).expanduser() / "config.json"
     if not config.is_file():
         snapshot = hub_snapshot(path, model_cfg.get("revision"))

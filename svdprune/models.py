@@ -81,7 +81,7 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str) ->
     """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf)."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    path = _in_project(path)
+    path = in_project(path)
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
     if looks_local:
         folder = Path(path).expanduser()
@@ -104,7 +104,7 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str) ->
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _in_project(path: str) -> str:
+def in_project(path: str) -> str:
     """A relative path that does not exist from the working directory but does inside the project
     (e.g. the committed ``checkpoints/mini``) resolves there, so run.py works from any directory."""
     if not os.path.isabs(path) and not os.path.exists(path) and (PROJECT_ROOT / path).exists():

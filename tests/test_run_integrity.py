@@ -473,3 +473,27 @@ def test_image_tables_are_fingerprinted_by_content(tmp_path, fmt):
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     fx.write_gqa_hf(tmp_path / "other", fmt, corrupt=fx.GQA_IMAGES[0])
     assert fingerprint(tmp_path / "a") == fingerprint(tmp_path / "copy") != fingerprint(tmp_path / "other")
+
+
+def test_trims_clip_weights_are_part_of_the_run(two_sets, tmp_path):
+    """TRIM reads weights of its own (clip_path): retrained CLIP weights in the same folder are another run."""
+    from svdprune.models import build_tiny, build_tiny_clip
+
+    vision_config = build_tiny(vision_layers=3, text_layers=4).model.config.vision_config
+    folder = tmp_path / "clip"
+    clip, tokenizer = build_tiny_clip(vision_config, seed=0)
+    clip.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    a, _ = two_sets
+    overrides = ["model=tiny", "model.vision_layers=3", "model.text_layers=4", "dataset=local", f"dataset.path={a}",
+                 f"output_dir={tmp_path / 'out'}", "max_new_tokens=1", "progress=false", "method=trim",
+                 f"method.params.clip_path={folder}", "budget=16", "limit=2"]
+    first = runner.run(make_cfg(overrides))
+    build_tiny_clip(vision_config, seed=1)[0].save_pretrained(folder)  # "retrained"
+    second = runner.run(make_cfg(overrides))
+    assert first["method_weights_fingerprint"] != second["method_weights_fingerprint"]
+    assert first["run_name"] != second["run_name"] and second["newly_answered"] == 2
+    with pytest.raises(UserError, match=r"other method weights \(clip_path\)"):
+        runner.run(make_cfg(overrides + ["run_name=" + first["run_name"]]))
+    plain = runner.run(make_cfg(overrides[:8] + ["method=svd", "budget=16", "limit=2"]))
+    assert "method_weights_fingerprint" not in plain  # methods without weights of their own: hash as before
