@@ -23,7 +23,7 @@ A "no" to ``present`` needs every near miss seen (the objects that share the col
 always has one), so its evidence is those objects.
 
 Determinism: scene ``i`` of a split is drawn from ``numpy.random.default_rng((SPLIT_SEEDS[split], i))``; the
-question set of a scene from the same generator, so any scene and its questions are rebuilt alone (the loader
+question set of a scene from the same generator (no iteration over sets: the same in every process), so any scene and its questions are rebuilt alone (the loader
 keeps only the scene specs; images are drawn on demand). ``scenes(split, n)`` takes ~1 ms per scene.
 Scoring: exact match (the ``gqa`` scorer). Question ids ``<split>-<scene>-<q>``.
 """
@@ -201,8 +201,9 @@ def _questions(objects: list[Obj], rng: np.random.Generator) -> list[tuple[str, 
         i = int(rng.integers(len(objects)))
         out.append(("present", f"is there a {objects[i].name}?", "yes", [i]))
     else:  # a near miss: the colour of one object with the shape of another, not in the scene
-        misses = [(c, s) for c in {o.color for o in objects} for s in {o.shape for o in objects}
-                  if f"{c} {s}" not in names]
+        colors = [c for c in COLORS if any(o.color == c for o in objects)]  # in a fixed order: a set's order
+        shapes = [s for s in SHAPES if any(o.shape == s for o in objects)]  # changes with PYTHONHASHSEED
+        misses = [(c, s) for c in colors for s in shapes if f"{c} {s}" not in names]
         if misses:
             c, s = misses[int(rng.integers(len(misses)))]
             near = [i for i, o in enumerate(objects) if o.color == c or o.shape == s]
@@ -270,5 +271,5 @@ def load(cfg) -> Dataset:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise UserError(f"dataset.scenes={n!r} must be a positive integer (or null for the split's "
                         f"{SPLIT_SIZES[split]})")
-    return Dataset(name="scenes", records=records(split, n), scorer="gqa", revision="scenes-v1",
+    return Dataset(name="scenes", records=records(split, n), scorer="gqa", revision="scenes-v2",
                    info={"split": split, "scenes": n or SPLIT_SIZES[split]})

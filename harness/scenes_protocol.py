@@ -10,6 +10,9 @@ the 1/16 point of the depth):
   / 576, so that int(576 * lambda) = budget after the first stage (the structure of the LLaVA table).
 * SparseVLM: layers [2, 6, 15] -> [0, 1, 2], keep [k, round(0.45 k), round(0.26 k)] (at least 1): the
   official 64-token schedule's proportions (66 / 30 / 17), recycling on.
+
+TRIM reads the CLIP saved with the model (checkpoints/scenes/clip: this vision tower and a text tower trained
+on the scenes' captions; configs/model/scenes.yaml sets ``clip_path``).
 """
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENES_MODEL = ROOT / "checkpoints" / "scenes"
 SCENES_WEIGHTS = SCENES_MODEL / "model.safetensors"
 BUDGETS = (192, 128, 64, 32, 16)
-NOT_ON_SCENES = {"trim": "needs a CLIP text tower aligned with the vision tower; the scenes model has none (yet)"}
 
 
 def scenes_overrides(method: str, budget: int) -> list[str]:

@@ -76,3 +76,16 @@ def test_patches_of_equals_the_full_canvas_mask():
         for obj in s.objects:
             share = object_mask(obj).reshape(GRID, PATCH, GRID, PATCH).mean((1, 3)).reshape(-1)
             assert patches_of(obj) == np.flatnonzero(share >= COVER).tolist()
+
+
+def test_questions_do_not_depend_on_the_process_hash_seed():
+    """The question set is the same in every process (a set's iteration order follows PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json; from eval.scenes import scenes; "
+            "print(hashlib.sha256(json.dumps([s.questions for s in scenes('test', 80)]).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(digests) == 1

@@ -1,12 +1,13 @@
 """scripts/train_scenes.py: the shared-prefix loss equals train_mini's full-row loss, scene targets match the
 scene, and the normalisation equals the project's preprocessing."""
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from eval.scenes import COLORS, SHAPES, patches_of, render, scene
+from eval.scenes import COLORS, GRID, PATCH, SHAPES, SIZE, Scene, patches_of, render, scene
 from svdprune.prompts import preprocess_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,14 +41,55 @@ def test_shared_prefix_loss_equals_full_rows():
 
 def test_scene_targets_follow_the_objects():
     s = scene("train", 3)
-    color_t, shape_t, pairs = train_scenes.scene_targets(s)
-    for obj in s.objects:
-        for p in patches_of(obj):  # evidence patches carry their object's classes
-            assert color_t[p] == 1 + list(COLORS).index(obj.color)
-            assert shape_t[p] == 1 + SHAPES.index(obj.shape)
-        assert pairs[train_scenes.PAIRS.index((obj.color, obj.shape))] == 1
-    assert pairs.sum() == len({(o.color, o.shape) for o in s.objects})
-    assert (color_t == 0).sum() > 400  # mostly background
+    t = train_scenes.scene_targets(s)
+    for i, obj in enumerate(s.objects):
+        for p in patches_of(obj):  # evidence patches carry their object's classes and index
+            assert t["color"][p] == 1 + list(COLORS).index(obj.color)
+            assert t["shape"][p] == 1 + SHAPES.index(obj.shape)
+            assert t["object"][p] == i
+        assert t["object_shape"][i] == SHAPES.index(obj.shape)
+        assert t["pairs"][train_scenes.PAIRS.index((obj.color, obj.shape))] == 1
+        cx, cy = obj.center  # the centre patch is one of the object's patches
+        assert t["centre"][int(cy) // PATCH * GRID + int(cx) // PATCH] == 1
+    assert t["centre"].sum() == len(s.objects)
+    assert (t["object_shape"][len(s.objects):] == train_scenes.IGNORE).all()
+    assert t["pairs"].sum() == len({(o.color, o.shape) for o in s.objects})
+    assert (t["color"] == 0).sum() > 400 and (t["object"] == -1).sum() == (t["color"] <= 0).sum()
+
+
+def test_object_means_average_each_objects_patches():
+    t = train_scenes.stack_targets([scene("train", 3), scene("train", 4)])
+    features = torch.randn(2, GRID * GRID, 5)
+    means = train_scenes.object_means(features, t["object"])  # (2, MAX_OBJECTS, 5)
+    for b in range(2):
+        for i in range(train_scenes.MAX_OBJECTS):
+            rows = features[b][t["object"][b] == i]
+            expected = rows.mean(0) if len(rows) else torch.zeros(5)
+            torch.testing.assert_close(means[b, i], expected)
+
+
+def test_flipped_targets_follow_the_flipped_image():
+    s = scene("train", 5)
+    t = train_scenes.stack_targets([s])
+    flipped = Scene(index=s.index, split=s.split, background_seed=s.background_seed,
+                    objects=[replace(o, x=SIZE - o.x - o.size) for o in s.objects])
+    # PIL draws a mirrored shape one pixel apart at most: compare the colour labels where both are certain
+    mirrored = train_scenes.flip_patches(t["color"])[0]
+    direct = torch.from_numpy(train_scenes.scene_targets(flipped)["color"])
+    certain = (mirrored != train_scenes.IGNORE) & (direct != train_scenes.IGNORE)
+    assert (mirrored[certain] == direct[certain]).float().mean() > 0.99
+    assert torch.equal(train_scenes.flip_patches(t["centre"])[0].nonzero().flatten().sort().values,
+                       torch.from_numpy(train_scenes.scene_targets(flipped)["centre"]).nonzero().flatten().sort().values)
+
+
+def test_clip_tokenizer_ends_every_text_with_end_of_text():
+    tokenizer = train_scenes.build_clip_word_tokenizer(["what color is the circle?", "a red circle, a blue square"])
+    ids = tokenizer(["a red circle, a blue square", "what color is the circle?"], padding=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    assert eos not in (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id)
+    for row in ids:
+        assert row[0] == tokenizer.bos_token_id and row.count(eos) == 1
+    assert tokenizer.unk_token_id not in ids[0]
 
 
 def test_normalise_equals_preprocess_image():

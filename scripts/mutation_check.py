@@ -1,0 +1,97 @@
+"""Does the scenes CI regression catch a broken method? Reruns the regression cases of the methods a deliberate
+bug touches, with the bug patched into this process only (no file is edited), and reports which cases fail
+against results/scenes/regression.json, with the regression test's tolerances.
+
+    python scripts/mutation_check.py                          # every mutation
+    python scripts/mutation_check.py --mutations reversed_top_k
+
+Mutations:
+
+* ``reversed_top_k``: ``top_k_raster`` (svdprune/svd.py), the top-k every selection method shares, keeps the k
+  *lowest* scores (the sort reversed). Touches svd, fastervlm, visionzip (its dominant tokens) and trim.
+* ``fastv_first_token``: FastV ranks the image tokens by the attention the *first* prompt token (BOS) pays them
+  instead of the last one.
+
+A mutation should fail every one of its cases; the script exits 1 when some case still passes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+from harness.regression import cases, load_reference, mismatch
+from harness.scenes_protocol import ROOT, scenes_run
+
+REFERENCE = ROOT / "results" / "scenes" / "regression.json"
+TOLERANCE, AGREEMENT = 3.0, 0.95  # tests/test_scenes_regression.py
+
+
+def reversed_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.sort(scores, dim=-1, descending=False, stable=True).indices  # the bug: ascending
+    return torch.sort(order[:, :k], dim=-1).values
+
+
+def first_token_index(state) -> torch.Tensor:
+    """(B, 1): each row's first real token (rows are left-padded)."""
+    return (~state.padding).float().argmax(dim=-1, keepdim=True)
+
+
+@contextmanager
+def patched(targets: list[tuple[object, str, object]]):
+    saved = [(module, name, getattr(module, name)) for module, name, _ in targets]
+    try:
+        for module, name, value in targets:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def mutations() -> dict[str, tuple[list[str], list[tuple[object, str, object]]]]:
+    """name -> (methods it touches, (module, attribute, replacement) to patch)."""
+    import baselines.fastervlm
+    import baselines.fastv
+    import baselines.trim
+    import baselines.visionzip
+    import svdprune.svd
+
+    top_k_users = [svdprune.svd, baselines.fastervlm, baselines.visionzip, baselines.trim]
+    return {
+        "reversed_top_k": (["svd", "fastervlm", "visionzip", "trim"],
+                           [(m, "top_k_raster", reversed_top_k) for m in top_k_users]),
+        "fastv_first_token": (["fastv"], [(baselines.fastv, "last_token_index", first_token_index)]),
+    }
+
+
+def main() -> int:
+    table = mutations()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mutations", nargs="+", choices=sorted(table), default=sorted(table))
+    args = parser.parse_args()
+    reference = load_reference(REFERENCE)
+    survived = 0
+    for name in args.mutations:
+        methods, targets = table[name]
+        print(f"## {name}")
+        with patched(targets), tempfile.TemporaryDirectory() as scratch:
+            for method, budget in cases(reference):
+                if method not in methods:
+                    continue
+                accuracy, rows = scenes_run(method, budget, reference["limit"], scratch)
+                failure = mismatch(reference, method, budget, accuracy, [r["prediction"] for r in rows],
+                                   TOLERANCE, AGREEMENT)
+                survived += failure is None
+                print(f"{method} k={budget}: " + (f"CAUGHT ({failure.split(': ', 1)[1]})" if failure
+                                                  else f"NOT CAUGHT (accuracy {accuracy:.2f})"), flush=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
