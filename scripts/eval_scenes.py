@@ -165,8 +165,10 @@ def write_table(table: dict[str, dict[int, dict | None]], budgets, limit: int, o
     md += [f"- {key}: {why}" for key, why in sorted(reasons.items())]
     (out / "accuracy.md").write_text("\n".join(md) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for method, d in table.items():
-        style = dict(linestyle="--", color="black") if method == "vanilla" else dict(marker="o")
+    markers = "osD^v<>ph*XP"
+    for i, (method, d) in enumerate(table.items()):  # 12 methods: tab20 colours and a marker each, none repeated
+        style = (dict(linestyle="--", color="black") if method == "vanilla"
+                 else dict(marker=markers[i % len(markers)], color=plt.cm.tab20(i % 20)))
         for ax, key in zip(axes, ("accuracy", "recall")):
             pts = [(b, d[b][key]) for b in budgets if d[b] is not None and d[b][key] is not None]
             ax.plot([b for b, _ in pts], [v for _, v in pts], label=method, **style)
