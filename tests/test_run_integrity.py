@@ -199,9 +199,15 @@ def test_lock_is_exclusive_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was written: the folders the lock made are gone
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs (``cmd &``, nohup) with SIGINT ignored, and children inherit that: Python
+    # then installs no KeyboardInterrupt handler. Ctrl-C handling is what is tested, so start from the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kwargs)
 
 
 def wait_for_lines(path: Path, process, n: int = 1, timeout: float = 240) -> None:
@@ -258,8 +264,8 @@ def test_ctrl_c_is_one_line(slow_set, tmp_path):
     predictions = tmp_path / "local" / "svd" / "r" / "predictions.jsonl"
     process = cli(*args)
     wait_for_lines(predictions, process)
-    # frozen mid-run before the interrupt, so that a fast machine cannot finish the run first (the signal is
-    # delivered when it resumes)
+    # frozen mid-run before the interrupt, so that a fast machine cannot finish the run first (the interrupt
+    # is delivered when it resumes)
     process.send_signal(signal.SIGSTOP)
     assert predictions.read_bytes().count(b"\n") < 40
     process.send_signal(signal.SIGINT)
