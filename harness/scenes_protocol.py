@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENES_MODEL = ROOT / "checkpoints" / "scenes"
 SCENES_WEIGHTS = SCENES_MODEL / "model.safetensors"
 BUDGETS = (192, 128, 64, 32, 16)
+# the CI regression (tests/test_scenes_regression.py, scripts/mutation_check.py): its reference and bounds
+REGRESSION_REFERENCE = ROOT / "results" / "scenes" / "regression.json"
+REGRESSION_TOLERANCE = 3.0  # accuracy points (92 questions: ~1.1 points each); absorbs BLAS differences
+REGRESSION_AGREEMENT = 0.95  # share of questions answered as recorded
 
 
 def scenes_overrides(method: str, budget: int) -> list[str]:

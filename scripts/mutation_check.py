@@ -26,10 +26,7 @@ import torch
 
 
 from harness.regression import cases, load_reference, mismatch
-from harness.scenes_protocol import ROOT, scenes_run
-
-REFERENCE = ROOT / "results" / "scenes" / "regression.json"
-TOLERANCE, AGREEMENT = 3.0, 0.95  # tests/test_scenes_regression.py
+from harness.scenes_protocol import REGRESSION_AGREEMENT, REGRESSION_REFERENCE, REGRESSION_TOLERANCE, scenes_run
 
 
 def reversed_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -75,7 +72,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mutations", nargs="+", choices=sorted(table), default=sorted(table))
     args = parser.parse_args()
-    reference = load_reference(REFERENCE)
+    reference = load_reference(REGRESSION_REFERENCE)
     survived = 0
     for name in args.mutations:
         methods, targets = table[name]
@@ -86,7 +83,7 @@ def main() -> int:
                     continue
                 accuracy, rows = scenes_run(method, budget, reference["limit"], scratch)
                 failure = mismatch(reference, method, budget, accuracy, [r["prediction"] for r in rows],
-                                   TOLERANCE, AGREEMENT)
+                                   REGRESSION_TOLERANCE, REGRESSION_AGREEMENT)
                 survived += failure is None
                 print(f"{method} k={budget}: " + (f"CAUGHT ({failure.split(': ', 1)[1]})" if failure
                                                   else f"NOT CAUGHT (accuracy {accuracy:.2f})"), flush=True)

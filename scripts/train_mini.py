@@ -184,6 +184,15 @@ def cosine_schedule(optimizer, steps: int, warmup: int):
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))))
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, scheduler, params) -> None:
+    """One training step: backward, gradients clipped to norm 1, optimizer and schedule stepped."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
 class RunningLog:
     """Exponential moving average of the loss, printed and kept every ``every`` steps."""
 
@@ -230,11 +239,7 @@ def pretrain_vision(tower, pixels, shape_label, color_label, coverage, n_colors:
                                   patch_targets(cover, shapes).flatten(), ignore_index=IGNORE)
                 + F.cross_entropy(patch_logits[..., 1 + n_shapes:].flatten(0, 1),
                                   patch_targets(cover, colors).flatten(), ignore_index=IGNORE))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params)
         log(step, args.vision_steps - 1, loss.item(), lr=scheduler.get_last_lr()[0])
     tower.eval()
     return log
@@ -301,11 +306,7 @@ def train_llava(model, tokenizer, features: torch.Tensor, qa_by_image: list[list
                                                              image_token, k)
         answers = [[tokenizer.convert_tokens_to_ids(a), tokenizer.eos_token_id] for _, a in qa]
         loss = answer_loss(model, [prompts[q, k] for q, _ in qa], answers, image_embeds, tokenizer.pad_token_id)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params)
         log(step, args.steps - 1, loss.item(), tokens=k, lr=scheduler.get_last_lr()[0])
     model.eval()
     return log

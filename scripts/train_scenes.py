@@ -40,9 +40,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_mini import (IGNORE, RunningLog, build_model, build_word_tokenizer, cosine_schedule,  # noqa: E402
-                        sample_token_count)
+                        optimizer_step, sample_token_count)
 
-from eval.scenes import ANSWERS, COLORS, COVER, GRID, PATCH, SHAPES, describe, patch_labels, patch_shares, render, scene, scenes  # noqa: E402
+from eval.scenes import (ANSWERS, COLORS, COVER, GRID, PATCH, SHAPES, describe, patch_labels, patch_shares,  # noqa: E402
+                         render, scene, scenes)
+from svdprune.models import clip_like  # noqa: E402
 from svdprune.prompts import (ANSWER_INSTRUCTION, CLIP_MEAN, CLIP_STD, SYSTEM, tokenizer_image_token,  # noqa: E402
                                vicuna_prompt)
 
@@ -168,9 +170,11 @@ def probe_tower(tower, heads: dict, pixels: torch.Tensor, t: dict) -> dict[str, 
             "centre": round(float(np.mean(hits)), 4)}
 
 
-def pretrain_tower(tower, pixels, targets: dict, args, checkpoint: Path, probe=None) -> RunningLog:
+def pretrain_tower(tower, pixels, targets: dict, args, checkpoint: Path, probe=None
+                   ) -> tuple[RunningLog, torch.nn.ModuleDict]:
     """Stage 1 (see the module docstring and ``tower_loss``). pixels uint8 (N, 336, 336, 3); targets:
-    stack_targets of the N scenes. ``probe``: held-out (pixels, targets) checked every ``probe_every`` steps."""
+    stack_targets of the N scenes. ``probe``: held-out (pixels, targets) checked every ``probe_every`` steps.
+    Returns (the log, the trained heads)."""
     hidden = tower.config.hidden_size
     heads = torch.nn.ModuleDict({"patch": torch.nn.Linear(hidden, PATCH_OUTPUTS),
                                  "object": torch.nn.Linear(hidden, len(SHAPES)),
@@ -197,11 +201,7 @@ def pretrain_tower(tower, pixels, targets: dict, args, checkpoint: Path, probe=N
             t[key][flip] = flip_patches(t[key][flip])
         out = tower(pixel_values=x, output_hidden_states=True)
         loss = tower_loss(out.hidden_states[-2][:, 1:], out.pooler_output, heads, t, args.background_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params)
         extra = {}
         if probe is not None and (step % args.probe_every == 0 or step == args.vision_steps - 1):
             extra = probe_tower(tower, heads, *probe)
@@ -211,7 +211,7 @@ def pretrain_tower(tower, pixels, targets: dict, args, checkpoint: Path, probe=N
                         "scheduler": scheduler.state_dict(), "step": step, "log": log.entries,
                         "rng": torch.get_rng_state()}, checkpoint)
     tower.eval()
-    return log
+    return log, heads
 
 
 @torch.no_grad()
@@ -230,17 +230,9 @@ def tower_features(tower, pixels: torch.Tensor, batch: int = 50) -> tuple[torch.
 
 
 def build_clip_word_tokenizer(texts: list[str]):
-    """``build_word_tokenizer`` made CLIP-like: every text ends with ``<|endoftext|>`` (the token CLIP's text
-    tower pools at) and is cut at 77 tokens."""
-    from tokenizers import processors
-
-    tokenizer = build_word_tokenizer(texts)
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A <|endoftext|>",
-        special_tokens=[("<s>", tokenizer.bos_token_id), ("<|endoftext|>", tokenizer.eos_token_id)])
-    tokenizer.model_max_length = 77
-    return tokenizer
+    """``build_word_tokenizer`` made CLIP-like (``svdprune.models.clip_like``: ``<|endoftext|>`` ends every text,
+    77 tokens at most)."""
+    return clip_like(build_word_tokenizer(texts))
 
 
 def train_clip_text(tower, pooled: torch.Tensor, captions: list[str], tokenizer, args,
@@ -283,11 +275,7 @@ def train_clip_text(tower, pooled: torch.Tensor, captions: list[str], tokenizer,
         logits = clip.logit_scale.exp() * image @ text.T  # (B, B)
         target = torch.arange(len(batch))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params)
         with torch.no_grad():
             clip.logit_scale.clamp_(0, 4.6052)  # CLIP's cap: temperature >= 1 / 100
         extra = {}
@@ -451,11 +439,7 @@ def train_llava(model, tokenizer, features: torch.Tensor, qa_by_image: list[list
         words = None if patch_words is None else patch_words[chosen].gather(1, keep[..., None].expand(-1, -1, 2))
         loss = shared_prefix_loss(model, prompts[qa[0][0], k][0], [prompts[q, k][1] for q, _ in qa], answers,
                                   image_embeds, per_image, words, args.token_words_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params)
         extra = {}
         if probe is not None and (step % args.llava_probe_every == 0 or step == args.steps - 1):
             extra = {"probe_all": probe_llava(model, tokenizer, *probe),
@@ -470,13 +454,13 @@ def train_llava(model, tokenizer, features: torch.Tensor, qa_by_image: list[list
 
 
 @torch.no_grad()
-def projector_from_heads(projector, heads: dict) -> None:
+def projector_from_heads(projector, heads: torch.nn.ModuleDict) -> None:
     """Start the projector's first layer from the stage-1 heads (LLaVA's stage 1 aligns the projector before
     the LLM is tuned; here the tower's own probes are that alignment): its first output units compute the
     patch head's colour, shape, centre and position outputs and the object head's shape logits; the other
     units keep their random initialisation."""
-    weight = torch.cat([heads["patch.weight"], heads["object.weight"]])  # (PATCH_OUTPUTS + 4, D)
-    bias = torch.cat([heads["patch.bias"], heads["object.bias"]])
+    weight = torch.cat([heads["patch"].weight, heads["object"].weight])  # (PATCH_OUTPUTS + 4, D)
+    bias = torch.cat([heads["patch"].bias, heads["object"].bias])
     projector.linear_1.weight[:len(weight)] = weight
     projector.linear_1.bias[:len(bias)] = bias
 
@@ -554,29 +538,28 @@ def main() -> None:
     probe = (torch.from_numpy(np.stack([np.asarray(render(s)) for s in probe_scenes])),
              stack_targets(probe_scenes)) if probe_scenes else None
     tower = model.model.vision_tower
-    vision_log = pretrain_tower(tower, pixels, targets, args, out / "stage1.pt", probe)
+    vision_log, heads = pretrain_tower(tower, pixels, targets, args, out / "stage1.pt", probe)
     if args.projector_from_heads:
-        projector_from_heads(model.model.multi_modal_projector, torch.load(out / "stage1.pt", weights_only=False)["heads"])
+        projector_from_heads(model.model.multi_modal_projector, heads)
     if args.stage == "vision":
         return
     features, pooled = tower_features(tower, pixels)
     del pixels
     print(f"features {tuple(features.shape)} after {time.time() - started:.0f} s", flush=True)
-    clip_tokenizer = build_clip_word_tokenizer(vocabulary_texts(train, test) + [describe(s) for s in train])
-    with torch.no_grad():
-        held_out = (tower_features(tower, probe[0])[1], [describe(s) for s in probe_scenes]) if probe else None
-    clip, clip_log = train_clip_text(tower, pooled, [describe(s) for s in train], clip_tokenizer, args, held_out)
+    captions = [describe(s) for s in train]
+    clip_tokenizer = build_clip_word_tokenizer(vocabulary_texts(train, test) + captions)
+    probe_features, probe_pooled = tower_features(tower, probe[0]) if probe else (None, None)
+    held_out = (probe_pooled, [describe(s) for s in probe_scenes]) if probe else None
+    clip, clip_log = train_clip_text(tower, pooled, captions, clip_tokenizer, args, held_out)
     clip.save_pretrained(out / "clip", safe_serialization=True)
     clip_tokenizer.save_pretrained(out / "clip")
     qa_by_image = [[(q, a, touched_patches(s, objects)) for _, q, a, objects in s.questions] for s in train]
-    llava_probe = ((tower_features(tower, probe[0])[0], [[(q, a) for _, q, a, _ in s.questions] for s in probe_scenes])
-                   if probe else None)
+    llava_probe = (probe_features, [[(q, a) for _, q, a, _ in s.questions] for s in probe_scenes]) if probe else None
     patch_words = None
     if args.token_words_weight > 0:
         color_words = torch.tensor([-1] + [tokenizer.convert_tokens_to_ids(c) for c in COLORS])
         shape_words = torch.tensor([-1] + [tokenizer.convert_tokens_to_ids(s) for s in SHAPES])
-        classes = stack_targets(train)
-        color, shape = classes["color"].clamp_min(0), classes["shape"].clamp_min(0)  # partial cover -> background
+        color, shape = targets["color"].clamp_min(0), targets["shape"].clamp_min(0)  # partial cover -> background
         patch_words = torch.stack([color_words[color], shape_words[shape]], -1)  # (N, 576, 2)
     llava_log = train_llava(model, tokenizer, features, qa_by_image, args, rng, out / "stage2.pt", llava_probe,
                             patch_words)

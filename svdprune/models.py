@@ -199,11 +199,16 @@ def load_model(cfg) -> LoadedModel:
 
 
 def build_clip_tokenizer():
-    """:func:`build_tiny_tokenizer` made CLIP-like: every text ends with an end-of-text token (``<|endoftext|>``,
-    the eos) and is cut at 77 tokens. For the random CLIP text towers TRIM uses offline."""
+    """:func:`build_tiny_tokenizer` made CLIP-like (:func:`clip_like`). For the random CLIP text towers TRIM
+    uses offline."""
+    return clip_like(build_tiny_tokenizer())
+
+
+def clip_like(tokenizer):
+    """A Llama-style tokenizer (``<s>`` prepended) made CLIP-like, in place: every text ends with an end-of-text
+    token (``<|endoftext|>``, the eos, where CLIP's text tower pools) and is cut at 77 tokens."""
     from tokenizers import processors
 
-    tokenizer = build_tiny_tokenizer()
     tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A <|endoftext|>",

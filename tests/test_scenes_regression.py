@@ -11,11 +11,9 @@ fails (checkpoints/scenes/README.md). 23 runs of 92 questions: ~30-40 s on 2 cor
 import pytest
 
 from harness.regression import cases, load_reference, mismatch, recorded
-from harness.scenes_protocol import ROOT, SCENES_WEIGHTS, checkpoint_sha256, scenes_run
-
-REFERENCE = ROOT / "results" / "scenes" / "regression.json"
-TOLERANCE = 3.0  # accuracy points (92 questions: ~1.1 points each); absorbs BLAS differences between machines
-AGREEMENT = 0.95  # share of questions answered as recorded
+from harness.scenes_protocol import (REGRESSION_AGREEMENT as AGREEMENT, REGRESSION_REFERENCE as REFERENCE,
+                                     REGRESSION_TOLERANCE as TOLERANCE, SCENES_WEIGHTS, checkpoint_sha256,
+                                     scenes_run)
 
 if not REFERENCE.exists() or not SCENES_WEIGHTS.exists():
     pytest.skip("the scenes checkpoint or its regression reference is not in this checkout", allow_module_level=True)
