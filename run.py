@@ -1,23 +1,46 @@
-"""Entry point: ``python run.py method=svd budget=32 dataset=gqa`` (Hydra; see configs/)."""
-from __future__ import annotations
+"""Entry point: ``python run.py method=svd budget=32 dataset=gqa`` (Hydra; see configs/).
 
-import os
+Ctrl-C at any moment (also while Python imports torch or loads the weights) prints one line and exits 130;
+a config group value that does not exist (``method=nope``) is one ``error:`` line with exit 2, checked before
+Hydra composes the configuration.
+"""
 import sys
 
-import hydra
-from omegaconf import DictConfig
+INTERRUPTED = "interrupted, rerun the same command to continue"
 
-from svdprune.errors import UserError
+
+def _interrupted() -> None:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(130)
+
+
+try:
+    import os
+
+    import hydra
+    from omegaconf import DictConfig
+
+    from svdprune.errors import UserError
+except KeyboardInterrupt:
+    _interrupted()
+
+
+def _fail(message: str) -> None:
+    """A bad value: one line on stderr, exit 2 (a cluster job raises instead, see below)."""
+    from harness.sweep_status import record_error
+
+    record_error(f"error: {message}")
+    print(f"error: {message}", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from harness.runner import run
-    from harness.settings import check_config
-    from harness.sweep_status import clear_error, record_error
-    from harness.sweeps import skip_reason
-
     try:
+        from harness.runner import run
+        from harness.settings import check_config
+        from harness.sweep_status import clear_error, record_error
+        from harness.sweeps import skip_reason
+
         check_config(cfg)  # before skipping: a bad value is an error even where the run would be skipped
         reason = skip_reason(cfg)  # sweeps: finished runs and vanilla's duplicate budgets
         if reason:
@@ -26,18 +49,30 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
         clear_error()  # sweep jobs: forget an earlier attempt's error (python -m harness.sweep_status)
     except UserError as exc:
-        record_error(f"error: {exc}")
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(str(exc))
         if os.environ.get("SUBMITIT_EXECUTOR"):  # a cluster job: submitit reports exceptions to the launcher,
             raise  # but an exit leaves it waiting where the cluster has no accounting (sacct)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted, rerun the same command to continue", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except Exception as exc:
         record_error(f"{type(exc).__name__}: {exc}")
         raise
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    try:
+        from harness.settings import check_overrides
+
+        check_overrides(sys.argv[1:])  # method=nope: one line here, not Hydra's listing
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    try:
+        cli()
+    except KeyboardInterrupt:  # during Hydra's composition, before main() runs
+        _interrupted()

@@ -5,7 +5,8 @@ A dataset module exposes ``load(cfg) -> Dataset``. Loaders are looked up by ``cf
 
 The ``local`` format (also LLaVA's eval layout) is a folder with:
   questions.jsonl   one object per line: question_id, image (file name relative to the image folder),
-                    question (or LLaVA's ``text``), optional answers (list) / answer (str),
+                    question (or LLaVA's ``text``), answers (list) / answer (str) -- on every line, or on
+                    none (an unscored run: predictions only, accuracy null) --
                     optional ocr_tokens (list), optional question_type
   images/           the image files (``image_folder`` overrides the location)
 """
@@ -49,6 +50,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def scored(self) -> bool:
+        """Whether the questions carry reference answers (checked by :func:`check_references`)."""
+        return any(r.answers for r in self.records)
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
@@ -159,7 +165,8 @@ def load_local(cfg) -> Dataset:
             record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
                             answers=[str(a) for a in answers], image=image_folder / item["image"],
                             image_id=str(item["image"]), ocr_tokens=item.get("ocr_tokens"),
-                            question_type=item.get("question_type"))
+                            question_type=item.get("question_type"),
+                            extra={"source": f"{questions_file}:{line_no}"})
         except (KeyError, TypeError) as exc:
             raise UserError(f"{questions_file}:{line_no}: bad question line ({type(exc).__name__}: {exc}); "
                             "need question_id, image and question (or text)") from None
@@ -171,6 +178,20 @@ def load_local(cfg) -> Dataset:
         raise UserError(f"question file {str(questions_file)!r} has duplicate question_id values")
     return Dataset(name=cfg.name, records=records, scorer=cfg.get("scorer", "gqa"), revision=None,
                    info={"path": str(root)})
+
+
+def check_references(dataset: Dataset) -> bool:
+    """Every question has reference answers (a scored run), or none has (an unscored run: the predictions are
+    written, accuracy is null); a mix is a one-line UserError naming the first question without, before any
+    model work. Returns whether the run is scored."""
+    if not dataset.scored:
+        return False
+    missing = next((r for r in dataset.records if not r.answers), None)
+    if missing is not None:
+        where = missing.extra.get("source") or f"question {missing.question_id!r}"
+        raise UserError(f"{where}: no reference answer (answers or answer) while other questions have one; give "
+                        "every question its answers, or none for an unscored run")
+    return True
 
 
 def _strip_instruction(text: str) -> str:

@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from eval.predictions import CorruptPredictions, read_prediction_rows
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
@@ -74,12 +76,13 @@ def method_info(name: str, kind: str | None = None) -> MethodInfo:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Complete JSON lines of a file, read-only (a half-written last line of a running job is ignored)."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    raw = raw[: raw.rfind(b"\n") + 1]
-    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    """The predictions of a file, read-only, through the one reader the runner uses too
+    (:func:`eval.predictions.read_prediction_rows`: a half-written last line of a running job is ignored, a
+    corrupt line is a :class:`ReportError` naming the file and line)."""
+    try:
+        return read_prediction_rows(path)
+    except CorruptPredictions as exc:
+        raise ReportError(str(exc)) from None
 
 
 @dataclass
@@ -102,9 +105,15 @@ class Run:
     run_name = property(lambda self: self.metrics.get("run_name") or self.path.name)
 
     def predictions(self) -> list[dict]:
-        """This run's prediction lines (those of its config hash), in file order."""
-        rows = read_jsonl(self.path / "predictions.jsonl")
-        return [r for r in rows if r.get("config_hash", self.config_hash) == self.config_hash]
+        """This run's prediction lines (those of its config hash), in file order; a :class:`ReportError` when
+        the file has a corrupt line or does not answer the ``n`` questions metrics.json describes."""
+        path = self.path / "predictions.jsonl"
+        rows = [r for r in read_jsonl(path) if r.get("config_hash", self.config_hash) == self.config_hash]
+        if len({str(r["question_id"]) for r in rows}) != self.n:
+            raise ReportError(f"{path} answers {len({str(r['question_id']) for r in rows})} questions of this run, "
+                              f"its metrics.json says n={self.n}; rerun its run (the same run.py command) to bring "
+                              "them in line")
+        return rows
 
     def scores(self) -> dict[str, float]:
         """Per-question score (0..1), recomputed with eval.scoring.score(scorer, prediction, answers)."""
@@ -135,6 +144,8 @@ def load_runs(results_dir: Path | str) -> list[Run]:
             missing = [k for k in REQUIRED_METRICS if k not in metrics]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
+            if metrics["accuracy"] is None:
+                raise ValueError("an unscored run (its questions have no reference answers)")
         except (OSError, ValueError) as exc:
             warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
             continue

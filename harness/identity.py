@@ -12,7 +12,7 @@ same model folder, never land in (and never silently resume) one run folder.
   config, tokenizer and preprocessor files; not the model card or logs); for a hub id, the commit of the cached
   snapshot; for ``kind: tiny``, nothing (its config, already hashed, builds it).
 
-File contents are hashed in full once and memoised by (absolute path, size, mtime, inode) in
+File contents are hashed in full once and memoised by (absolute path, size, mtime, ctime, inode) in
 ``$SVDPRUNE_CACHE_DIR/file_sha256.json`` (default ``~/.cache/svdprune``), so later runs and sweep resume
 checks only ``stat`` the files. A copy of the data or weights elsewhere has the same fingerprint.
 """
@@ -43,7 +43,7 @@ def cache_dir() -> Path:
 
 
 class Sha256Memo:
-    """sha256 of files, memoised on disk by (path, size, mtime_ns, inode). A lost update (two processes saving
+    """sha256 of files, memoised on disk by (path, size, mtime_ns, ctime_ns, inode). A lost update (two processes saving
     at once) only costs a recomputation."""
 
     def __init__(self, path: Path | None = None):
@@ -57,7 +57,9 @@ class Sha256Memo:
     def digest(self, file: Path) -> str:
         file = Path(file).resolve()
         st = file.stat()
-        key = f"{file}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        # ctime changes with every write and every metadata change and cannot be set back (``touch -d`` sets
+        # mtime only): a file rewritten and its mtime restored is hashed again
+        key = f"{file}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
         if key not in self._memo:
             h = hashlib.sha256()
             with file.open("rb") as f:

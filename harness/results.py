@@ -6,11 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from svdprune.errors import UserError
+from eval.predictions import CorruptPredictions, complete_lines, corrupt_line, parse_prediction
 
-
-class CorruptPredictions(UserError):
-    """A line in the middle of predictions.jsonl is not a prediction (a disk error, a hand edit)."""
+__all__ = ["CorruptPredictions", "PredictionWriter", "read_predictions", "write_json_atomic"]
 
 
 def read_predictions(path: Path, repair: bool = False, notes: list[str] | None = None) -> list[dict]:
@@ -29,15 +27,13 @@ def read_predictions(path: Path, repair: bool = False, notes: list[str] | None =
     if complete_end < len(raw):
         with path.open("r+b") as f:
             f.truncate(complete_end)
-    lines = [(no, line) for no, line in enumerate(raw[:complete_end].split(b"\n")[:-1], 1) if line.strip()]
+    lines = complete_lines(raw)
     rows, keep, bad, seen, repeats, other_answer = [], [], [], {}, 0, 0
     for line_no, line in lines:
-        row = _parse(line)
+        row = parse_prediction(line)
         if row is None:
             if not repair:
-                raise CorruptPredictions(
-                    f"{path}:{line_no}: corrupt line (not a JSON prediction); rerun the same command with "
-                    f"repair_predictions=true to move it to {path.name}.bad and answer that question again")
+                raise corrupt_line(path, line_no, "rerun the same command")
             bad.append(line)
         elif row["question_id"] in seen:
             repeats += 1
@@ -57,14 +53,6 @@ def read_predictions(path: Path, repair: bool = False, notes: list[str] | None =
     if bad or repeats:
         _write_atomic(path, b"".join(line + b"\n" for line in keep))
     return rows
-
-
-def _parse(line: bytes) -> dict | None:
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return row if isinstance(row, dict) and "question_id" in row else None
 
 
 def _note(notes: list[str] | None, text: str) -> None:

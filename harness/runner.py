@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from eval.datasets import Record, check_images_readable, load_dataset
+from eval.datasets import Record, check_images_readable, check_references, load_dataset
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
@@ -29,8 +29,8 @@ from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_
 from .lock import RunFolderBusy, RunLock
 from .results import PredictionWriter, read_predictions, write_json_atomic
 from .schedule import answer_batches
-from .settings import Settings, check_config
-from .shard import merge_shards, read_shard, shard_predictions_path, shard_records
+from .settings import Settings, check_config, check_folder_path
+from .shard import merge_shards, read_shard, remove_finished_shard_folders, shard_predictions_path, shard_records
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run. Where the data and the
@@ -91,7 +91,7 @@ def run_folder(cfg: DictConfig, budget: int, prints: dict) -> tuple[Path, str]:
     defaults to k<budget>-<model>-<first 10 hex digits of the hash>. ``budget`` is the effective one
     (the model's patch count for vanilla); ``prints`` are the run's :func:`fingerprints`."""
     digest = config_hash(cfg, budget, prints)
-    run_name = cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}"
+    run_name = str(cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}")
     return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest
 
 
@@ -125,12 +125,13 @@ def run(cfg: DictConfig) -> dict:
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:
         raise UserError(f"unknown scorer {dataset.scorer!r}; allowed: {', '.join(SCORERS)}")
+    check_references(dataset)  # all questions with reference answers, or none (unscored), before any model work
     records = select_records(dataset.records, settings.limit, settings.subset, cfg.seed)
     if not records:
         raise UserError(f"dataset {dataset.name!r} selected no questions (limit={settings.limit}, "
                         f"subset={settings.subset})")
 
-    lm = load_model(cfg.model)
+    lm = load_model(cfg.model, progress=bool(cfg.get("progress", True)))
     if method.kind == "none":
         budget = method.budget = lm.num_patches
     if not 1 <= budget <= lm.num_patches:
@@ -142,6 +143,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"
+    check_folder_path("output_dir", str(out_dir))  # results/<dataset> or <method> may be a file
     # a shard locks (and writes) only its own folder; the run folder is locked to merge (harness/shard.py)
     lock_folder = out_dir / shard.folder_name if shard is not None else out_dir
     with _disk_full_is_an_error(out_dir), RunLock(lock_folder):
@@ -217,23 +219,40 @@ def run(cfg: DictConfig) -> dict:
             "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
         })
         write_json_atomic(out_dir / "metrics.json", metrics)
+        remove_finished_shard_folders(out_dir, set(finished), digest)  # e.g. of an abandoned shard=i/3 attempt
     this = metrics["this_run"]
-    union = "" if metrics["n"] == this["n"] else f"; the run folder answers {metrics['n']}: {metrics['accuracy']:.2f}"
+    union = ("" if metrics["n"] == this["n"]
+             else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
-    accuracy = "n/a" if this["accuracy"] is None else f"{this['accuracy']:.2f}"
+    accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
     print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy} on {this['n']} questions "
           f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
 
 
-def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard) -> list[dict] | None:
-    """Merge the shard files under the run folder's lock; None while some shard has questions left, or while
-    another shard holds the run folder (that one merges)."""
-    try:
-        with RunLock(out_dir):
-            return merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)
-    except RunFolderBusy:
-        return None
+def _accuracy_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard,
+                       wait_s: float = 30.0) -> list[dict] | None:
+    """Merge the shard files under the run folder's lock; None while some shard has questions left.
+
+    Two shards that finish together both try: the one that finds the folder locked waits for it (up to
+    ``wait_s``; the other holds it only to check or merge), then checks again, because the other may have
+    checked before this shard's last answers were written and so not merged. A folder still busy after that
+    (an unsharded run on it) leaves the merge to the next run of any shard command (a note says so)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with RunLock(out_dir):
+                return merge_shards(out_dir, [r.question_id for r in records], digest, shard.count)
+        except RunFolderBusy:
+            if time.monotonic() > deadline:
+                print(f"note: {out_dir} stayed locked by another run; rerun this shard's command to merge the "
+                      "shard files once it has finished", file=sys.stderr)
+                return None
+            time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -306,19 +325,20 @@ def run_metrics(dataset, records: list[Record], finished: dict, settings: Settin
     answered_rows = [finished[r.question_id] for r in dataset.records if r.question_id in finished]
     if not answered_rows:
         raise UserError("no question was answered: every selected question's image was skipped as unreadable")
-    correct = [score(dataset.scorer, row["prediction"], row["answers"]) for row in answered_rows]
+    scored = dataset.scored  # False: no question has reference answers (eval.datasets.check_references)
+    correct = [score(dataset.scorer, row["prediction"], row["answers"]) if scored else None for row in answered_rows]
     chosen = [r.question_id for r in records if r.question_id in finished]
     chosen_set = set(chosen)
     this_correct = [c for row, c in zip(answered_rows, correct) if row["question_id"] in chosen_set]
     n_layers = len(answered_rows[0]["image_tokens_per_layer"])
     n = len(answered_rows)
     metrics = {
-        "accuracy": 100.0 * sum(correct) / n, "n": n,
+        "accuracy": 100.0 * sum(correct) / n if scored else None, "n": n, "scored": scored,
         "selection": selection_label([r.question_id for r in dataset.records],
                                      {row["question_id"] for row in answered_rows}, settings, cfg.seed),
         "question_ids_sha256": question_ids_sha256(row["question_id"] for row in answered_rows),
         "this_run": {"limit": settings.limit, "subset": settings.subset, "n": len(chosen),
-                     "accuracy": 100.0 * sum(this_correct) / len(this_correct) if this_correct else None,
+                     "accuracy": 100.0 * sum(this_correct) / len(this_correct) if this_correct and scored else None,
                      "question_ids_sha256": question_ids_sha256(chosen)},
         "scorer": dataset.scorer, "dataset": dataset.name, "dataset_revision": dataset.revision,
         "dataset_info": dataset.info, "dataset_questions": len(dataset.records), "seed": cfg.seed,
@@ -334,7 +354,8 @@ def run_metrics(dataset, records: list[Record], finished: dict, settings: Settin
         values = [row.get(key) for row in answered_rows]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and key not in _ROW_KEYS:
             metrics[f"{key}_mean"] = sum(values) / len(values)
-    metrics.update(_breakdown(answered_rows, correct))
+    if scored:
+        metrics.update(_breakdown(answered_rows, correct))
     return metrics
 
 

@@ -112,6 +112,8 @@ def check_config(cfg: DictConfig) -> Settings:
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}")
     _int(cfg, "seed", 0, False)
+    check_run_name(cfg.get("run_name"))
+    check_folder_path("output_dir", cfg.get("output_dir"))
     return Settings(
         budget=budget, limit=_positive(cfg, "limit"), subset=_positive(cfg, "subset"),
         batch_size=_positive(cfg, "batch_size") or 1, max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
@@ -119,6 +121,78 @@ def check_config(cfg: DictConfig) -> Settings:
         on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
         schedule=check_schedule(cfg.get("schedule", "by_image")),
     )
+
+
+def check_run_name(value) -> None:
+    """``run_name`` is one folder name under ``<output_dir>/<dataset>/<method>/``, one the reports find: no
+    path separator, not ``.``/``..``, not hidden (a leading ``.`` or ``_``, which the reports skip)."""
+    if value is None:
+        return
+    name = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if (not name or "/" in name or "\\" in name or "\0" in name or name.startswith((".", "_"))
+            or name != name.strip()):
+        raise UserError(f"run_name={value!r}; allowed: one folder name (no '/', not starting with '.' or '_', "
+                        "which the report scripts skip), or null for the default name")
+
+
+def check_folder_path(key: str, value) -> None:
+    """A folder the run will create: refused in one line when it, or a folder above it, is a file."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{key}={value!r}; allowed: a folder path")
+    path = Path(value).expanduser()
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"is under {str(part)!r}, which is a file"
+                raise UserError(f"{key}={value!r} {where}, not a folder; choose a folder path")
+            return
+
+
+def config_choices(group: str, configs: Path = CONFIGS) -> list[str]:
+    """The values a config group accepts on the command line: the names of ``configs/<group>/*.yaml``."""
+    return sorted(p.stem for p in (configs / group).glob("*.yaml"))
+
+
+CHECKED_GROUPS = GROUPS + ("experiment",)
+# Hydra's flags that take the next argument as their value; the first three replace configs/ altogether
+_OTHER_CONFIGS = ("--config-path", "-cp", "--config-dir", "-cd", "--config-name", "-cn")
+_FLAGS_WITH_VALUE = _OTHER_CONFIGS + ("--experimental-rerun", "--cfg", "-c", "--package", "-p", "--info", "-i")
+
+
+def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
+    """Command-line overrides checked before Hydra composes: a config group value that has no file
+    (``method=nope``, also inside a sweep ``method=svd,nope``) and an override Hydra cannot parse are one-line
+    :class:`UserError` s. Flags (``-m``, ``--cfg``) and values this cannot judge (``glob(...)``) are left to
+    Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(arg.split("=")[0] in _OTHER_CONFIGS for arg in args):
+        return  # another config tree: Hydra checks against that one
+    parser = OverridesParser.create()
+    for previous, arg in zip([""] + args, args):
+        if arg.startswith("-") or (previous in _FLAGS_WITH_VALUE and "=" not in previous):
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except HydraException as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "ConfigLoader is not set" in detail or "=" not in arg:  # glob(...) etc.: Hydra expands them
+                continue
+            raise UserError(f"cannot parse the override {arg!r}: {detail} (see Hydra's override grammar)") from None
+        group = override.key_or_group
+        if group not in CHECKED_GROUPS or override.is_delete():
+            continue
+        if override.is_sweep_override():
+            if not override.is_choice_sweep():
+                continue
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        allowed = config_choices(group, configs)
+        for value in values:
+            if value not in allowed:
+                raise UserError(f"unknown {group} {value!r}; allowed: {', '.join(allowed)}")
 
 
 def _positive(cfg: DictConfig, key: str) -> int | None:

@@ -22,6 +22,7 @@ from typing import Sequence
 
 from svdprune.errors import UserError
 
+from .lock import RunFolderBusy, RunLock
 from .results import read_predictions
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
@@ -108,3 +109,27 @@ def _write_lines_atomic(path: Path, rows: list[dict]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def remove_finished_shard_folders(out_dir: Path, answered: set[str], digest: str) -> list[Path]:
+    """After the run is complete: remove the shard folders (any n, e.g. of an abandoned ``shard=i/3`` attempt)
+    whose every row is of this configuration and answered in the run's predictions.jsonl. A folder locked by a
+    live shard process, or holding anything else, stays. Returns the removed folders."""
+    removed = []
+    for folder in shard_folders(out_dir):
+        try:
+            with RunLock(folder):
+                rows = read_predictions(folder / "predictions.jsonl")
+                if not all(r.get("config_hash") == digest and str(r["question_id"]) in answered for r in rows):
+                    continue
+                for entry in folder.iterdir():  # under the lock: a shard that starts now finds nothing to redo
+                    if entry.name != ".lock":
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except (RunFolderBusy, OSError):
+            continue
+        try:
+            folder.rmdir()  # fails (and the folder stays) if another shard locked it meanwhile
+            removed.append(folder)
+        except OSError:
+            pass
+    return removed

@@ -16,7 +16,8 @@ composed from configs/, and its run folder is read without loading any model:
 
 A job killed from outside (scancel, a node failure, out of memory) records no error: it shows as partial
 or pending; its scheduler log (hydra.launcher.submitit_folder) has the rest. Exit status: 0 when every run
-is done or skipped, 1 otherwise, 2 for a bad argument.
+is done or skipped, 1 otherwise, 2 for a bad argument (a path that does not exist, a damaged multirun.yaml:
+one ``error:`` line each).
 """
 from __future__ import annotations
 
@@ -148,6 +149,7 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
     from omegaconf import OmegaConf
 
     from eval.datasets import load_dataset
+    from eval.reports import ReportError
     from harness.runner import select_records
     from harness.sweeps import _run_identity, budget_free_duplicate
     from svdprune.errors import UserError
@@ -175,7 +177,10 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
         folder, digest, _ = _run_identity(cfg, dataset)
     except KeyError as exc:
         return RunStatus(overrides, "invalid", detail=f"unknown method {exc}")
-    answered_all = _answered(folder, digest)
+    try:
+        answered_all = _answered(folder, digest)
+    except ReportError as exc:  # a corrupt predictions line: the run stops on it until repaired
+        return RunStatus(overrides, "failed", folder, detail=f"error: {exc}")
     answered = len(answered_all & set(selected))
     status = RunStatus(overrides, "pending", folder, answered, len(selected))
     if answered == len(selected) and _metrics_complete(folder / "metrics.json", digest, len(answered_all)):
@@ -196,17 +201,62 @@ def _metrics_complete(path: Path, digest: str, n_answered: int) -> bool:
     return metrics.get("config_hash") == digest and metrics.get("n") == n_answered
 
 
-def sweep_status(multirun_path: Path, configs: Path = CONFIGS) -> list[RunStatus]:
-    """Every job of the sweep saved in ``multirun_path``, with its state."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+class DamagedSweep(Exception):
+    """A multirun.yaml that is not a sweep Hydra saved (one line, shown without a traceback)."""
 
-    multirun = OmegaConf.load(multirun_path)
+
+def load_multirun(path: Path):
+    """The sweep Hydra saved in ``path``, checked: a mapping with ``hydra.overrides.task`` (a list) and
+    ``hydra.sweeper``; anything else (not YAML, not UTF-8, empty, a list, ``hydra: 5``) is a
+    :class:`DamagedSweep` naming the file."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def damaged(why: str) -> DamagedSweep:
+        return DamagedSweep(f"{path}: not a sweep's multirun.yaml ({why}); rerun the sweep's command to save it again")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise damaged(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}") from None
+    except OSError as exc:
+        raise damaged(f"cannot read it: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise damaged("the file is empty")
+    try:
+        multirun = OmegaConf.create(text)
+    except Exception as exc:  # noqa: BLE001 - yaml's and OmegaConf's parse errors have no common base class
+        first = " ".join(str(exc).split("\n")[0].split())
+        raise damaged(f"not valid YAML: {first}" if first else "not valid YAML") from None
+    if isinstance(multirun, ListConfig) or not isinstance(multirun, DictConfig):
+        raise damaged("a YAML list, expected a mapping with a 'hydra' section")
+    try:
+        hydra = multirun.get("hydra")
+        task = hydra.overrides.task if isinstance(hydra, DictConfig) and "overrides" in hydra else None
+        sweeper = hydra.get("sweeper") if isinstance(hydra, DictConfig) else None
+        params = sweeper.get("params") if isinstance(sweeper, DictConfig) else None
+    except Exception as exc:  # noqa: BLE001 - an interpolation that does not resolve, and the like
+        raise damaged(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(task, ListConfig) or not isinstance(sweeper, DictConfig) or not (
+            params is None or isinstance(params, DictConfig)):
+        raise damaged("no 'hydra.overrides.task' list and 'hydra.sweeper' section")
+    return multirun
+
+
+def sweep_status(multirun_path: Path, configs: Path = CONFIGS) -> list[RunStatus]:
+    """Every job of the sweep saved in ``multirun_path``, with its state (:class:`DamagedSweep` for a file that
+    is not a sweep)."""
+    from hydra import compose, initialize_config_dir
+
+    multirun = load_multirun(multirun_path)
+    try:
+        jobs = expand_jobs(multirun)
+    except Exception as exc:  # noqa: BLE001 - overrides Hydra's grammar does not parse
+        raise DamagedSweep(f"{multirun_path}: its overrides do not parse ({str(exc).strip().splitlines()[0]})") from None
     sweep_dir = multirun_path.parent
     selections: dict = {}
     out = []
     with initialize_config_dir(config_dir=str(configs.resolve()), version_base="1.3"):
-        for overrides in expand_jobs(multirun):
+        for overrides in jobs:
             try:
                 cfg = compose("config", overrides=[o for o in overrides if not _is_hydra_override(o)])
             except Exception as exc:  # noqa: BLE001 - a job Hydra cannot compose: shown, not raised
@@ -224,21 +274,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path, help="an output_dir (all its sweeps/*), a sweep folder or a multirun.yaml")
     parser.add_argument("--configs", type=Path, default=CONFIGS, help="configs/ the sweep was composed from")
     args = parser.parse_args(argv)
+    if not args.path.exists():
+        print(f"error: {args.path} does not exist (give an output_dir, a sweep folder or a multirun.yaml)",
+              file=sys.stderr)
+        return 2
     sweeps = find_sweeps(args.path)
     if not sweeps:
         print(f"error: no sweep under {args.path} (looked for multirun.yaml and sweeps/*/multirun.yaml)",
               file=sys.stderr)
         return 2
-    all_done = True
+    all_done, damaged = True, False
     for path in sweeps:
-        runs = sweep_status(path, args.configs)
+        try:
+            runs = sweep_status(path, args.configs)
+        except DamagedSweep as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            damaged = True
+            continue
         counts = {s: sum(r.state == s for r in runs) for s in STATES}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         print(f"sweep {path.parent} ({len(runs)} jobs): {summary}")
         for r in runs:
             print("  " + r.line())
         all_done &= all(r.state in ("done", "skipped") for r in runs)
-    return 0 if all_done else 1
+    return 2 if damaged else 0 if all_done else 1
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def build_entries(results: Path, paper_csv: Path = PAPER_NUMBERS, model: str | N
                     e.candidates, e.excluded_non_default = cell.candidates, cell.excluded
                 if cell is not None and cell.run is not None:
                     run = cell.run
+                    run.predictions()  # read as every report reads them: a damaged file is an error, not a cell
                     e.accuracy, e.n = run.accuracy, run.n
                     e.run, e.config_hash, e.model = str(run.path), run.config_hash, str(run.model)
                     e.kept_tokens_mean = run.metrics.get("kept_tokens_mean")

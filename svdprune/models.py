@@ -69,7 +69,7 @@ def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dty
         raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (LLaVA-1.5: -2)")
     vision = config.vision_config
     grid = vision.image_size // vision.patch_size
-    model.to(device=device, dtype=dtype).eval()
+    model.to(device=device).eval()  # the dtype is the loader's business: see cast_like_from_pretrained
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
         image_mean=tuple(image_mean), image_std=tuple(image_std), image_token_id=config.image_token_id,
@@ -77,9 +77,25 @@ def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dty
     )
 
 
-def load_pretrained(path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
-    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf)."""
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast a model built in float32 to ``dtype`` the way ``from_pretrained(dtype=...)`` leaves one: floating
+    parameters in ``dtype`` (those of the class's ``_keep_in_fp32_modules`` in float32), buffers as the model
+    built them. ``model.to(dtype)`` would also cast Llama's rotary ``inv_freq`` (float32 in HF and in official
+    LLaVA), which moves the rotary angle at position 700 by up to 0.17 rad in float16 and 0.86 rad in
+    bfloat16. In place; returns ``model``."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) | set(
+        getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not keep.intersection(name.split(".")):
+            param.data = param.data.to(dtype)
+    return model
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
+    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf).
+    ``progress=False`` hides transformers' "Loading weights" bar."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     path = in_project(path)
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
@@ -89,6 +105,9 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str) ->
             raise UserError(f"model.path={path!r}: no config.json there; point it at a llava-hf format folder "
                             "(config.json, *.safetensors, tokenizer files) or a hub id")
     torch_dtype, torch_device = _dtype(dtype), resolve_device(device)
+    hide_bar = not progress and hf_logging.is_progress_bar_enabled()
+    if hide_bar:
+        hf_logging.disable_progress_bar()
     try:
         model = LlavaForConditionalGeneration.from_pretrained(
             path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa")
@@ -97,6 +116,9 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str) ->
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {path!r} (revision {revision}): {first_line}; for offline use "
                         "download it once and set model.path=/local/folder") from None
+    finally:
+        if hide_bar:
+            hf_logging.enable_progress_bar()
     image_mean, image_std = _preprocessor_stats(path, revision)
     return _finish(model, tokenizer, path, revision, image_mean, image_std, torch_device, torch_dtype)
 
@@ -184,14 +206,14 @@ def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, visio
                          initializer_range=initializer_range)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), _dtype(dtype))
     return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype))
 
 
-def load_model(cfg) -> LoadedModel:
+def load_model(cfg, progress: bool = True) -> LoadedModel:
     """Dispatch on ``cfg.kind``: ``pretrained`` (hub id / local folder) or ``tiny``."""
     if cfg.kind == "pretrained":
-        return load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device)
+        return load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device, progress)
     if cfg.kind == "tiny":
         return build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                           **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in cfg})

@@ -172,8 +172,8 @@ def test_cli_reports_bad_input_in_one_line(shapes_folder, tmp_path):
     assert result.stderr.strip() == "error: budget=600 is outside 1..576 (vision tokens of tiny)"
     assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
     unknown = run_cli(*base(shapes_folder, tmp_path, "method=nope"))
-    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
-    assert "method/nope" in unknown.stderr and "svd" in unknown.stderr and "vanilla" in unknown.stderr
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown method 'nope'; allowed: ")
+    assert unknown.stderr.count("\n") == 1 and "svd" in unknown.stderr and "vanilla" in unknown.stderr
 
 
 def test_cli_main_path_runs(shapes_folder, tmp_path):

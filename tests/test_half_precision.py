@@ -1,0 +1,85 @@
+"""Half precision follows HF ``from_pretrained(dtype=...)`` exactly (issue 22, item 1): the project's loader leaves
+every buffer that ``from_pretrained`` keeps in float32 (Llama's rotary ``inv_freq``) in float32, so the LLM's
+outputs are bit-identical to those of the plainly loaded model, on the committed mini checkpoint and on a
+shallow random model of LLaVA-1.5-7B's exact config."""
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from svdprune.models import build_tiny, build_tiny_tokenizer, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_random_llava import LLAVA_15_7B_CONFIG  # noqa: E402
+
+HALF = [torch.bfloat16, torch.float16]
+POSITIONS = 700  # far enough that a bf16 inv_freq moves the rotary angle by ~0.9 rad (the issue's measurement)
+
+
+def llm_output(model, seed: int = 0) -> torch.Tensor:
+    """The LLM's last hidden states over POSITIONS random tokens (what every answer is decoded from)."""
+    vocab = model.config.text_config.vocab_size
+    ids = torch.randint(0, min(vocab, 32000), (1, POSITIONS), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.model.language_model(input_ids=ids).last_hidden_state
+
+
+def assert_loaded_like_from_pretrained(ours, reference):
+    assert {n: (b.dtype, b.shape) for n, b in ours.named_buffers()} == \
+        {n: (b.dtype, b.shape) for n, b in reference.named_buffers()}
+    for (name, a), (_, b) in zip(ours.named_buffers(), reference.named_buffers()):
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(ours.named_parameters(), reference.named_parameters()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert ours.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(llm_output(ours), llm_output(reference))
+
+
+def project_load(path: Path, dtype: torch.dtype):
+    cfg = OmegaConf.create({"kind": "pretrained", "path": str(path), "revision": None,
+                            "dtype": str(dtype).replace("torch.", ""), "device": "cpu"})
+    return load_model(cfg, progress=False).model
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_mini_checkpoint_in_half_precision_equals_from_pretrained(dtype):
+    folder = ROOT / "checkpoints" / "mini"
+    reference = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    assert_loaded_like_from_pretrained(project_load(folder, dtype), reference.eval())
+
+
+@pytest.fixture(scope="module")
+def geometry_7b_shallow(tmp_path_factory):
+    """LLaVA-1.5-7B's config.json with one CLIP and one LLM layer (every width, head size, rope setting and the
+    vocabulary are the 7B's), random weights saved as bf16 safetensors."""
+    config = copy.deepcopy(LLAVA_15_7B_CONFIG)
+    config["text_config"]["num_hidden_layers"] = 1
+    config["vision_config"]["num_hidden_layers"] = 1
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration._from_config(LlavaConfig(**config), dtype=torch.bfloat16)
+    folder = tmp_path_factory.mktemp("llava7b-shallow")
+    model.save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)  # the loader reads a tokenizer; its vocabulary is not tested here
+    return folder
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_7b_geometry_in_half_precision_equals_from_pretrained(geometry_7b_shallow, dtype):
+    reference = LlavaForConditionalGeneration.from_pretrained(geometry_7b_shallow, dtype=dtype,
+                                                              attn_implementation="sdpa").eval()
+    assert_loaded_like_from_pretrained(project_load(geometry_7b_shallow, dtype), reference)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_tiny_in_half_precision_is_the_float32_model_loaded_in_half(tmp_path, dtype):
+    """The random tiny model in half precision is its float32 self as from_pretrained would load it."""
+    tiny32 = build_tiny(seed=0, vision_layers=1, text_layers=2)
+    tiny32.model.save_pretrained(tmp_path)
+    reference = LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype, attn_implementation="sdpa")
+    ours = build_tiny(seed=0, vision_layers=1, text_layers=2, dtype=str(dtype).replace("torch.", ""))
+    assert_loaded_like_from_pretrained(ours.model, reference.eval())
