@@ -25,6 +25,18 @@ except KeyboardInterrupt:
     _interrupted()
 
 
+_KEPT = []  # the process's LoadedModels: Hydra's basic launcher runs a sweep's jobs here, one after the other
+
+
+def _kept_models():
+    """The loaded model this process keeps between sweep jobs (harness/model_cache.py)."""
+    if not _KEPT:
+        from harness.model_cache import LoadedModels
+
+        _KEPT.append(LoadedModels())
+    return _KEPT[0]
+
+
 def _fail(message: str) -> None:
     """A bad value: one line on stderr, exit 2 (a cluster job raises instead, see below)."""
     from harness.sweep_status import record_error
@@ -46,7 +58,7 @@ def main(cfg: DictConfig) -> None:
         if reason:
             print(f"skip: {reason}")
             return
-        run(cfg)
+        run(cfg, models=_kept_models())
         clear_error()  # sweep jobs: forget an earlier attempt's error (python -m harness.sweep_status)
     except UserError as exc:
         _fail(str(exc))

@@ -36,11 +36,15 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, position_embeddings: 
     attention_mask: (B, 1, L, L) bool, True = attend (the engine's causal + padding mask);
     query_index: (B, Q) long, the rows wanted.
 
-    Returns (B, H, Q, L) in ``hidden.dtype``: logits q.k (q, k after RoPE, k heads repeated for GQA),
-    scaled by ``head_dim ** -0.5`` (``scale="multiply"``, HF's eager attention and SparseVLM) or divided
-    by ``sqrt(head_dim)`` (``scale="divide"``, the older HF eager code FastV and PyramidDrop run), masked
-    with the dtype's minimum, softmax in float32 over the full row, cast back to the model dtype - the
-    eager attention of ``modeling_llama``. Cost: Q query projections and one K projection of L tokens.
+    Returns (B, H, Q, L) in float32: logits q.k (q, k after RoPE, k heads repeated for GQA), scaled by
+    ``head_dim ** -0.5`` (``scale="multiply"``, HF's eager attention and SparseVLM) or divided by
+    ``sqrt(head_dim)`` (``scale="divide"``, the older HF eager code FastV and PyramidDrop run), masked with
+    the dtype's minimum, softmax in float32 over the full row - the eager attention of ``modeling_llama``,
+    except that the probabilities stay in float32 where eager casts them back to the model dtype. In
+    float16 most image-token probabilities of a long row are subnormal (87% in a synthetic test), so the
+    official fp16 head mean has exact ties at the k-th place, which a GPU's ``topk`` breaks arbitrarily; the
+    float32 scores rank them (:func:`top_k`). A float32 run is unchanged. Cost: Q query projections and one
+    K projection of L tokens.
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}; allowed: {', '.join(SCALES)}")
@@ -59,7 +63,14 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, position_embeddings: 
     logits = logits / math.sqrt(head_dim) if scale == "divide" else logits * attn.scaling
     mask = attention_mask.gather(2, query_index[:, None, :, None].expand(-1, 1, -1, length))  # (B, 1, Q, L)
     logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(hidden.dtype)
+    return torch.softmax(logits, dim=-1, dtype=torch.float32)
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N) scores -> (B, k) indices of the k largest, highest first, ties to the lower index: the same
+    selection on every device (``torch.topk`` leaves ties unspecified, and CUDA's breaks them differently
+    from the CPU's). Ranked in float32. Equal to ``topk`` wherever the k-th place has no tie."""
+    return torch.sort(scores.float(), dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def last_token_index(state: TokenState) -> torch.Tensor:
@@ -68,8 +79,17 @@ def last_token_index(state: TokenState) -> torch.Tensor:
     return torch.full((batch, 1), length - 1, dtype=torch.long, device=state.is_image.device)
 
 
-def image_positions(is_image: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool -> (B, n) ascending indices of the image tokens; every row must hold the same n."""
+def true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, L) bool with ``count`` True per row -> (B, count) their ascending indices, without a host sync
+    (``nonzero`` waits for the device to learn its output size; a stable sort does not)."""
+    return mask.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :count]
+
+
+def image_positions(is_image: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """(B, L) bool -> (B, n) ascending indices of the image tokens; every row must hold the same n.
+    ``count``: n when the caller knows it (then rows are not checked, and the host is not synced)."""
+    if count is not None:
+        return true_positions(is_image, count)
     counts = is_image.sum(-1)
     if bool((counts != counts[0]).any()):
         raise ValueError(f"rows hold different numbers of image tokens: {counts.tolist()}")
@@ -81,7 +101,7 @@ def keep_indices(is_image: torch.Tensor, image_pos: torch.Tensor, keep_local: to
     ``image_pos.gather(1, keep_local)`` (keep_local: (B, k) indices into the row's image tokens)."""
     keep = ~is_image
     keep = keep.scatter(1, image_pos.gather(1, keep_local), True)
-    return keep.nonzero()[:, 1].view(is_image.shape[0], int(keep[0].sum()))
+    return true_positions(keep, is_image.shape[1] - image_pos.shape[1] + keep_local.shape[1])
 
 
 def renumber(padding: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,11 @@ lmms-eval port ``src/FastV/lmms-eval/fastv_kvcache.py``. What it computes:
   every text token is kept. Layers K .. N-1 see only those tokens, with their **original (gapped)
   position ids**; their KV caches hold only them, and decoding continues at position L, L+1, ...
   (as the unpruned model and the official lmms-eval port do).
+* Precision: Ours keeps the probabilities and their head mean in float32 and ranks with
+  :func:`attention.top_k` (ties to the lower index) instead of the official fp16 values and ``torch.topk``:
+  identical in a float32 run; in half precision the same selection on every device (the official fp16 ranking
+  has exact ties at the k-th place that CUDA's topk breaks arbitrarily; where it has none, the two agree
+  unless fp16 rounding reorders near-equal scores).
 * Defaults: K = 2 (the paper's; the lmms-eval port hard-codes K = 3). ``budget`` is the number of image
   tokens kept (the paper's R = 50% is budget 288).
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 from svdprune.errors import check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
-from .attention import attention_rows, check_depth, image_positions, keep_indices, last_token_index
+from .attention import attention_rows, check_depth, image_positions, keep_indices, last_token_index, top_k
 
 
 class FastV(DecoderPruner):
@@ -53,10 +58,10 @@ class FastV(DecoderPruner):
         state = view.state
         probs = attention_rows(view.layers[layer_idx], view.layer_input, view.position_embeddings,
                                view.attention_mask, last_token_index(state), scale="divide")
-        scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in the model dtype, as the official code
+        scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in float32 (official: model dtype; attention_rows)
         image_pos = image_positions(state.is_image)
         image_scores = scores.gather(1, image_pos)
-        keep_local = image_scores.topk(min(self.budget, image_pos.shape[1]), dim=1).indices
+        keep_local = top_k(image_scores, min(self.budget, image_pos.shape[1]))
         # every image token is still there (raster order): local indices are patch indices; a record only
         view.context.record(kept_indices=keep_local.sort(dim=1).values.tolist())
         return state.gather(keep_indices(state.is_image, image_pos, keep_local))  # original position ids

@@ -11,6 +11,11 @@ Checked against Cooperx521/PyramidDrop ``llava/model/modeling_llama_pdrop.py`` (
   logits divided by sqrt(head_dim), causal mask, softmax in float32 over the full row, cast to the model
   dtype, mean over heads, then the image columns. ``torch.topk`` of them, sorted back to original order;
   text tokens always kept.
+* Precision: Ours keeps the probabilities and their head mean in float32 and ranks with
+  :func:`attention.top_k` (ties to the lower index) instead of the official fp16 values and ``torch.topk``:
+  identical in a float32 run; in half precision the same selection on every device (the official fp16 ranking
+  has exact ties at the k-th place that CUDA's topk breaks arbitrarily; where it has none, the two agree
+  unless fp16 rounding reorders near-equal scores).
 * Positions are **renumbered** 0, 1, ... after every drop (the official code rebuilds ``position_ids``
   from the new length and, when decoding, shifts them by the number of dropped tokens): layer group s
   decodes at position (its prompt length) + step.
@@ -34,7 +39,7 @@ from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from .attention import (attention_rows, check_depth, image_positions, keep_indices, last_token_index,
-                        renumber)
+                        renumber, top_k)
 
 
 def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]]:
@@ -96,8 +101,8 @@ class PyramidDrop(DecoderPruner):
         keep = min(int(self._initial_images * self.ratios[stage]), image_pos.shape[1])
         probs = attention_rows(view.layers[layer_idx + 1], state.hidden, view.position_embeddings,
                                view.attention_mask, last_token_index(state), scale="divide")
-        scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in the model dtype
-        keep_local = scores.gather(1, image_pos).topk(keep, dim=1).indices
+        scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in float32 (official: model dtype; attention_rows)
+        keep_local = top_k(scores.gather(1, image_pos), keep)
         if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
             view.context.record(kept_indices=keep_local.sort(dim=1).values.tolist())
         dropped = state.gather(keep_indices(state.is_image, image_pos, keep_local))

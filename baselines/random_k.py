@@ -3,8 +3,10 @@
 Not from a paper's code; a standard baseline. The LLM sees the kept tokens of layer -2 in raster order.
 
 Seeding: ``per_image: true`` (default) draws a different subset for every image from a seed derived from
-the run seed (``context.seed``) and the image's preprocessed pixels (sha256 of the pixel tensor as
-float16), so an image gets the same subset whatever batch it is in and whatever the device/dtype; with
+the run seed (``context.seed``) and the image's preprocessed pixels (sha256 of the float32 pixel tensor
+rounded to float16; the engine hands the float32 values over as ``context.pixels_float32``, since a
+bfloat16 model's pixels rounded again to float16 hash differently), so an image gets the same subset
+whatever batch it is in and whatever the device/dtype; with
 ``per_image: false`` every image gets the same subset, drawn from the run seed alone. The draw is
 ``torch.randperm(N, generator=torch.Generator().manual_seed(s))[:budget]`` on the CPU, then sorted.
 """
@@ -38,7 +40,8 @@ class RandomK(EncoderPruner):
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         features = super().encode(vision_tower, pixel_values, feature_layer, context)
         if self.per_image:
-            seeds = image_seeds(pixel_values, context.seed)
+            pixels = context.pixels_float32 if context.pixels_float32 is not None else pixel_values
+            seeds = image_seeds(pixels, context.seed)  # from the float32 pixels: the same draw in every dtype
         else:
             seeds = [int(context.seed)] * pixel_values.shape[0]
         stash(context, random_seeds=seeds)

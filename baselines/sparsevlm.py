@@ -24,6 +24,12 @@ the DPC-kNN recycling). What it computes:
    0, 1, ...; layer group g decodes at position (its prompt length) + step, which is the official
    ``past_key_value.get_usable_length`` position.
 
+Precision: Ours keeps the probabilities and their head mean in float32 and ranks (keep and recycling
+candidates) with :func:`attention.top_k` (ties to the lower index) instead of the official fp16 values and
+``torch.topk``: identical in a float32 run; in half precision the same selection on every device (the official
+fp16 ranking has exact ties at the k-th place that CUDA's topk breaks arbitrarily; where it has none, the two
+agree unless fp16 rounding reorders near-equal scores).
+
 Batching (the official code is batch size 1): rows are left-padded; every row has the same number of
 image tokens, so keep counts and cluster counts are equal across rows. Raters differ per row. The
 clustering noise comes from a generator seeded with (``seed``, stage) and is the same for every row, so
@@ -47,7 +53,9 @@ import torch
 from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
-from .attention import attention_rows, check_depth, image_positions, keep_indices, renumber
+from ._scatter import scatter_sum_in_order
+from .attention import (attention_rows, check_depth, image_positions, keep_indices, renumber, top_k,
+                        true_positions)
 
 RECYCLE_FRACTION = 0.3  # of the deleted image tokens, the top 30% by score are clustered
 CLUSTER_DIVISOR = 10  # clusters = int(candidates / 10) + 1
@@ -88,10 +96,10 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> torch.
     assign = to_centre.argmin(dim=1)  # (B, N), first centre on ties
     assign = assign.scatter(1, centres, torch.arange(clusters, device=x.device).expand(batch, -1))
     counts = torch.zeros(batch, clusters, dtype=x.dtype, device=x.device)
-    counts = counts.scatter_add(1, assign, torch.ones_like(assign, dtype=x.dtype)) + 1e-6
+    counts = counts.scatter_add(1, assign, torch.ones_like(assign, dtype=x.dtype)) + 1e-6  # whole numbers: exact
     weights = 1.0 / counts.gather(1, assign)  # (B, N)
     merged = torch.zeros(batch, clusters, channels, dtype=x.dtype, device=x.device)
-    return merged.scatter_add(1, assign[..., None].expand(-1, -1, channels), x * weights[..., None])
+    return scatter_sum_in_order(merged, assign, x * weights[..., None])  # scatter_add, deterministic on CUDA
 
 
 class SparseVLM(DecoderPruner):
@@ -133,11 +141,16 @@ class SparseVLM(DecoderPruner):
     def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:
         state = view.state
         n_layers = len(view.layers)
-        if layer_idx == 0:  # a new batch
+        if layer_idx == 0:  # a new batch (the one host sync of the record: the image token count)
             self._raters = select_raters(view.layer_input, state.is_image)
-            self._counts = []
-        new_state = self._prune(layer_idx, view) if layer_idx in self.layers else None
-        self._counts.append(int((state if new_state is None else new_state).is_image[0].sum()))  # post-prune count
+            self._counts = [int(state.is_image[0].sum())]
+        else:  # post-prune counts are known on the host (every row has the same): no sync per layer
+            self._counts.append(self._counts[-1])
+        if layer_idx in self.layers:
+            new_state, count = self._prune(layer_idx, view, self._counts[-1])
+            self._counts[-1] = count
+        else:
+            new_state = None
         if layer_idx == n_layers - 2:  # the last layer sees what the last call left
             counts = self._counts + [self._counts[-1]]
             view.context.record(image_tokens_mean_official=[sum(counts) / len(counts)] * state.hidden.shape[0])
@@ -151,28 +164,28 @@ class SparseVLM(DecoderPruner):
         query = torch.stack([torch.cat([r, r[:1].expand(width - r.numel())]) for r in rows])  # padded (B, R)
         probs = attention_rows(view.layers[layer_idx], view.layer_input, view.position_embeddings,
                                view.attention_mask, query, scale="multiply")
-        head_mean = probs.mean(dim=1)  # (B, R, L) in the model dtype
+        head_mean = probs.mean(dim=1)  # (B, R, L) in float32 (official: model dtype; see attention_rows)
         return torch.stack([head_mean[b, :rows[b].numel()][:, image_pos[b]].mean(dim=0)
                             for b in range(len(rows))])
 
-    def _prune(self, layer_idx: int, view: LayerView) -> TokenState | None:
+    def _prune(self, layer_idx: int, view: LayerView, n_image: int) -> tuple[TokenState | None, int]:
+        """(the pruned state or None, image tokens after it); ``n_image``: image tokens per row before it."""
         state = view.state
         stage = self.layers.index(layer_idx)
-        image_pos = image_positions(state.is_image)
-        n_image = image_pos.shape[1]
         if n_image == 0:  # only after recycle=false cut the last one
-            return None
+            return None, 0
+        image_pos = image_positions(state.is_image, n_image)
         scores = self._scores(layer_idx, view, image_pos)
         keep = min(self.keep[stage], n_image - 1)
-        kept_local = scores.topk(keep, dim=1).indices
+        kept_local = top_k(scores, keep)
         pruned = state.gather(keep_indices(state.is_image, image_pos, kept_local))
         if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
             view.context.record(kept_indices=kept_local.sort(dim=1).values.tolist())
         if self.recycle and n_image - keep > 0:
             deleted = torch.ones_like(scores, dtype=torch.bool).scatter(1, kept_local, False)
-            deleted_local = deleted.nonzero()[:, 1].view(scores.shape[0], -1)  # index order, as policy == 0
+            deleted_local = true_positions(deleted, n_image - keep)  # index order, as policy == 0
             n_candidates = int(deleted_local.shape[1] * RECYCLE_FRACTION) + 1
-            pick = scores.gather(1, deleted_local).topk(n_candidates, dim=1).indices  # score order
+            pick = top_k(scores.gather(1, deleted_local), n_candidates)  # score order
             candidates = image_pos.gather(1, deleted_local.gather(1, pick))
             if stage == 0:  # the patches merged into the recycled tokens (a record only)
                 view.context.record(recycled_indices=deleted_local.gather(1, pick).sort(dim=1).values.tolist())
@@ -182,8 +195,9 @@ class SparseVLM(DecoderPruner):
             noise = torch.rand(n_candidates, generator=generator)
             # the kept image tokens are contiguous from the image start: the clusters go right after them
             pruned = self._insert(pruned, dpc_knn_merge(x, clusters, noise), image_pos[:, :1] + keep)
+            keep += clusters
         pruned.position_ids = renumber(pruned.padding)
-        return pruned
+        return pruned, keep
 
     @staticmethod
     def _insert(state: TokenState, extra: torch.Tensor, insert_at: torch.Tensor) -> TokenState:

@@ -52,7 +52,10 @@ merge group it ended in) as ``merge_groups`` (576 per image).
 
 Where we differ from the reference on purpose:
 - the edge ordering uses a stable sort (ties: lower A position first); ToMe's ``argsort`` is unstable;
-- merging runs in float32 (sizes reach ~40 and ``size * x`` can lose precision in fp16) and is cast back.
+- merging runs in float32 (sizes reach ~40 and ``size * x`` can lose precision in fp16) and is cast back;
+- the sums of the merge (ToMe's ``scatter_reduce(..., "sum")``) add the A tokens of one B token in index order
+  (``baselines/_scatter.py``): CUDA's scatter adds them in a changing order; on the CPU the result is the same
+  bit for bit.
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, producing_layer, split_heads)
+from ._scatter import scatter_sum_in_order
 
 NAME = "tome"
 LLAVA15_MERGE_LAYERS = 23  # layers 0..22 produce hidden_states[-2] of the 24-layer CLIP-L
@@ -170,7 +174,7 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, plan) -> tuple[torch.Ten
         width = t.shape[-1]
         kept = torch.gather(a, 1, unmerged[..., None].expand(-1, -1, width))
         moved = torch.gather(a, 1, src[..., None].expand(-1, -1, width))
-        b = b.scatter_reduce(1, dst[..., None].expand(-1, -1, width), moved, reduce="sum", include_self=True)
+        b = scatter_sum_in_order(b, dst, moved)  # scatter_reduce "sum", deterministic on every device
         return torch.cat([kept, b], dim=1)
 
     weighted = merge_sum(x.float() * size)

@@ -22,11 +22,12 @@ from eval.datasets import Record, check_images_readable, check_references, load_
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
-from svdprune.models import load_model
+from svdprune.models import device_type, load_model
 from svdprune.pruning import build_method
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
 from .lock import RunFolderBusy, RunLock
+from .model_cache import LoadedModels
 from .results import PredictionWriter, read_predictions, write_json_atomic
 from .schedule import answer_batches
 from .settings import Settings, check_config, check_folder_path
@@ -51,7 +52,7 @@ def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> di
     try:
         model = model_identity(cfg.model, memo)
         prints = {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
-                  "model_name": model["name"]}
+                  "model_name": model["name"], "device_type": device_type(str(cfg.model.get("device", "auto")))}
         params = cfg.method.get("params") or {}
         clip_path = params.get("clip_path")
         if isinstance(clip_path, str) and clip_path != "tiny":
@@ -83,6 +84,8 @@ def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
     }
     if prints.get("method_weights") is not None:  # only then: the hashes of other runs stay as they were
         identity["method_weights_fingerprint"] = prints["method_weights"]
+    if prints.get("device_type", "cpu") != "cpu":  # a GPU's kernels round (and break ties) otherwise: a CPU
+        identity["device_type"] = prints["device_type"]  # run is never resumed there; CPU hashes stay as they were
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -110,8 +113,10 @@ def _kept_tokens(per_layer: list[int]) -> int:
     return next((n for n in per_layer if n != first), first)
 
 
-def run(cfg: DictConfig) -> dict:
-    """One run, resumable; returns the metrics written to metrics.json (see :func:`run_metrics`)."""
+def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
+    """One run, resumable; returns the metrics written to metrics.json (see :func:`run_metrics`). ``models``:
+    the process's kept model (harness/model_cache.py; run.py passes one so that a sweep loads each model once),
+    None to load it for this run alone."""
     started = time.perf_counter()
     settings = check_config(cfg)  # every config value, before any data or weights
     if settings.threads is not None:
@@ -131,7 +136,14 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"dataset {dataset.name!r} selected no questions (limit={settings.limit}, "
                         f"subset={settings.subset})")
 
-    lm = load_model(cfg.model, progress=bool(cfg.get("progress", True)))
+    progress = bool(cfg.get("progress", True))
+    reuse = models is not None and cfg.get("reuse_model", True)
+    memo = models.memo if reuse else None
+    if reuse:
+        model_print = model_identity(cfg.model, memo)["fingerprint"]  # the kept model only if the weights are the same
+        lm = models.get(cfg.model, model_print, progress)
+    else:
+        lm = load_model(cfg.model, progress=progress)
     if method.kind == "none":
         budget = method.budget = lm.num_patches
     if not 1 <= budget <= lm.num_patches:
@@ -139,7 +151,7 @@ def run(cfg: DictConfig) -> dict:
     method.check(lm)
     check_images_readable(records)
 
-    prints = fingerprints(cfg, dataset)
+    prints = fingerprints(cfg, dataset, memo)
     out_dir, digest = run_folder(cfg, budget, prints)
     run_name = out_dir.name
     predictions_path = out_dir / "predictions.jsonl"

@@ -75,7 +75,7 @@ def _bool(cfg: DictConfig, key: str) -> bool:
 def check_config(cfg: DictConfig) -> Settings:
     """One-line :class:`UserError` for the first bad value; reads no data and no weights."""
     from eval.datasets import LOADERS
-    from svdprune.models import DTYPES
+    from svdprune.models import DTYPES, device_type
     from svdprune.pruning import METHODS
 
     known = top_level_keys()
@@ -96,6 +96,7 @@ def check_config(cfg: DictConfig) -> Settings:
         raise UserError(f"unknown dataset {cfg.dataset.name!r}; allowed: {', '.join(sorted(LOADERS))}")
     if cfg.model.kind not in ("pretrained", "tiny"):
         raise UserError(f"unknown model.kind {cfg.model.kind!r}; allowed: pretrained, tiny")
+    device_type(str(cfg.model.get("device", "auto")))  # a device torch does not know: one line
     if cfg.model.get("dtype") not in DTYPES:
         raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPES)}")
 
@@ -112,6 +113,7 @@ def check_config(cfg: DictConfig) -> Settings:
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}")
     _int(cfg, "seed", 0, False)
+    _bool(cfg, "reuse_model")
     check_run_name(cfg.get("run_name"))
     check_folder_path("output_dir", cfg.get("output_dir"))
     return Settings(

@@ -54,6 +54,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def device_type(device: str) -> str:
+    """The kind of device a ``model.device`` setting runs on ("cpu", "cuda", "mps", ...), without loading
+    anything: ``auto`` is CUDA where a CUDA device is available, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise UserError(f"model.device={device!r}; allowed: auto, cpu, cuda, cuda:N (or another torch device)") from None
+
+
 def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"unknown model.dtype {name!r}; allowed: {', '.join(DTYPES)}")

@@ -44,6 +44,9 @@ class PruneContext:
         self.seed = seed
         self.model = model
         self.vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+        # the preprocessed pixels (B, 3, H, W) as float32, before the cast to the model dtype: what a method
+        # derives per-image randomness from, so that it does not depend on the dtype (random-k)
+        self.pixels_float32: torch.Tensor | None = None
         self.encoder_aux: dict[str, Any] = {}  # tensors a method's encode() hands to its reduce()
         self.stats: dict[str, Any] = defaultdict(list)
 

@@ -66,6 +66,13 @@ def _layer_mask(padding: torch.Tensor) -> torch.Tensor | None:
     return _attention_mask(padding) if bool(padding.any()) else None
 
 
+def to_model(lm: LoadedModel, pixels: torch.Tensor, context: PruneContext) -> torch.Tensor:
+    """Preprocessed pixels (B, 3, H, W, float32) -> the model's device and dtype; the float32 values stay on
+    ``context.pixels_float32`` for methods whose randomness follows the image."""
+    context.pixels_float32 = pixels
+    return pixels.to(lm.device, lm.dtype)
+
+
 def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: PruneContext) -> torch.Tensor:
     """Vision tower + encoder-side cut + projector. Returns LLM-input image embeddings (B, k, d)."""
     features = method.encode(lm.vision_tower, pixel_values, lm.feature_layer, context)  # (B, N, Dv)
@@ -218,7 +225,7 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
     method.check(lm)
     context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
     pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
-    image_embeds = encode_images(lm, method, pixels.to(lm.device, lm.dtype), context)
+    image_embeds = encode_images(lm, method, to_model(lm, pixels, context), context)
     prompts = [vicuna_prompt(q, instruction) for q in questions]
     return _generate_full(lm, method, prompts, image_embeds, context, max_new_tokens)
 
@@ -318,7 +325,7 @@ def encode_prefixes(lm: LoadedModel, method, pixel_values: torch.Tensor, *, inst
     distinct images (pixel_values (n, 3, S, S)). The method's context has no questions (``None``): a method
     that reads them must declare ``question_dependent``."""
     context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
-    embeds = encode_images(lm, method, pixel_values.to(lm.device, lm.dtype), context)  # (n, k, d)
+    embeds = encode_images(lm, method, to_model(lm, pixel_values, context), context)  # (n, k, d)
     prefix_ids, _ = split_prompt(lm, vicuna_prompt("", instruction), embeds.shape[1])
     kv = prefill_prefixes(lm, prefix_ids, embeds) if shares_prefix(method) else None
     stats = _per_image_stats(context.stats, embeds.shape[0])
@@ -346,7 +353,7 @@ def _generate_question_dependent(lm, method, prompts, questions, pixel_values, r
     """Encoder-side selection that reads the question (TRIM): the vision tower runs once per distinct image,
     ``reduce`` once per question, the whole prompt is prefilled per question."""
     image_context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
-    features = method.encode(lm.vision_tower, pixel_values.to(lm.device, lm.dtype), lm.feature_layer,
+    features = method.encode(lm.vision_tower, to_model(lm, pixel_values, image_context), lm.feature_layer,
                              image_context)  # (n, N, Dv)
     index = torch.tensor(row_image, device=features.device)
     context = _expand_context(image_context, features.shape[0], index, questions, seed, lm, instruction)

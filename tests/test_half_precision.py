@@ -83,3 +83,48 @@ def test_tiny_in_half_precision_is_the_float32_model_loaded_in_half(tmp_path, dt
     reference = LlavaForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype, attn_implementation="sdpa")
     ours = build_tiny(seed=0, vision_layers=1, text_layers=2, dtype=str(dtype).replace("torch.", ""))
     assert_loaded_like_from_pretrained(ours.model, reference.eval())
+
+
+# ------------------------------------------------------------------ issue 22, item 2: rankings that do not depend on the device
+
+
+def test_top_k_breaks_ties_to_the_lower_index():
+    from baselines.attention import top_k
+
+    scores = torch.randint(0, 4, (5, 300), generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    for k in (1, 16, 64, 192):
+        brute = [sorted(range(300), key=lambda i: (-float(row[i]), i))[:k] for row in scores]
+        assert top_k(scores, k).tolist() == brute
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_decoder_side_scores_are_float32_in_half_precision(dtype):
+    """The attention rows FastV, PyramidDrop and SparseVLM rank are float32 whatever the model dtype, and equal
+    the float32 softmax of the half-precision logits (no cast back to the model dtype)."""
+    from baselines.attention import attention_rows
+
+    lm = build_tiny(seed=0, vision_layers=1, text_layers=2, dtype=str(dtype).replace("torch.", ""))
+    layer = lm.language_model.layers[1]
+    hidden = torch.randn(2, 40, lm.model.config.text_config.hidden_size, dtype=dtype)
+    positions = torch.arange(40)[None].expand(2, -1)
+    cos_sin = lm.language_model.rotary_emb(hidden, positions)
+    mask = torch.ones(40, 40, dtype=torch.bool).tril()[None, None].expand(2, -1, -1, -1)
+    probs = attention_rows(layer, hidden, cos_sin, mask, torch.tensor([[39], [39]]))
+    assert probs.dtype == torch.float32 and torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    assert probs.min() > 0 and not torch.equal(probs, probs.to(dtype).float())  # more than the model dtype holds
+
+
+def test_scatter_sum_in_order_equals_the_cpus_scatter_reduce_bit_for_bit():
+    """The deterministic merge sum (ToMe, SparseVLM) equals the CPU's sequential scatter_reduce exactly, also
+    where many sources share one destination and their magnitudes differ by orders (order-sensitive sums)."""
+    from baselines._scatter import repeat_rank, scatter_sum_in_order
+
+    assert repeat_rank(torch.tensor([[3, 1, 3, 3, 0, 1]])).tolist() == [[0, 0, 1, 2, 0, 1]]
+    g = torch.Generator().manual_seed(0)
+    for trial in range(100):
+        slots, sources = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(0, 50, (1,), generator=g))
+        base = torch.randn(2, slots, 7, generator=g) * 10
+        index = torch.randint(0, slots, (2, sources), generator=g)
+        src = torch.randn(2, sources, 7, generator=g) * torch.logspace(-3, 3, sources)[None, :, None]
+        expected = base.scatter_reduce(1, index[..., None].expand(-1, -1, 7), src, reduce="sum", include_self=True)
+        assert torch.equal(scatter_sum_in_order(base, index, src), expected), trial

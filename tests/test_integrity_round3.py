@@ -286,3 +286,23 @@ def test_abandoned_shard_folders_go_when_the_run_is_complete(shapes_folder, tmp_
     assert not stale.exists() and other.is_dir()
     shutil.rmtree(other)
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "predictions.jsonl"]
+
+
+# ------------------------------------------------------------------------ issue 22, item 6: the device
+
+
+def test_the_device_type_is_part_of_a_gpu_runs_identity(shapes_folder, tmp_path):
+    """A run on CUDA never resumes (or is skipped by) a CPU run of the same configuration: its kernels round and
+    break ties otherwise. CPU runs keep the hashes they had before the device entered the identity."""
+    from eval.datasets import load_dataset
+
+    cfg = make_cfg(base(shapes_folder, tmp_path, "model.device=cpu"))
+    prints = runner.fingerprints(cfg, load_dataset(cfg.dataset))
+    assert prints["device_type"] == "cpu"
+    cpu = runner.config_hash(cfg, 16, prints)
+    assert cpu == runner.config_hash(cfg, 16, {k: v for k, v in prints.items() if k != "device_type"})
+    cuda = runner.config_hash(make_cfg(base(shapes_folder, tmp_path, "model.device=cuda:1")), 16,
+                              {**prints, "device_type": "cuda"})
+    assert cuda != cpu
+    with pytest.raises(UserError, match=r"^model.device='gpu'; allowed: auto, cpu, cuda, cuda:N"):
+        runner.run(make_cfg(base(shapes_folder, tmp_path, "model.device=gpu")))
