@@ -22,7 +22,7 @@ from eval.datasets import Record, check_images_readable, check_references, load_
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
-from svdprune.models import device_type, load_model
+from svdprune.models import device_type, load_model, resolve_dtype
 from svdprune.pruning import build_method
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
@@ -52,7 +52,8 @@ def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> di
     try:
         model = model_identity(cfg.model, memo)
         prints = {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
-                  "model_name": model["name"], "device_type": device_type(str(cfg.model.get("device", "auto")))}
+                  "model_name": model["name"], "device_type": device_type(str(cfg.model.get("device", "auto"))),
+                  "dtype": resolve_dtype(str(cfg.model.get("dtype", "float32")), str(cfg.model.get("device", "auto")))}
         params = cfg.method.get("params") or {}
         clip_path = params.get("clip_path")
         if isinstance(clip_path, str) and clip_path != "tiny":
@@ -70,6 +71,8 @@ def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
     method, budget, dataset version (and the question set's content fingerprint), decoding."""
     container = OmegaConf.to_container(cfg, resolve=True)
     model = {k: v for k, v in container["model"].items() if k not in _NOT_HASHED_MODEL}
+    if model.get("dtype") == "auto" and prints.get("dtype"):
+        model["dtype"] = prints["dtype"]  # what auto resolved to here: a float16 and a float32 run never share
     if container["model"].get("kind") == "pretrained" and prints["model"] is None:
         model["path"] = container["model"].get("path")  # no fingerprint (not resolvable): the path stands in
     identity = {
@@ -220,7 +223,8 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
             "model": prints["model_name"], "model_fingerprint": prints["model"],
             "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
             **({"method_weights_fingerprint": prints["method_weights"]} if "method_weights" in prints else {}),
-            "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
+            "dtype": str(lm.dtype).replace("torch.", ""), "dtype_setting": str(cfg.model.get("dtype")),
+            "device": str(lm.device),
             "batch_size": settings.batch_size, "schedule": settings.schedule,
             "max_new_tokens": settings.max_new_tokens,
             "max_position_embeddings": max_positions,

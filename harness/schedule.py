@@ -10,13 +10,15 @@ Two schedules (``schedule=`` in the run config), same predictions:
 * ``per_question``: the straightforward path: batches in dataset order, every question pays for its own
   image (decoded on the main thread) and its whole prompt (:func:`~svdprune.surgery.generate`).
 
-Either way a CUDA out-of-memory error in a batch halves the batch size for the rest of the run and retries
+Either way a CUDA out-of-memory error in a batch (torch's OutOfMemoryError, or a cuBLAS/cuSOLVER/cuDNN allocation
+failure reported as a RuntimeError) halves the batch size for the rest of the run and retries
 the same questions (nothing is written for a failed batch, so nothing is lost or answered twice), and an
 image that cannot be decoded stops the run with a one-line error saying how to go on, or, with
 ``on_bad_image="skip"``, leaves its questions out (their ids are appended to ``skipped``).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -93,14 +95,34 @@ class Prefetcher:
         self._futures.clear()
 
 
+# How CUDA reports running out of memory besides torch.cuda.OutOfMemoryError: allocations made by cuBLAS,
+# cuSOLVER (torch.linalg.svd), cuDNN or a kernel launch arrive as a RuntimeError with one of these in the text.
+_OOM_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                 "CUSOLVER_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+                 "cudaErrorMemoryAllocation")
+
+
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError)
+    """Every form in which CUDA reports that it ran out of memory."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OOM_MESSAGES)
+
+
+def _detached(error: BaseException) -> BaseException:
+    """``error`` without its traceback (and chained exceptions): the traceback's frames hold the failed
+    batch's tensors, which must be freed before the cache is emptied."""
+    error.__context__ = error.__cause__ = None
+    return error.with_traceback(None)
 
 
 def _halve(size: int, error: BaseException, device: torch.device) -> int:
-    """The batch size after an out-of-memory error in a batch of ``size`` (re-raises at size 1)."""
+    """The batch size after an out-of-memory error in a batch of ``size`` (re-raises at size 1). Called after
+    the ``except`` block, with a :func:`_detached` error: nothing references the failed batch any more, so
+    the collection below returns its memory before CUDA's cache is emptied."""
     if size == 1:
         raise error
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     LOG.warning("CUDA out of memory in a batch of %d questions: continuing with batch size %d", size, size // 2)
@@ -154,14 +176,17 @@ def _per_question(lm, method, records, batch_size, instruction, max_new_tokens, 
         if not batch:
             start += size
             continue
-        started = time.perf_counter()
+        started, failure = time.perf_counter(), None
         try:
             out = generate(lm, method, [r.question for r in batch], images, instruction=instruction,
                            max_new_tokens=max_new_tokens, seed=seed)
         except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not _is_oom(error):
                 raise
-            size = _halve(size, error, lm.device)
+            failure = _detached(error)
+        if failure is not None:  # outside the except block: the failed batch's tensors are unreferenced now
+            images = []
+            size = _halve(size, failure, lm.device)
             continue
         yield batch, out, time.perf_counter() - started
         start += size
@@ -202,7 +227,7 @@ def _by_image(lm, method, records, batch_size, instruction, max_new_tokens, seed
                 pixels[keys[end]] = value
                 end += 1
             batch, batch_keys = order[start:end], keys[start:end]
-            started = time.perf_counter()
+            started, failure = time.perf_counter(), None
             try:
                 out = generate_by_image(lm, method, [r.question for r in batch], batch_keys, pixels,
                                         instruction=instruction, max_new_tokens=max_new_tokens, seed=seed,
@@ -210,8 +235,10 @@ def _by_image(lm, method, records, batch_size, instruction, max_new_tokens, seed
             except Exception as error:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not _is_oom(error):
                     raise
+                failure = _detached(error)
+            if failure is not None:  # outside the except block: the failed batch's tensors are unreferenced now
                 prefixes.clear()
-                size = _halve(size, error, lm.device)
+                size = _halve(size, failure, lm.device)
                 continue
             seconds = time.perf_counter() - started
             start += len(batch)

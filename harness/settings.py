@@ -75,7 +75,7 @@ def _bool(cfg: DictConfig, key: str) -> bool:
 def check_config(cfg: DictConfig) -> Settings:
     """One-line :class:`UserError` for the first bad value; reads no data and no weights."""
     from eval.datasets import LOADERS
-    from svdprune.models import DTYPES, device_type
+    from svdprune.models import DTYPE_SETTINGS, device_type
     from svdprune.pruning import METHODS
 
     known = top_level_keys()
@@ -97,8 +97,8 @@ def check_config(cfg: DictConfig) -> Settings:
     if cfg.model.kind not in ("pretrained", "tiny"):
         raise UserError(f"unknown model.kind {cfg.model.kind!r}; allowed: pretrained, tiny")
     device_type(str(cfg.model.get("device", "auto")))  # a device torch does not know: one line
-    if cfg.model.get("dtype") not in DTYPES:
-        raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPES)}")
+    if cfg.model.get("dtype") not in DTYPE_SETTINGS:
+        raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPE_SETTINGS)}")
 
     budget = cfg.budget
     if not isinstance(budget, int) or isinstance(budget, bool):

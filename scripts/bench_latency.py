@@ -21,9 +21,13 @@ Columns (ms unless named): ``vision`` = ``method.encode`` (vision tower; ToMe me
 ``prune`` = ``method.reduce`` + every ``method.after_layer`` call; ``prefill`` = from the call to the first
 ``lm_head`` output (image preprocessing, vision, prune, projector, LLM prefill, lm_head); ``decode`` = the
 rest (``generated_tokens - 1`` steps + detokenisation); ``e2e`` = prefill + decode; ``fps`` = questions per
-second at the batch size; ``peak_vram_gb`` = ``torch.cuda.max_memory_allocated`` (GPU); ``peak_rss_gb`` = the
-process's peak RSS during that configuration (CPU, Linux: VmHWM reset through /proc/self/clear_refs; it includes
-the weights); ``kernel_ms`` = summed CUDA kernel time of one question (``--kernel-time``, GPU only).
+second at the batch size; ``peak_vram_gb`` = ``torch.cuda.max_memory_allocated`` and ``peak_reserved_gb`` =
+``torch.cuda.max_memory_reserved`` (GPU: what the tensors needed, and what the caching allocator held, which is
+what decides whether a card runs out of memory); ``peak_rss_gb`` = the process's peak RSS during that configuration
+(CPU, Linux: VmHWM reset through /proc/self/clear_refs; it includes the weights); ``kernel_ms`` = the summed
+duration of the device's own kernel (and memcpy/memset) events of one question, from an extra profiled
+question after the timed ones (GPU only, on by default there; ``--no-kernel-time`` leaves it out). All GPU
+timing events are recorded on the stream of the device the model is on (``--device cuda:1`` times cuda:1).
 
 Outputs ``latency_<tag>.csv`` / ``.md`` and ``svd_vs_vision_<tag>.csv`` in ``--output-dir`` (default: a scratch
 folder under the system temp dir, so that ad-hoc runs never overwrite the committed ``results/efficiency``
@@ -211,9 +215,9 @@ class Clock:
         self.device = device
 
     def mark(self):
-        if self.cuda:
+        if self.cuda:  # on the model's device: a bare record() would go to the current device's stream
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
@@ -313,15 +317,24 @@ def run_question(lm, method, images, questions, new_tokens: int, clock: Clock, m
                 prompt_tokens=max(out.prompt_lengths), generated=max(len(ids) for ids in out.token_ids))
 
 
-def kernel_time_ms(fn) -> float:
-    """Summed GPU time of one call (ms): the profiler's "Self CUDA time total" (sum of self device time over
-    all events, so nothing is counted twice)."""
+def device_kernel_ms(events) -> float:
+    """Summed duration (ms) of the device's own events (kernels, memcpy, memset) in a profiler's event list.
+
+    CPU operator events are left out: their ``self_device_time_total`` is the time of the kernels they launched,
+    so summing it over operators and kernels (what ``key_averages()`` totals) counts every kernel twice."""
+    from torch.autograd import DeviceType
+
+    return sum(event.device_time_total for event in events if event.device_type == DeviceType.CUDA) / 1000.0
+
+
+def kernel_time_ms(fn, device: torch.device) -> float:
+    """Device kernel time of one call of ``fn`` (ms), see :func:`device_kernel_ms`."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
-        torch.cuda.synchronize()
-    return sum(event.self_device_time_total for event in prof.key_averages()) / 1000.0
+        torch.cuda.synchronize(device)
+    return device_kernel_ms(prof.events())
 
 
 def bench_config(lm, name: str, budget: int, args, clock: Clock, images, questions, params: dict) -> dict:
@@ -352,7 +365,7 @@ def bench_config(lm, name: str, budget: int, args, clock: Clock, images, questio
         kernel = None
         if clock.cuda and args.kernel_time:
             try:
-                kernel = kernel_time_ms(once)
+                kernel = kernel_time_ms(once, lm.device)
             except Exception as exc:  # noqa: BLE001 - profiler support varies; the other columns stand
                 print(f"kernel time unavailable: {exc}", file=sys.stderr)
     finally:
@@ -373,6 +386,7 @@ def bench_config(lm, name: str, budget: int, args, clock: Clock, images, questio
         decode_per_token_ms=med("decode") / steps if steps else None,
         e2e_ms=e2e, fps=1000.0 * len(questions) / e2e,
         peak_vram_gb=torch.cuda.max_memory_allocated(lm.device) / 1e9 if clock.cuda else None,
+        peak_reserved_gb=torch.cuda.max_memory_reserved(lm.device) / 1e9 if clock.cuda else None,
         peak_rss_gb=peak_rss_gb() if rss_reset else None,
         kernel_ms=kernel, iters=len(samples),
     )
@@ -498,6 +512,12 @@ def paper_comparison(rows: list[dict]) -> list[str]:
             "the two and depends on how many tokens are generated."]
 
 
+def _vram(row: dict) -> str:
+    if row.get("peak_vram_gb") is None:
+        return "-"
+    return f"{_f(row['peak_vram_gb'])} / {_f(row.get('peak_reserved_gb'))}"
+
+
 def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: dict, notes: list[str]) -> None:
     lines = [f"# Latency per question on {header['device_name']} ({header['device']}, model `{header['model']}`)", "",
              f"Generated by `scripts/bench_latency.py`. Device: **{header['device_name']}**; model: {header['model_note']}; "
@@ -516,7 +536,8 @@ def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: d
                   "to 2x between identical computations (compare the `vision` column, the same tower for every "
                   "method except ToMe).", ""]
     lines += ["| method | k | img tok (first cut / avg) | prompt tok | gen | vision | prune | prefill | decode | "
-              "decode/token | e2e | q/s | peak VRAM GB | peak RSS GB | kernel ms | speed-up vs vanilla |",
+              "decode/token | e2e | q/s | peak VRAM GB (allocated / reserved) | peak RSS GB | kernel ms | "
+              "speed-up vs vanilla |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = next((r for r in rows if r["method"] == "vanilla"), None)
     for r in rows:
@@ -524,7 +545,7 @@ def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: d
         lines.append(f"| {r['method']} | {r['budget']} | {r['image_tokens_first_cut']} / {r['image_tokens_avg']:.1f} | "
                      f"{r['prompt_tokens']} | {r['generated_tokens']:g} | {_f(r['vision_ms'])} | {_f(r['prune_ms'])} | "
                      f"{_f(r['prefill_ms'])} | {_f(r['decode_ms'])} | {_f(r['decode_per_token_ms'])} | "
-                     f"{_f(r['e2e_ms'])} | {_f(r['fps'], 3)} | {_f(r['peak_vram_gb'])} | {_f(r.get('peak_rss_gb'))} | "
+                     f"{_f(r['e2e_ms'])} | {_f(r['fps'], 3)} | {_vram(r)} | {_f(r.get('peak_rss_gb'))} | "
                      f"{_f(r['kernel_ms'])} | {_f(speedup)}x |")
     if svd_rows:
         lines += ["", f"**SVD-Prune selection vs the vision tower** (`svdprune.svd.leverage`, tau 0.9, on the "
@@ -572,7 +593,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--prewarm", action="store_true",
                         help="one untimed SVD-Prune k=16 question before the first configuration (cheap warm-up)")
     parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (e.g. make_random_llava.py --clip)")
-    parser.add_argument("--kernel-time", action="store_true", help="GPU: also sum CUDA kernel time (torch.profiler)")
+    parser.add_argument("--kernel-time", action=argparse.BooleanOptionalAction, default=True,
+                        help="GPU: device kernel time of one extra profiled question (default on; --no-kernel-time)")
     parser.add_argument("--svd-vision", choices=["auto", "clip-l", "model", "none"], default="auto",
                         help="vision tower for the SVD ratio: clip-l = random CLIP-L/336 (default for tiny), "
                              "model = the benchmarked model's (default otherwise), none = skip")
@@ -618,7 +640,7 @@ def main(argv=None) -> dict:
         notes.append("peak VRAM and kernel time: GPU only; peak RSS = the process's VmHWM, reset before each "
                      "configuration (so it includes the model's weights)")
     elif not args.kernel_time:
-        notes.append("kernel time: run with --kernel-time")
+        notes.append("kernel time: left out (--no-kernel-time)")
     if args.by_budget:  # vanilla, then every method at the first budget, then at the next, ...
         configs.sort(key=lambda c: (c[0] != "vanilla", args.budgets.index(c[1]) if c[1] in args.budgets else -1))
     if args.prewarm:  # one untimed question through every weight (first touch of mmap'ed pages, kernel set-up)

@@ -65,10 +65,39 @@ def device_type(device: str) -> str:
         raise UserError(f"model.device={device!r}; allowed: auto, cpu, cuda, cuda:N (or another torch device)") from None
 
 
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UserError(f"unknown model.dtype {name!r}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[name]
+DTYPE_SETTINGS = (*DTYPES, "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 / AMX on x86, BF16 on Arm): there a
+    half-precision run is several times faster than float32; elsewhere bfloat16 is emulated and slower."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def resolve_dtype(name: str, device: str = "auto") -> str:
+    """``model.dtype`` as a concrete dtype name. ``auto``: float16 on CUDA (official LLaVA's evaluation dtype),
+    bfloat16 on a CPU with native bf16 matrix products, float32 otherwise."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise UserError(f"unknown model.dtype {name!r}; allowed: {', '.join(DTYPE_SETTINGS)}")
+        return name
+    kind = device_type(device)
+    if kind == "cuda":
+        return "float16"
+    return "bfloat16" if kind == "cpu" and cpu_has_native_bf16() else "float32"
+
+
+def _dtype(name: str, device: str = "auto") -> torch.dtype:
+    return DTYPES[resolve_dtype(name, device)]
 
 
 def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
@@ -115,13 +144,15 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, pr
         if not (folder / "config.json").is_file():
             raise UserError(f"model.path={path!r}: no config.json there; point it at a llava-hf format folder "
                             "(config.json, *.safetensors, tokenizer files) or a hub id")
-    torch_dtype, torch_device = _dtype(dtype), resolve_device(device)
+    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
     hide_bar = not progress and hf_logging.is_progress_bar_enabled()
     if hide_bar:
         hf_logging.disable_progress_bar()
     try:
+        # on a GPU the weights go straight to it (accelerate's device_map), never through host RAM first
+        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
         model = LlavaForConditionalGeneration.from_pretrained(
-            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa")
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except OSError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -217,8 +248,8 @@ def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, visio
                          initializer_range=initializer_range)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), _dtype(dtype))
-    return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype))
+    model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), _dtype(dtype, device))
+    return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype, device))
 
 
 def load_model(cfg, progress: bool = True) -> LoadedModel:

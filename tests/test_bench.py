@@ -130,3 +130,20 @@ def test_flops_script_end_to_end(tmp_path):
     assert len(csv_rows) == 5
     md = (tmp_path / "flops.md").read_text()
     assert "not_a_method: not registered" in md and "| 16 |" in md
+
+
+def test_kernel_time_counts_each_device_kernel_once():
+    """Table 3's kernel time: an operator that launched a 50 us kernel, and that kernel's own event, are 50 us of
+    device time, not 100 (summing self device time over operators and kernels counts every kernel twice)."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    op = FunctionEvent(id=1, name="aten::mm", thread=0, start_us=0, end_us=100, use_device="cuda")
+    op.append_kernel("gemm_kernel", 0, 50)
+    kernel = FunctionEvent(id=2, name="gemm_kernel", thread=0, start_us=10, end_us=60, use_device="cuda",
+                           device_type=DeviceType.CUDA)
+    memcpy = FunctionEvent(id=3, name="Memcpy HtoD", thread=0, start_us=70, end_us=75, use_device="cuda",
+                           device_type=DeviceType.CUDA)
+    events = EventList([op, kernel, memcpy], use_device="cuda")
+    assert bench_latency.device_kernel_ms(events) == pytest.approx(0.055)
+    assert sum(e.self_device_time_total for e in events) / 1000 == pytest.approx(0.105)  # the old, double sum

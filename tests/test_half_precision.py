@@ -128,3 +128,38 @@ def test_scatter_sum_in_order_equals_the_cpus_scatter_reduce_bit_for_bit():
         src = torch.randn(2, sources, 7, generator=g) * torch.logspace(-3, 3, sources)[None, :, None]
         expected = base.scatter_reduce(1, index[..., None].expand(-1, -1, 7), src, reduce="sum", include_self=True)
         assert torch.equal(scatter_sum_in_order(base, index, src), expected), trial
+
+
+# ------------------------------------------------------------------ issue 22, item 3: model.dtype=auto
+
+
+def test_dtype_auto_resolves_by_device():
+    from svdprune.models import cpu_has_native_bf16, resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") == resolve_dtype("auto", "cuda:1") == "float16"  # official LLaVA
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert resolve_dtype("float16", "cpu") == "float16"  # an explicit dtype is kept
+
+
+def test_dtype_auto_is_the_resolved_dtype_in_the_run_identity(shapes_folder, tmp_path):
+    """A run with dtype=auto is the run of the dtype it resolved to (same folder), never one of another dtype;
+    metrics.json records both the setting and the dtype used."""
+    from hydra import compose, initialize_config_dir
+
+    import harness.runner as runner
+    from svdprune.models import resolve_dtype
+
+    def cfg(dtype):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            return compose(config_name="config", overrides=[
+                "model=tiny", "model.vision_layers=1", "model.text_layers=2", f"model.dtype={dtype}",
+                "model.device=cpu", "dataset=local", f"dataset.path={shapes_folder}", f"output_dir={tmp_path}",
+                "max_new_tokens=1", "progress=false", "method=svd", "budget=16", "limit=2"])
+
+    resolved = resolve_dtype("auto", "cpu")
+    auto = runner.run(cfg("auto"))
+    assert auto["dtype"] == resolved and auto["dtype_setting"] == "auto"
+    explicit = runner.run(cfg(resolved))
+    assert explicit["config_hash"] == auto["config_hash"] and explicit["newly_answered"] == 0
+    other = "float16" if resolved != "float16" else "float32"
+    assert runner.run(cfg(other))["config_hash"] != auto["config_hash"]

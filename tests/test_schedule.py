@@ -216,3 +216,44 @@ def test_fastv_shares_the_vision_pass_not_the_prefill(tiny, random_images):
                          max_new_tokens=4)
     assert ours.token_ids == reference.token_ids
     assert ours.image_tokens_per_layer == reference.image_tokens_per_layer == [[576, 576, 16, 16]] * 3
+
+
+@pytest.mark.parametrize("error, is_oom", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling `cusolverDnCreate(handle)`"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"), False),
+    (ValueError("CUDA out of memory"), False),
+])
+def test_every_form_of_cuda_oom_is_recognised(error, is_oom):
+    assert schedule._is_oom(error) is is_oom
+
+
+def test_a_cublas_oom_halves_and_frees_the_failed_batch_first(shapes_folder, tmp_path, monkeypatch):
+    """cuBLAS's allocation failure (a RuntimeError) is handled like torch's OutOfMemoryError, and when the
+    batch is halved nothing references the failed batch's tensors any more (its traceback is dropped)."""
+    import gc
+    import weakref
+
+    real, sizes, held = schedule.generate_by_image, [], []
+
+    def cublas_oom_above_two(lm, method, questions, *args, **kwargs):
+        sizes.append(len(questions))
+        if len(questions) > 2:
+            activations = torch.ones(1000)  # what the failed forward pass had allocated
+            held.append(weakref.ref(activations))
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        return real(lm, method, questions, *args, **kwargs)
+
+    real_halve, alive = schedule._halve, []
+
+    def halve(size, error, device):
+        gc.collect()
+        alive.append(held[-1]() is not None)
+        return real_halve(size, error, device)
+
+    monkeypatch.setattr(schedule, "generate_by_image", cublas_oom_above_two)
+    monkeypatch.setattr(schedule, "_halve", halve)
+    metrics = runner.run(make_cfg(base(shapes_folder, tmp_path, "budget=16", "batch_size=4", "limit=4")))
+    assert sizes == [4, 2, 2] and metrics["n"] == 4 and alive == [False]
