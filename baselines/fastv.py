@@ -47,6 +47,9 @@ class FastV(DecoderPruner):
     def describe(self) -> dict:
         return {"agg_layer": self.agg_layer, "kept_after_layer": self.agg_layer - 1}
 
+    def full_layers(self) -> int:
+        return self.agg_layer
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("fastv", "agg_layer", [self.agg_layer], n_layers, 1, n_layers - 1,

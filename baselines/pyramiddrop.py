@@ -85,6 +85,12 @@ class PyramidDrop(DecoderPruner):
     def describe(self) -> dict:
         return {"stage_layers": list(self.layers), "ratios": list(self.ratios), "keep_counts": self.keep_counts()}
 
+    def full_layers(self) -> int:
+        return self.layers[0]
+
+    def max_image_tokens_after_cut(self, num_patches: int) -> int:
+        return max(self.keep_counts(num_patches), default=num_patches)
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("pyramiddrop", "layers", self.layers, n_layers, 1, n_layers - 1,

@@ -133,6 +133,14 @@ class SparseVLM(DecoderPruner):
     def describe(self) -> dict:
         return {"prune_layers": list(self.layers), "keep_counts": list(self.keep), "recycle": self.recycle}
 
+    def full_layers(self) -> int:
+        return self.layers[0] + 1  # layer l runs on every token; its output is cut
+
+    def max_image_tokens_after_cut(self, num_patches: int) -> int:
+        keep = min(self.keep[0], num_patches - 1)
+        candidates = int((num_patches - keep) * RECYCLE_FRACTION) + 1 if self.recycle else 0
+        return keep + (int(candidates / CLUSTER_DIVISOR) + 1 if candidates else 0)
+
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,

@@ -153,6 +153,11 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
     method.check(lm)
     check_images_readable(records)
+    batch_size = settings.batch_size
+    if batch_size == "auto":  # the largest batch whose estimated peak fits the device (svdprune/memory.py)
+        from svdprune.memory import auto_batch_size
+
+        batch_size = auto_batch_size(lm.model.config, method, lm.dtype, settings.max_new_tokens, lm.device)
 
     prints = fingerprints(cfg, dataset, memo)
     out_dir, digest = run_folder(cfg, budget, prints)
@@ -185,7 +190,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
                    desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
         with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
             for batch, out, seconds in answer_batches(
-                    lm, method, todo, batch_size=settings.batch_size, schedule=settings.schedule,
+                    lm, method, todo, batch_size=batch_size, schedule=settings.schedule,
                     instruction=dataset.instruction, max_new_tokens=settings.max_new_tokens, seed=cfg.seed,
                     on_bad_image=settings.on_bad_image, skipped=skipped):
                 generation_seconds += seconds
@@ -225,7 +230,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
             **({"method_weights_fingerprint": prints["method_weights"]} if "method_weights" in prints else {}),
             "dtype": str(lm.dtype).replace("torch.", ""), "dtype_setting": str(cfg.model.get("dtype")),
             "device": str(lm.device),
-            "batch_size": settings.batch_size, "schedule": settings.schedule,
+            "batch_size": batch_size, "batch_size_setting": settings.batch_size, "schedule": settings.schedule,
             "max_new_tokens": settings.max_new_tokens,
             "max_position_embeddings": max_positions,
             "config_hash": digest, "run_name": run_name,

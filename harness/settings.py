@@ -30,7 +30,7 @@ class Settings:
     budget: int
     limit: int | None
     subset: int | None
-    batch_size: int
+    batch_size: int | str  # "auto": the largest that fits (svdprune.memory), decided once the model is loaded
     max_new_tokens: int
     threads: int | None
     repair_predictions: bool
@@ -118,7 +118,7 @@ def check_config(cfg: DictConfig) -> Settings:
     check_folder_path("output_dir", cfg.get("output_dir"))
     return Settings(
         budget=budget, limit=_positive(cfg, "limit"), subset=_positive(cfg, "subset"),
-        batch_size=_positive(cfg, "batch_size") or 1, max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
+        batch_size="auto" if cfg.get("batch_size") == "auto" else (_positive(cfg, "batch_size", "auto") or 1), max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
         threads=_int(cfg, "threads", 1, True), repair_predictions=_bool(cfg, "repair_predictions"),
         on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
         schedule=check_schedule(cfg.get("schedule", "by_image")),
@@ -197,12 +197,12 @@ def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
                 raise UserError(f"unknown {group} {value!r}; allowed: {', '.join(allowed)}")
 
 
-def _positive(cfg: DictConfig, key: str) -> int | None:
+def _positive(cfg: DictConfig, key: str, other: str = "null") -> int | None:
     value = cfg.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{key}={value!r} must be a positive integer (or null)")
+        raise UserError(f"{key}={value!r} must be a positive integer (or {other})")
     return value
 
 

@@ -176,6 +176,14 @@ class DecoderPruner:
     def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:
         raise NotImplementedError
 
+    def full_layers(self) -> int:
+        """How many LLM layers see every image token before the first cut (for :mod:`svdprune.memory`)."""
+        raise NotImplementedError
+
+    def max_image_tokens_after_cut(self, num_patches: int) -> int:
+        """An upper bound on the image tokens any layer after the first cut sees (for :mod:`svdprune.memory`)."""
+        return min(self.budget, num_patches)
+
 
 # name -> "module:Class". Baselines add their line here; their module is imported only when chosen.
 METHODS: dict[str, str] = {

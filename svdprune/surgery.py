@@ -73,10 +73,20 @@ def to_model(lm: LoadedModel, pixels: torch.Tensor, context: PruneContext) -> to
     return pixels.to(lm.device, lm.dtype)
 
 
+def _forget_vision(context: PruneContext) -> None:
+    """After the encoder-side cut: the vision tower's hidden states (25 x (B, 577, 1024) for LLaVA-1.5, ~30 MB
+    per image in fp16), the tensors ``encode`` handed to ``reduce`` and the float32 pixels are not needed by
+    the LLM or a decoder-side method; dropped so that they do not live through prefill and decoding."""
+    context.vision_hidden_states = None
+    context.encoder_aux = {}
+    context.pixels_float32 = None
+
+
 def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: PruneContext) -> torch.Tensor:
     """Vision tower + encoder-side cut + projector. Returns LLM-input image embeddings (B, k, d)."""
     features = method.encode(lm.vision_tower, pixel_values, lm.feature_layer, context)  # (B, N, Dv)
     kept = method.reduce(features, context)  # (B, k, Dv)
+    _forget_vision(context)
     if method.kind == "encoder":
         assert kept.shape[1] == method.budget, f"{type(method).__name__} returned {kept.shape[1]} tokens, budget {method.budget}"
     return lm.projector(kept.to(lm.dtype))
@@ -286,7 +296,8 @@ def prefill_prefixes(lm: LoadedModel, prefix_ids: list[int], image_embeds: torch
 def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list[list[int]], cache):
     """Prefill only the question suffixes of B rows whose prefix is already in the KV cache.
 
-    prefix_kv: per layer (keys, values), each (B, H_kv, P, head_dim), one row per question;
+    prefix_kv: per layer (keys, values), each (B, H_kv, P, head_dim), one row per question; consumed (the list
+    is emptied once its tensors are in ``cache``);
     suffixes: B token lists (the text after the image tokens). The suffixes are left-padded *after* the
     prefix ([prefix][padding][suffix]), so the last slot is still every row's last token; each suffix
     token sits at RoPE position P + its index, as in the whole-prompt prefill.
@@ -300,6 +311,8 @@ def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list
     mask = _attention_mask(full_padding)[:, :, prefix_len:]  # (B, 1, S, P + S): the suffix rows
     for layer_idx, (keys, values) in enumerate(prefix_kv):
         cache.update(keys, values, layer_idx)
+    del keys, values
+    prefix_kv.clear()  # consumed: from here the cache holds the only reference to the prefix KV
     position_embeddings = llm.rotary_emb(hidden, positions)
     for layer in llm.layers:
         hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, position_ids=positions,
@@ -329,9 +342,25 @@ def encode_prefixes(lm: LoadedModel, method, pixel_values: torch.Tensor, *, inst
     prefix_ids, _ = split_prompt(lm, vicuna_prompt("", instruction), embeds.shape[1])
     kv = prefill_prefixes(lm, prefix_ids, embeds) if shares_prefix(method) else None
     stats = _per_image_stats(context.stats, embeds.shape[0])
-    return [ImagePrefix(embeds=embeds[j], stats=stats[j], prefix_ids=prefix_ids,
-                        kv=[(keys[j], values[j]) for keys, values in kv] if kv is not None else None)
+    per_image = _split_per_image(kv, embeds.shape[0]) if kv is not None else [None] * embeds.shape[0]
+    return [ImagePrefix(embeds=embeds[j], stats=stats[j], prefix_ids=prefix_ids, kv=per_image[j])
             for j in range(embeds.shape[0])]
+
+
+def _split_per_image(kv: list, n: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per layer (keys, values) of n images, each (n, H_kv, P, D) -> per image, per layer (H_kv, P, D), each
+    image's own copy: a view would keep the whole batch's KV alive while one image's prefix is carried on
+    to the next batch. The batch's tensors are released layer by layer (``kv`` is emptied)."""
+    if n == 1:
+        return [[(keys[0], values[0]) for keys, values in kv]]
+    out: list[list] = [[] for _ in range(n)]
+    for layer in range(len(kv)):
+        keys, values = kv[layer]
+        kv[layer] = None
+        for j in range(n):
+            out[j].append((keys[j].clone(), values[j].clone()))
+        del keys, values
+    return out
 
 
 def _expand_context(image_context: PruneContext, n: int, index: torch.Tensor, questions: list[str], seed: int,
@@ -358,6 +387,9 @@ def _generate_question_dependent(lm, method, prompts, questions, pixel_values, r
     index = torch.tensor(row_image, device=features.device)
     context = _expand_context(image_context, features.shape[0], index, questions, seed, lm, instruction)
     kept = method.reduce(features.index_select(0, index), context)  # (B, k, Dv)
+    _forget_vision(context)
+    _forget_vision(image_context)
+    del features
     assert kept.shape[1] == method.budget, f"{type(method).__name__} returned {kept.shape[1]} tokens, budget {method.budget}"
     return _generate_full(lm, method, prompts, lm.projector(kept.to(lm.dtype)), context, max_new_tokens)
 
@@ -411,12 +443,14 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     assert all(prefix == row.prefix_ids for (prefix, _), row in zip(split, rows)), "prompts do not share the prefix"
     prefix_ids = rows[0].prefix_ids
     index = torch.tensor(row_image, device=lm.device)
-    prefix_kv = [(torch.stack([prefixes[key].kv[layer][0] for key in distinct]).index_select(0, index),
-                  torch.stack([prefixes[key].kv[layer][1] for key in distinct]).index_select(0, index))
-                 for layer in range(len(lm.language_model.layers))]  # per layer (B, H_kv, P, head_dim)
     cache = _new_cache(lm)
     suffixes = [suffix for _, suffix in split]
-    last_hidden, group = prefill_suffixes(lm, prefix_kv, len(prefix_ids), suffixes, cache)
+    # the batch's prefix KV (per layer (B, H_kv, P, head_dim)) is handed over without a name here: once in the
+    # cache it is referenced there only, so the cache's growth replaces it instead of doubling it
+    last_hidden, group = prefill_suffixes(
+        lm, [(torch.stack([prefixes[key].kv[layer][0] for key in distinct]).index_select(0, index),
+              torch.stack([prefixes[key].kv[layer][1] for key in distinct]).index_select(0, index))
+             for layer in range(len(lm.language_model.layers))], len(prefix_ids), suffixes, cache)
     generated = _greedy(lm, last_hidden, [group], cache, max_new_tokens)
     n_layers = len(lm.language_model.layers)
     return _finish(lm, generated, prompts, [[k] * n_layers for _ in questions],

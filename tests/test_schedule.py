@@ -257,3 +257,36 @@ def test_a_cublas_oom_halves_and_frees_the_failed_batch_first(shapes_folder, tmp
     monkeypatch.setattr(schedule, "_halve", halve)
     metrics = runner.run(make_cfg(base(shapes_folder, tmp_path, "budget=16", "batch_size=4", "limit=4")))
     assert sizes == [4, 2, 2] and metrics["n"] == 4 and alive == [False]
+
+
+def test_memory_a_carried_prefix_holds_its_own_image_only(tiny, random_images):
+    """Issue 22: a prefix carried on to the next batch is its own tensor, not a view that keeps the KV of every
+    image of its batch alive; the vision tower's hidden states are dropped after the encoder-side cut."""
+    from svdprune.surgery import encode_prefixes
+
+    pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
+                          for img in random_images[:3]])
+    prefixes = encode_prefixes(tiny, SvdPrune(budget=16), pixels, instruction=None, seed=0)
+    for prefix in prefixes:
+        for keys, values in prefix.kv:
+            for t in (keys, values):
+                assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    context = PruneContext(["q"] * 3, model=tiny.model)
+    encode_images(tiny, SvdPrune(budget=16), pixels, context)
+    assert context.vision_hidden_states is None and context.encoder_aux == {}
+
+
+def test_memory_the_prefix_kv_is_handed_to_the_cache(tiny, random_images):
+    """prefill_suffixes consumes the batch's prefix KV: afterwards the cache holds the only reference (the list
+    is emptied), so the cache's growth replaces the prefix tensors instead of doubling them."""
+    import weakref
+
+    prompt = vicuna_prompt(QUESTIONS[0], None)
+    prefix_ids, suffix = split_prompt(tiny, prompt, 16)
+    with torch.inference_mode():  # as the engine runs
+        embeds = torch.randn(1, 16, tiny.model.config.text_config.hidden_size)
+        prefix_kv = [(k, v) for k, v in prefill_prefixes(tiny, prefix_ids, embeds)]
+        first = weakref.ref(prefix_kv[0][0])
+        cache = _new_cache(tiny)
+        prefill_suffixes(tiny, prefix_kv, len(prefix_ids), [suffix], cache)
+    assert prefix_kv == [] and first() is None  # the cache holds its own copy; the prefix's tensors are gone
