@@ -79,7 +79,8 @@ def write(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
     labels = sorted({r["label"] for r in rows}, key=lambda l: (l != "before", l))
     cells = {(r["method"], r["dtype"], r["label"]): r for r in rows}
-    columns = sorted({(r["dtype"], l) for r in rows for l in labels if (r["method"], r["dtype"], l) in cells})
+    columns = sorted({(r["dtype"], l) for r in rows for l in labels if (r["method"], r["dtype"], l) in cells},
+                     key=lambda c: (c[0], labels.index(c[1])))
     lines = ["# Same kept tokens in half precision as in float32 (scenes model, CPU)", "",
              f"Questions of the first 200 test images ({FIRST_200_IMAGES}); per question, the selection (kept indices, "
              "SparseVLM's recycled set, ToMe's merge groups) compared with the same code's float32 run. "
