@@ -24,6 +24,7 @@ from eval.scoring import SCORERS, score
 from svdprune.errors import UserError
 from svdprune.models import device_type, load_model, resolve_dtype
 from svdprune.pruning import build_method
+from svdprune.surgery import kept_tokens
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
 from .lock import RunFolderBusy, RunLock
@@ -110,12 +111,6 @@ def select_records(records: list[Record], limit: int | None, subset: int | None,
     return records[:limit] if limit is not None else records
 
 
-def _kept_tokens(per_layer: list[int]) -> int:
-    """Image tokens after the method's (first) cut: layer 0's count, or the first count that differs."""
-    first = per_layer[0]
-    return next((n for n in per_layer if n != first), first)
-
-
 def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     """One run, resumable; returns the metrics written to metrics.json (see :func:`run_metrics`). ``models``:
     the process's kept model (harness/model_cache.py; run.py passes one so that a sweep loads each model once),
@@ -200,7 +195,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
                     row = {
                         "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
                         "answers": record.answers, "question_type": record.question_type,
-                        "kept_tokens": _kept_tokens(out.image_tokens_per_layer[i]),
+                        "kept_tokens": kept_tokens(out.image_tokens_per_layer[i]),
                         "image_tokens_per_layer": out.image_tokens_per_layer[i],
                         "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
                         "config_hash": digest,

@@ -88,6 +88,14 @@ PREPROCESSOR_CONFIG = {  # llava-hf/llava-1.5-7b-hf preprocessor_config.json
     "size": {"shortest_edge": 336},
 }
 
+PROCESSOR_CONFIG = {  # llava-hf/llava-1.5-7b-hf processor_config.json: <image> expands to 576 tokens
+    "image_token": "<image>",
+    "num_additional_image_tokens": 1,
+    "patch_size": 14,
+    "processor_class": "LlavaProcessor",
+    "vision_feature_select_strategy": "default",
+}
+
 GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001}
 
 # openai/clip-vit-large-patch14-336: the fields that differ from CLIPConfig's defaults
@@ -177,6 +185,7 @@ def write_llava(out: Path, tokenizer_js: Path, seed: int, dtype: torch.dtype, sh
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(LLAVA_15_7B_CONFIG, indent=2) + "\n")
     (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n")
+    (out / "processor_config.json").write_text(json.dumps(PROCESSOR_CONFIG, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     llama2_tokenizer.write(tokenizer_js, out)
     specs = tensor_specs(LlavaForConditionalGeneration, LlavaConfig.from_pretrained(out))

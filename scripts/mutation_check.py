@@ -20,7 +20,6 @@ import argparse
 import sys
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.easyvqa import SHAPES, yes_no_case
+from svdprune.processor import write_processor  # noqa: E402
 from svdprune.prompts import ANSWER_INSTRUCTION, IMAGE_PLACEHOLDER, SYSTEM, preprocess_image, \
     tokenizer_image_token, vicuna_prompt
 
@@ -416,10 +417,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-         "crop_size": SIZE, "size": SIZE}, indent=2))
+    # tokenizer, image processor (official LLaVA-1.5 pixels), chat template: AutoProcessor.from_pretrained(out)
+    write_processor(out, tokenizer, image_size=model.config.vision_config.image_size,
+                    patch_size=model.config.vision_config.patch_size)
     record = {"args": vars(args), "train_seconds": round(time.time() - started, 1),
               "torch_threads": torch.get_num_threads(), "log": earlier_log + vision_log.entries + llava_log.entries,
               "earlier_runs": earlier_runs}

@@ -45,6 +45,7 @@ from train_mini import (IGNORE, RunningLog, build_model, build_word_tokenizer, c
 from eval.scenes import (ANSWERS, COLORS, COVER, GRID, PATCH, SHAPES, describe, patch_labels, patch_shares,  # noqa: E402
                          render, scene, scenes)
 from svdprune.models import clip_like  # noqa: E402
+from svdprune.processor import write_processor  # noqa: E402
 from svdprune.prompts import (ANSWER_INSTRUCTION, CLIP_MEAN, CLIP_STD, SYSTEM, tokenizer_image_token,  # noqa: E402
                                vicuna_prompt)
 
@@ -565,9 +566,9 @@ def main() -> None:
                             patch_words)
 
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "crop_size": 336, "size": 336}, indent=2))
+    # tokenizer, image processor (official LLaVA-1.5 pixels), chat template: AutoProcessor.from_pretrained(out)
+    write_processor(out, tokenizer, image_size=model.config.vision_config.image_size,
+                    patch_size=model.config.vision_config.patch_size)
     record = {"args": vars(args), "train_seconds": round(time.time() - started, 1),
               "torch_threads": torch.get_num_threads(), "log": vision_log.entries + clip_log.entries + llava_log.entries}
     (out / "training_log.json").write_text(json.dumps(record, indent=2))

@@ -27,7 +27,6 @@ margin is applied by ``batch_size=auto`` (``AUTO_MARGIN``). On a CPU, ``batch_si
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -34,6 +34,15 @@ class LoadedModel:
     dtype: torch.dtype
 
     @property
+    def pad_token_id(self) -> int:
+        """The id left padding uses (never attended to, so its value changes no output): the tokenizer's, else the
+        text config's, else 0."""
+        pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+        if pad is None:
+            pad = getattr(getattr(self.model.config, "text_config", self.model.config), "pad_token_id", None)
+        return pad if pad is not None else 0
+
+    @property
     def vision_tower(self):
         return self.model.model.vision_tower
 
@@ -101,6 +110,12 @@ def _dtype(name: str, device: str = "auto") -> torch.dtype:
 
 
 def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
+    model.to(device=device).eval()  # the dtype is the loader's business: see cast_like_from_pretrained
+    return _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype)
+
+
+def _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
+    """The engine's view of a LLaVA-1.5 model (its geometry, checked); moves and casts nothing."""
     config = model.config
     if config.vision_feature_select_strategy != "default":
         raise UserError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} "
@@ -109,7 +124,6 @@ def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dty
         raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (LLaVA-1.5: -2)")
     vision = config.vision_config
     grid = vision.image_size // vision.patch_size
-    model.to(device=device).eval()  # the dtype is the loader's business: see cast_like_from_pretrained
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
         image_mean=tuple(image_mean), image_std=tuple(image_std), image_token_id=config.image_token_id,
@@ -129,6 +143,22 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
         if param.is_floating_point() and not keep.intersection(name.split(".")):
             param.data = param.data.to(dtype)
     return model
+
+
+def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
+    """The engine's view of a ``LlavaForConditionalGeneration`` someone else loaded (any dtype, any device; used by
+    :func:`svdprune.prune`). Nothing is moved or cast: the device and dtype are those of the model's own
+    parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's LLaVA does).
+    A model of another class, or a LLaVA config the engine does not handle, is a one-line UserError."""
+    from transformers import LlavaForConditionalGeneration
+
+    if not isinstance(model, LlavaForConditionalGeneration):
+        raise UserError(f"svdprune.prune() needs a transformers LlavaForConditionalGeneration (LLaVA-1.5); got "
+                        f"{type(model).__name__}")
+    embed = model.model.language_model.embed_tokens.weight
+    tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
+    return _describe(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__, None,
+                     CLIP_MEAN, CLIP_STD, embed.device, tower_dtype)
 
 
 def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:

@@ -217,3 +217,23 @@ def build_method(name: str, budget: int, params: dict[str, Any]):
 
         raise UserError(f"method {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
     return cls(budget=budget, **params)
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """Method ``name``'s parameters as ``configs/method/<name>.yaml`` sets them (what run.py uses when no override
+    is given), for callers without Hydra (:func:`svdprune.prune`). Interpolations that name the model config
+    (TRIM's ``clip_path``) take their fallback."""
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+    from .models import PROJECT_ROOT
+
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+    file = PROJECT_ROOT / "configs" / "method" / f"{name}.yaml"
+    if not file.is_file():
+        raise UserError(f"{file} is missing: svdprune reads the method defaults from the project's configs/ "
+                        "(install the project with pip install -e)")
+    config = OmegaConf.merge({"model": {}}, {"method": OmegaConf.load(file)})
+    return OmegaConf.to_container(config.method, resolve=True).get("params") or {}
+

@@ -50,6 +50,13 @@ class _LayerCache:
         self.has_padding = bool(self.padding.any())  # no padding: decoding attends without a mask
 
 
+def kept_tokens(per_layer: list[int]) -> int:
+    """Image tokens after the method's (first) cut, from one row's per-layer counts: layer 0's count, or the first
+    count that differs (the ``kept_tokens`` of predictions.jsonl and of :class:`svdprune.api.PruneHandle` records)."""
+    first = per_layer[0]
+    return next((n for n in per_layer if n != first), first)
+
+
 def _attention_mask(padding: torch.Tensor) -> torch.Tensor:
     """(B, L) padding -> (B, 1, L, L) bool causal mask, True = attend. Padded rows attend to themselves
     only (their outputs are never read) so that no softmax row is empty."""
@@ -95,7 +102,7 @@ def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: 
 def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows -> (ids (B, L), padding (B, L) bool, True at left padding), on the model's device."""
     length = max(map(len, rows))
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad_id = lm.pad_token_id
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     padding = torch.ones(len(rows), length, dtype=torch.bool)
     for i, row in enumerate(rows):
@@ -120,7 +127,15 @@ def _embed(lm: LoadedModel, ids: torch.Tensor, image_embeds: torch.Tensor) -> tu
 def build_inputs(lm: LoadedModel, prompts: list[str], image_embeds: torch.Tensor) -> TokenState:
     """Tokenise with k image positions, left-pad, embed, place the image embeddings. image_embeds: (B, k, d)."""
     k = image_embeds.shape[1]
-    ids, padding = _left_pad(lm, [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, k) for p in prompts])
+    return build_inputs_from_ids(
+        lm, [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, k) for p in prompts], image_embeds)
+
+
+def build_inputs_from_ids(lm: LoadedModel, rows: list[list[int]], image_embeds: torch.Tensor) -> TokenState:
+    """Token rows (each with exactly k image ids, no padding) -> left-padded, embedded :class:`TokenState`
+    with image_embeds (B, k, d) at the image positions. The runner's prompts and :mod:`svdprune.api`'s
+    (the user's own input_ids) enter the LLM through here."""
+    ids, padding = _left_pad(lm, rows)
     embeds, is_image = _embed(lm, ids, image_embeds)
     return TokenState(hidden=embeds, position_ids=_positions(padding), padding=padding, is_image=is_image)
 
@@ -132,6 +147,13 @@ def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, c
     explicit (B, 1, L, L) mask in its :class:`LayerView`.
     Returns (last hidden state of each row (B, d), per-layer image-token counts (B, n_layers), layer groups).
     """
+    final, image_counts, groups = prefill_states(lm, state, method, context, cache)
+    return lm.language_model.norm(final.hidden[:, -1]), image_counts, groups  # left padding: last slot = last token
+
+
+def prefill_states(lm: LoadedModel, state: TokenState, method, context: PruneContext, cache):
+    """:func:`prefill`, returning the last layer's whole :class:`TokenState` (hidden states before the final
+    norm, every position that survived the cuts) instead of the last position's normed hidden state."""
     llm = lm.language_model
     groups: list[_LayerCache] = []
     image_counts = []
@@ -158,8 +180,7 @@ def prefill(lm: LoadedModel, state: TokenState, method, context: PruneContext, c
                                       state.position_ids[:, -1] + 1))
         if new_state is not None:
             state, position_embeddings = new_state, None
-    last_hidden = llm.norm(state.hidden[:, -1])  # left padding: the last slot is every row's last token
-    return last_hidden, torch.stack(image_counts, dim=1), groups
+    return state, torch.stack(image_counts, dim=1), groups
 
 
 def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: list[_LayerCache], cache) -> torch.Tensor:

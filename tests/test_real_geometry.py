@@ -87,3 +87,21 @@ def test_method_at_real_geometry(lm, question, name):
     assert per_layer[0] == (16 if method.kind == "encoder" else 576)
     assert 55 <= out.prompt_lengths[0] - per_layer[0] <= 75  # Llama-2 prompt around the image (59 for this one)
     assert 1 <= len(out.token_ids[0]) <= 2 and all(math.isfinite(v) for l in logits for v in (l.min(), l.max()))
+
+
+def test_folder_loads_with_autoprocessor_and_expands_the_image_to_576_tokens():
+    """llava-hf's processor files (processor_config.json: patch 14, CLS dropped): <image> -> 576 image ids, the
+    text around it as LLaVA's tokenizer_image_token gives it (llava-hf's processor resizes and centre-crops;
+    run.py pads to a square first, so pixels agree for square images)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from svdprune.prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
+
+    processor = AutoProcessor.from_pretrained(FOLDER)
+    prompt = vicuna_prompt("What is the colour of the bus?")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    assert inputs.input_ids[0].tolist() == tokenizer_image_token(prompt, processor.tokenizer, 32000, 576)
+    torch.testing.assert_close(inputs.pixel_values[0], preprocess_image(image), atol=1e-5, rtol=0)
