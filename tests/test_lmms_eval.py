@@ -1,0 +1,112 @@
+"""lmms-eval end to end, offline, with the svdprune_llava model (eval/lmms_model.py) on a local task.
+
+Opt-in (marker ``lmms``; skipped where lmms-eval is not installed)::
+
+    pip install -e ".[lmms]"
+    python -m pytest -m lmms tests/test_lmms_eval.py
+
+The test writes a task (YAML + utils.py) and a small dataset (the first scenes test questions as JSON lines and
+PNG files) to a temporary folder, runs the ``lmms-eval`` command on the scenes model through ``--include_path``,
+and requires lmms-eval's answers and accuracy to be run.py's on the same questions (same method, budget,
+prompt text and max_new_tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from eval.datasets import load_dataset, load_image
+from harness.mini_protocol import run_and_read
+from harness.scenes_protocol import SCENES_MODEL, scenes_config
+
+pytestmark = pytest.mark.lmms
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install -e \".[lmms]\")")
+
+N_QUESTIONS = 24
+TASK = "svdprune_scenes_local"
+
+
+def _write_task(folder, records, instruction: str) -> None:
+    data = folder / "data.jsonl"
+    images = folder / "images"
+    images.mkdir(parents=True)
+    with data.open("w") as f:
+        for record in records:
+            path = images / f"{record.question_id}.png"
+            load_image(record).save(path)
+            f.write(json.dumps({"question_id": record.question_id, "question": record.question,
+                                "answers": record.answers, "image": str(path)}) + "\n")
+    (folder / "utils.py").write_text(textwrap.dedent(f'''
+        from PIL import Image
+
+        from eval.scoring import score
+
+
+        def doc_to_visual(doc):
+            return [Image.open(doc["image"]).convert("RGB")]
+
+
+        def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+            return doc["question"] + "\\n" + {instruction!r}
+
+
+        def process_results(doc, results):
+            return {{"accuracy": 100.0 * score("gqa", results[0], doc["answers"])}}
+    '''))
+    (folder / f"{TASK}.yaml").write_text(textwrap.dedent(f"""
+        task: {TASK}
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {data}
+        test_split: test
+        output_type: generate_until
+        doc_to_visual: !function utils.doc_to_visual
+        doc_to_text: !function utils.doc_to_text
+        doc_to_target: answers
+        process_results: !function utils.process_results
+        generation_kwargs:
+          max_new_tokens: 3
+          temperature: 0
+          do_sample: false
+        metric_list:
+          - metric: accuracy
+            aggregation: mean
+            higher_is_better: true
+        metadata:
+          version: 0.0
+    """))
+
+
+@pytest.mark.parametrize("method, budget, params", [("svd", 32, ""), ("fastv", 16, ",agg_layer=1")])
+def test_lmms_eval_gives_run_py_answers_on_a_local_task(method, budget, params, tmp_path):
+    cfg = scenes_config(method, budget, N_QUESTIONS, tmp_path / "runs", batch_size=8)
+    metrics, rows = run_and_read(cfg)
+    dataset = load_dataset(cfg.dataset)
+    records = dataset.records[:N_QUESTIONS]
+    _write_task(tmp_path / "task", records, dataset.instruction)
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "PYTHONPATH": str(tmp_path / "task") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "lmms_eval", "--model", "svdprune_llava",
+               "--model_args", f"pretrained={SCENES_MODEL},method={method},budget={budget},device=cpu,"
+                               f"dtype=float32{params}",
+               "--tasks", TASK, "--include_path", str(tmp_path / "task"), "--batch_size", "4",
+               "--output_path", str(tmp_path / "out"), "--log_samples"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    samples = [json.loads(line) for file in (tmp_path / "out").rglob(f"*{TASK}*.jsonl")
+               for line in file.read_text().splitlines() if line.strip()]
+    assert len(samples) == N_QUESTIONS, [str(p) for p in (tmp_path / "out").rglob("*")]
+    by_id = {row["question_id"]: row["prediction"] for row in rows}
+    answers = {s["doc_id"]: s["filtered_resps"][0] if isinstance(s["filtered_resps"], list)
+               else s["filtered_resps"] for s in samples}  # doc_id: the line of data.jsonl
+    assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
+    results = json.loads(next((tmp_path / "out").rglob("*results.json")).read_text())["results"][TASK]
+    assert results["accuracy,none"] == pytest.approx(metrics["this_run"]["accuracy"])
