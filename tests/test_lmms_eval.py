@@ -110,3 +110,60 @@ def test_lmms_eval_gives_run_py_answers_on_a_local_task(method, budget, params, 
     assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
     results = json.loads(next((tmp_path / "out").rglob("*results.json")).read_text())["results"][TASK]
     assert results["accuracy,none"] == pytest.approx(metrics["this_run"]["accuracy"])
+
+
+def _direct_logprob(model, tokenizer, image, context: str, choice: str) -> tuple[float, bool]:
+    """(summed log-probability of `` {choice}</s>`` after the prompt, whether greedy gives it), computed here with
+    a plain forward of ``model`` on run.py's token ids (independent of eval/lmms_model.py)."""
+    import torch
+
+    from svdprune.prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
+
+    prompt = vicuna_prompt(context, None)
+    pixels = preprocess_image(image)[None]
+    n_context = len(tokenizer_image_token(prompt, tokenizer, model.config.image_token_id, 576))
+    ids = torch.tensor([tokenizer_image_token(f"{prompt} {choice}</s>", tokenizer, model.config.image_token_id, 576)])
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=pixels).logits[0].float()[n_context - 1:-1]
+    targets = ids[0, n_context:]
+    logprob = float(torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum())
+    return logprob, bool((logits.argmax(-1) == targets).all())
+
+
+@pytest.mark.parametrize("method, budget", [("vanilla", 576), ("svd", 16)])
+def test_loglikelihood_is_the_summed_log_probability_of_the_continuation(method, budget, tmp_path):
+    """svdprune_llava.loglikelihood on lmms-eval Instances (yes/no continuations of scenes questions) against the
+    summed log-probabilities computed directly: with plain HF for vanilla, with prune() for svd.
+
+    Called directly, not through lmms-eval's evaluator: lmms-eval 0.7.3 turns every loglikelihood result into
+    strings on the way to its multiple-choice scoring (``unwrap_generation_output``), so its argmax compares
+    text; no model's multiple-choice accuracy is right there until that is fixed upstream."""
+    import contextlib
+
+    import torch
+    from lmms_eval.api.instance import Instance
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    import svdprune
+    from eval.lmms_model import SvdpruneLlava
+
+    dataset = load_dataset(scenes_config("vanilla", 576, N_QUESTIONS, tmp_path).dataset)
+    records = [r for r in dataset.records[:80] if r.answers[0] in ("yes", "no")][:6]
+    lmm = SvdpruneLlava(pretrained=str(SCENES_MODEL), method=method, budget=budget, device="cpu", dtype="float32")
+    lmm.task_dict = {"local": {"test": {i: {"image": load_image(r)} for i, r in enumerate(records)}}}
+    contexts = [f"{r.question}\n{dataset.instruction}" for r in records]
+    requests = [Instance(request_type="loglikelihood", idx=0, metadata={"task": "local", "doc_id": i, "repeats": 1},
+                         arguments=(contexts[i], choice, lambda doc: [doc["image"]], i, "local", "test"))
+                for i in range(len(records)) for choice in ("yes", "no")]
+    results = lmm.loglikelihood(requests)
+    lmm.handle.remove()
+
+    model = LlavaForConditionalGeneration.from_pretrained(SCENES_MODEL).eval()
+    tokenizer = AutoTokenizer.from_pretrained(SCENES_MODEL)
+    with svdprune.pruned(model, method, budget) if method != "vanilla" else contextlib.nullcontext():
+        for request, (logprob, greedy) in zip(requests, results):
+            i, choice = request.args[3], request.args[1]
+            expected, expected_greedy = _direct_logprob(model, tokenizer, load_image(records[i]), contexts[i], choice)
+            assert logprob == pytest.approx(expected, abs=1e-4)
+            assert greedy == expected_greedy
+    assert any(greedy for _, greedy in results) and not all(greedy for _, greedy in results)
