@@ -268,3 +268,20 @@ def test_half_precision_model_gives_the_runners_half_precision_answers(method, b
     _, prompts, images, _ = _questions(cfg)
     _check_against_runner(model, processor, method, budget, _params(mini_overrides(method, budget)), rows, prompts,
                           images, max_new_tokens=4)
+
+
+def test_a_llava_hf_preprocessor_config_with_do_pad_gives_run_pys_pixels(tmp_path):
+    """llava-hf/llava-1.5-7b-hf's own preprocessor_config.json (CLIPImageProcessor: resize + centre crop) read as
+    LlavaImageProcessorPil(do_pad=True): official LLaVA-1.5's pad-to-square pixels, the README's recipe."""
+    import json
+    import sys
+
+    from transformers import LlavaImageProcessorPil
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_random_llava import PREPROCESSOR_CONFIG
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG))
+    image_processor = LlavaImageProcessorPil.from_pretrained(tmp_path, do_pad=True)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    assert torch.equal(image_processor(image, return_tensors="pt").pixel_values[0], preprocess_image(image))

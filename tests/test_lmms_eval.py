@@ -140,7 +140,6 @@ def test_loglikelihood_is_the_summed_log_probability_of_the_continuation(method,
     text; no model's multiple-choice accuracy is right there until that is fixed upstream."""
     import contextlib
 
-    import torch
     from lmms_eval.api.instance import Instance
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
