@@ -5,6 +5,7 @@ its tokenizer and the preprocessing constants the engine needs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def device_type(device: str) -> str:
 DTYPE_SETTINGS = (*DTYPES, "auto")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 / AMX on x86, BF16 on Arm): there a
     half-precision run is several times faster than float32; elsewhere bfloat16 is emulated and slower."""

@@ -285,3 +285,14 @@ def test_a_llava_hf_preprocessor_config_with_do_pad_gives_run_pys_pixels(tmp_pat
     image_processor = LlavaImageProcessorPil.from_pretrained(tmp_path, do_pad=True)
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 500, 3), dtype=np.uint8))
     assert torch.equal(image_processor(image, return_tensors="pt").pixel_values[0], preprocess_image(image))
+
+
+def test_generate_without_a_cache_gives_the_same_answers(mini):
+    """use_cache=False: every step is a fresh pruned prefill of the prompt plus what was generated; for an
+    encoder-side method that is the same computation as decoding from the pruned cache."""
+    model, processor = mini
+    inputs = _inputs(processor)
+    with svdprune.pruned(model, "svd", 16):
+        cached = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
