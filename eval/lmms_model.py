@@ -35,7 +35,6 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 MODEL_ID = "svdprune_llava"
-_OWN_ARGS = ("pretrained", "revision", "method", "budget", "device", "dtype", "batch_size", "seed")
 
 
 def manifest():
@@ -60,6 +59,7 @@ class SvdpruneLlava(lmms):
         import svdprune
         from svdprune.errors import check_int
         from svdprune.models import load_pretrained
+        from svdprune.pruning import reads_question_text
 
         as_int = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
         self.batch_size_per_gpu = check_int("batch_size", as_int, 1)  # lmms-eval hands --batch_size over as text
@@ -67,7 +67,7 @@ class SvdpruneLlava(lmms):
         params = {key: _method_param(value) for key, value in method_params.items()}
         self.handle = svdprune.prune(self._lm.model, str(method), int(budget), seed=int(seed),
                                      tokenizer=self._lm.tokenizer, **params)
-        self.reads_question = self.handle.method.kind == "encoder" and self.handle.method.question_dependent
+        self.reads_question = reads_question_text(self.handle.method)
 
     @property
     def model(self):
@@ -95,23 +95,26 @@ class SvdpruneLlava(lmms):
                              f"{len(visuals)}")
         return visuals[0].convert("RGB")
 
+    def _tokens(self, prompt: str) -> list[int]:
+        """LLaVA's tokenisation of one prompt, ``<image>`` expanded to the tower's patch count (as a llava-hf
+        processor expands it; the pruned forward replaces the run with the kept tokens)."""
+        from svdprune.prompts import tokenizer_image_token
+
+        lm = self._lm
+        return tokenizer_image_token(prompt, lm.tokenizer, lm.image_token_id, lm.num_patches)
+
     def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
         import torch
 
-        from svdprune.prompts import preprocess_image, tokenizer_image_token
+        from svdprune.prompts import preprocess_image
+        from svdprune.surgery import _left_pad
 
         lm = self._lm
-        rows = [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, lm.num_patches) for p in prompts]
-        length = max(map(len, rows))
-        ids = torch.full((len(rows), length), lm.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, length - len(row):] = torch.tensor(row)
-            mask[i, length - len(row):] = 1
+        ids, padding = _left_pad(lm, [self._tokens(p) for p in prompts])  # the engine's left padding
         pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
         if self.reads_question:  # TRIM: the question line as run.py hands it over (the task's whole context)
             self.handle.questions = list(contexts)
-        return {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device), "pixel_values": pixels}
+        return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels}
 
     # ------------------------------------------------------------------ lmms-eval's interface
 
@@ -159,9 +162,8 @@ class SvdpruneLlava(lmms):
                 self.task_dict[request.args[4]][request.args[5]][request.args[3]])
             prompt = vicuna_prompt(context.replace("<image>", "").strip(), None)
             eos = self.tokenizer.eos_token or "</s>"
-            image = self._image(request.args)
-            context_len = self._batch([prompt], [image], [context])["input_ids"].shape[1]
-            inputs = self._batch([f"{prompt} {continuation}{eos}"], [image], [context])
+            context_len = len(self._tokens(prompt))
+            inputs = self._batch([f"{prompt} {continuation}{eos}"], [self._image(request.args)], [context])
             with torch.inference_mode():
                 logits = self.model(**inputs).logits[0, context_len - 1:-1].float()  # predicts each continuation id
             targets = inputs["input_ids"][0, context_len:]

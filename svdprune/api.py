@@ -42,7 +42,7 @@ import torch
 
 from .errors import UserError
 from .models import from_model
-from .pruning import PruneContext, build_method, default_params
+from .pruning import PruneContext, build_method, default_params, reads_question_text
 
 __all__ = ["PruneHandle", "prune", "pruned"]
 
@@ -169,8 +169,7 @@ class PruneHandle:
         elif cache.get_seq_length() != 0:
             raise UserError("svdprune: prefill into a cache that already holds tokens is not supported; start "
                             "from an empty cache (generate() does)")
-        reads_question = method.kind == "encoder" and method.question_dependent  # TRIM (decoder-side: attention)
-        questions = self._question_texts(rows) if reads_question else None
+        questions = self._question_texts(rows) if reads_question_text(method) else None
         context = PruneContext(questions=questions, seed=self.seed, model=lm.model, instruction=None)
         # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
         embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)

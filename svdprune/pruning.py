@@ -185,6 +185,12 @@ class DecoderPruner:
         return min(self.budget, num_patches)
 
 
+def reads_question_text(method) -> bool:
+    """Whether the method's encoder-side selection reads the question text (``context.questions``; TRIM). Decoder-
+    side methods are question-dependent too, but through the prompt's attention, not its text."""
+    return method.kind != "decoder" and method.question_dependent
+
+
 # name -> "module:Class". Baselines add their line here; their module is imported only when chosen.
 METHODS: dict[str, str] = {
     "vanilla": "svdprune.pruning:Vanilla",

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .models import LoadedModel
 from .prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
-from .pruning import LayerView, PruneContext, TokenState
+from .pruning import LayerView, PruneContext, TokenState, reads_question_text
 
 
 @dataclass
@@ -442,7 +442,7 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     prompts = [vicuna_prompt(q, instruction) for q in questions]
     distinct = list(dict.fromkeys(image_keys))
     row_image = [distinct.index(key) for key in image_keys]
-    if method.kind != "decoder" and method.question_dependent:
+    if reads_question_text(method):
         stacked = torch.stack([pixels[key] for key in distinct])
         return _generate_question_dependent(lm, method, prompts, questions, stacked, row_image,
                                             instruction=instruction, max_new_tokens=max_new_tokens, seed=seed)
