@@ -3,7 +3,14 @@
 Ctrl-C at any moment (also while Python imports torch or loads the weights) prints one line and exits 130;
 a config group value that does not exist (``method=nope``) is one ``error:`` line with exit 2, checked before
 Hydra composes the configuration.
+
+Until a run starts (imports, Hydra's composition, the checks) Ctrl-C ends the process at once from the signal
+handler: a KeyboardInterrupt raised inside Hydra or OmegaConf can be swallowed (exit 0) or turn into another
+error (exit 1, an AttributeError from a half-updated config node), and nothing has been written yet. From
+``run()`` on it is Python's KeyboardInterrupt again, which the runner's writers rely on to stop cleanly.
 """
+import os
+import signal
 import sys
 
 INTERRUPTED = "interrupted, rerun the same command to continue"
@@ -14,9 +21,21 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
-try:
-    import os
+def _exit_at_once(signum, frame) -> None:
+    """SIGINT before a run starts: one line, exit 130, whatever the interrupted code would have caught."""
+    os.write(2, f"{INTERRUPTED}\n".encode())
+    os._exit(130)
 
+
+def _sigint(handler) -> None:
+    """Switch the Ctrl-C behaviour, unless SIGINT is ignored (background jobs) or this is not the CLI."""
+    if __name__ == "__main__" and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _exit_at_once):
+        signal.signal(signal.SIGINT, handler)
+
+
+_sigint(_exit_at_once)
+
+try:
     import hydra
     from omegaconf import DictConfig
 
@@ -58,7 +77,11 @@ def main(cfg: DictConfig) -> None:
         if reason:
             print(f"skip: {reason}")
             return
-        run(cfg, models=_kept_models())
+        _sigint(signal.default_int_handler)  # the runner stops on KeyboardInterrupt
+        try:
+            run(cfg, models=_kept_models())
+        finally:
+            _sigint(_exit_at_once)  # a sweep's next job: Hydra composes its configuration
         clear_error()  # sweep jobs: forget an earlier attempt's error (python -m harness.sweep_status)
     except UserError as exc:
         _fail(str(exc))
