@@ -55,6 +55,7 @@ METHODS: dict[str, MethodInfo] = {
     "trim": MethodInfo("TRIM", "encoder", True),
     "fastervlm": MethodInfo("FasterVLM", "encoder", False),
     "divprune": MethodInfo("DivPrune", "encoder", False),
+    "vispruner": MethodInfo("VisPruner", "encoder", False),
     "random": MethodInfo("Random-k", "encoder", False),
     "pooling": MethodInfo("Pooling", "encoder", False),
     "svd": MethodInfo("SVD-Prune", "encoder", True),

@@ -205,6 +205,7 @@ METHODS: dict[str, str] = {
     "fastv": "baselines.fastv:FastV",
     "pyramiddrop": "baselines.pyramiddrop:PyramidDrop",
     "sparsevlm": "baselines.sparsevlm:SparseVLM",
+    "vispruner": "baselines.vispruner:VisPruner",
 }
 
 

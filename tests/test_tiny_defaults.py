@@ -15,7 +15,7 @@ from svdprune.pruning import build_method
 from svdprune.surgery import generate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "random", "pooling",
+METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "random", "pooling",
            "fastv", "pyramiddrop", "sparsevlm"]
 # image tokens after the first cut at budget 16 (README: SparseVLM keeps 16 and appends 17 recycled tokens)
 FIRST_CUT = {"vanilla": 576, "sparsevlm": 33}

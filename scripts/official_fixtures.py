@@ -1,0 +1,147 @@
+"""Record the official implementations' outputs on seeded inputs: the fixtures under tests/fixtures/official/.
+
+    git clone https://github.com/Theia-4869/VisPruner /tmp/VisPruner
+    python scripts/official_fixtures.py vispruner --repo /tmp/VisPruner
+
+The authors' function is read from their repository at the pinned commit (``git show``), compiled and run
+unmodified; nothing of it is stored in this project. Only its outputs are written, with the recipe of the
+inputs (``tests/official_inputs.py``: seeded ``torch.randn`` of LLaVA-1.5-7B's shapes) and their sha256, so
+``tests/test_methods_2025.py`` regenerates the same inputs and compares our selection with the recorded one.
+
+Exact ties: the official code ranks with ``argsort``/``topk``, which leave ties in an unspecified order (ours
+breaks them towards the lower index). Where the recorded run meets an exact float32 tie in a ranking the
+selection is not defined by the method, so a case with a tie is not recorded: the script replays the
+ranking steps on the same inputs (``ties_*`` below) and skips such (seed, budget) pairs, saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.official_inputs import FIXTURES, input_digest, vispruner_inputs  # noqa: E402
+
+BUDGETS = (192, 128, 64, 32, 16)
+
+
+def official_function(repo: Path, commit: str, path: str, name: str, owner: str | None, namespace: dict):
+    """Compile one function (or method of class ``owner``) of the official file at ``commit``; return it."""
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], capture_output=True, text=True,
+                            check=True).stdout
+    body = ast.parse(source).body
+    if owner:
+        body = next(n for n in body if isinstance(n, ast.ClassDef) and n.name == owner).body
+    node = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
+    text = textwrap.dedent("\n".join(source.splitlines()[node.lineno - 1:node.end_lineno]))
+    scope = dict(namespace)
+    exec(compile(text, f"{repo}/{path}@{commit[:12]}:{name}", "exec"), scope)
+    return scope[name]
+
+
+def has_tie(values: torch.Tensor) -> bool:
+    """Whether any row of (B, N) values holds two exactly equal entries."""
+    ordered = values.sort(dim=-1).values
+    return bool((ordered[:, 1:] == ordered[:, :-1]).any())
+
+
+# ---------------------------------------------------------------------------------------------- VisPruner
+
+VISPRUNER = {"repo": "Theia-4869/VisPruner", "commit": "aefa01adc7c7ce6334e880c88225e90cede760d1",
+             "path": "llava/model/llava_arch.py", "function": "LlavaMetaForCausalLM.encode_images"}
+
+
+def ties_vispruner(features: torch.Tensor, scores: torch.Tensor, budget: int, ratio: float) -> bool:
+    """Replay VisPruner's rankings (the CLS ranking and every duplicate-removal step) and report an exact tie."""
+    if has_tie(scores):
+        return True
+    important = int(budget * ratio)
+    diverse = budget - important
+    rows = torch.arange(features.shape[0])[:, None]
+    residual = scores.argsort(dim=-1, descending=True)[:, important:]
+    normalized = features / features.norm(dim=-1, keepdim=True)
+    while diverse > 0 and residual.shape[1] > diverse:
+        drop = min(8, residual.shape[1] - diverse)
+        a, b = residual[:, ::2], residual[:, 1::2]
+        best = (normalized[rows, a] @ normalized[rows, b].transpose(-1, -2)).max(dim=-1).values
+        if has_tie(best):
+            return True
+        residual = torch.cat([torch.gather(a, 1, best.argsort(dim=-1, descending=True)[:, drop:]), b], dim=-1)
+    return False
+
+
+def record_vispruner(repo: Path) -> dict:
+    encode_images = official_function(repo, VISPRUNER["commit"], VISPRUNER["path"], "encode_images",
+                                      "LlavaMetaForCausalLM", {"torch": torch})
+
+    class Tower:  # the official CLIPVisionTower returns (features, attentions[-2][:, :, 0, 1:])
+        def __init__(self, features, attentions):
+            self.outputs = features, attentions
+
+        def __call__(self, images, output_attentions=False):
+            return self.outputs
+
+    class Model:  # get_model(): the vision tower and mm_projector (identity: only the index mask is recorded)
+        def __init__(self, tower):
+            self.tower = tower
+            self.mm_projector = lambda x: x
+
+        def get_vision_tower(self):
+            return self.tower
+
+    class Llava:  # what encode_images reads from self
+        def __init__(self, tower, budget, ratio):
+            self.model, self.budget, self.ratio = Model(tower), budget, ratio
+
+        def get_model(self):
+            return self.model
+
+        def get_visual_token_num(self):
+            return self.budget
+
+        def get_important_ratio(self):
+            return self.ratio
+
+    spec = FIXTURES["vispruner"]
+    cases, skipped = [], []
+    for seed in spec["seeds"]:
+        features, attentions = vispruner_inputs(seed)
+        for budget in spec["budgets"]:
+            ratio = spec["important_ratio"]
+            if ties_vispruner(features, attentions.mean(dim=1), budget, ratio):
+                skipped.append({"seed": seed, "budget": budget})
+                continue
+            _, masks = encode_images(Llava(Tower(features, attentions), budget, ratio), None)
+            kept = [row.nonzero()[:, 0].tolist() for row in masks]
+            cases.append({"seed": seed, "budget": budget, "important_ratio": ratio, "kept": kept})
+    return {"method": "vispruner", "official": VISPRUNER, "inputs": "tests/official_inputs.py:vispruner_inputs",
+            "input_sha256": {str(s): input_digest(*vispruner_inputs(s)) for s in spec["seeds"]},
+            "skipped_for_ties": skipped, "cases": cases}
+
+
+RECORDERS = {"vispruner": record_vispruner}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=sorted(RECORDERS))
+    parser.add_argument("--repo", type=Path, required=True, help="a clone of the official repository")
+    args = parser.parse_args()
+    fixture = RECORDERS[args.method](args.repo)
+    out = ROOT / "tests" / "fixtures" / "official" / f"{args.method}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(fixture, separators=(",", ":")) + "\n")
+    skipped = len(fixture["skipped_for_ties"])
+    print(f"{out.relative_to(ROOT)}: {len(fixture['cases'])} cases, {skipped} skipped for ties")
+
+
+if __name__ == "__main__":
+    main()
