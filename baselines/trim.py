@@ -28,7 +28,7 @@ logits, so tokens whose softmax underflows to 0 (ties in the official code, brok
 
 CLIP weights: ``clip_path`` (a hub id or a local folder in HF format; default
 ``openai/clip-vit-large-patch14-336``, whose vision tower is the one LLaVA-1.5 froze; llava-hf checkpoints do
-not ship the text tower nor the projections). ``clip_path: tiny`` builds a random tiny CLIP in-process whose
+not ship the text tower nor the projections; loaded by ``baselines/_clip.py``). ``clip_path: tiny`` builds a random tiny CLIP in-process whose
 vision width is the LLaVA tower's (``svdprune.models.build_tiny_clip``, seeded, no download): the ``model=tiny``
 config selects it (``configs/model/tiny.yaml`` sets ``clip_path``, which ``configs/method/trim.yaml`` reads),
 so that TRIM runs offline on the tiny model; its choices are noise like the tiny model's. Only the text tower, ``text_projection``, the vision
@@ -41,10 +41,10 @@ import torch
 from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
+from ._clip import ClipTextImage, check_clip_path
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, top_k_raster
 
 NAME = "trim"
-TINY_CLIP = "tiny"  # clip_path value: a random tiny CLIP matching the LLaVA tower, built in check()
 SIGNS = {"official": -1.0, "similar": 1.0}
 
 
@@ -74,58 +74,17 @@ class Trim(EncoderPruner):
         self.budget = check_budget(NAME, budget)
         if sign not in SIGNS:
             raise UserError(f"{NAME}: method.params.sign={sign!r}; allowed: {', '.join(SIGNS)}")
-        if not isinstance(clip_path, str) or not clip_path:
-            raise UserError(f"{NAME}: method.params.clip_path={clip_path!r}; allowed: a hub id, a local folder "
-                            f"or {TINY_CLIP!r} (random, for the tiny model)")
+        check_clip_path(NAME, clip_path)
         if text_suffix is not None and not isinstance(text_suffix, str):
             raise UserError(f"{NAME}: method.params.text_suffix={text_suffix!r}; allowed: a string or null")
         self.sign = sign
         self.text_suffix = text_suffix  # None: "\n" + the dataset's answer instruction (as the prompt has it)
-        self.clip_path = clip_path
-        self.text_model = None
-        if clip_path != TINY_CLIP:
-            self._load(clip_path, revision)
-
-    def _load(self, path: str, revision: str | None) -> None:
-        from transformers import AutoTokenizer, CLIPModel
-
-        from svdprune.models import in_project
-
-        path = in_project(path)  # a project-relative folder (checkpoints/scenes/clip) works from any directory
-        try:
-            clip = CLIPModel.from_pretrained(path, revision=revision, dtype=torch.float32)
-            self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{NAME}: cannot load CLIP from method.params.clip_path={path!r}: {first}; allowed: a "
-                            "CLIP checkpoint (hub id or local folder with config.json, weights, tokenizer)") from None
-        self._keep(clip.eval())
-
-    def _keep(self, clip) -> None:
-        self.text_model = clip.text_model
-        self.text_projection = clip.text_projection
-        self.post_layernorm = clip.vision_model.post_layernorm
-        self.visual_projection = clip.visual_projection
-        self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
-                              clip.config.text_config.max_position_embeddings)
-        del clip  # the CLIP vision encoder is not needed: LLaVA's own tower gives the features
+        self.clip = ClipTextImage(NAME, clip_path, revision)
 
     def check(self, lm) -> None:
         """CLIP's post-LayerNorm must fit LLaVA's vision features (same CLIP vision width)."""
-        if self.text_model is None:  # clip_path=tiny: built for this tower (seed 0)
-            from svdprune.models import build_tiny_clip
-
-            clip, self.tokenizer = build_tiny_clip(lm.vision_tower.config, seed=0)
-            self._keep(clip)
-        width = self.post_layernorm.normalized_shape[0]
-        tower = lm.vision_tower.config.hidden_size
-        if width != tower:
-            raise UserError(f"{NAME}: method.params.clip_path={self.clip_path!r} has vision width {width}, LLaVA's "
-                            f"vision tower {tower}; allowed: the CLIP checkpoint LLaVA's tower comes from")
+        self.clip.check(lm)
         check_runtime_budget(NAME, self.budget, lm.num_patches)
-
-    def _modules(self):
-        return self.text_model, self.text_projection, self.post_layernorm, self.visual_projection
 
     def texts(self, questions: list[str], instruction: str | None = None) -> list[str]:
         """The question lines as LLaVA's loader passes them to TRIM: question + "\n" + answer instruction."""
@@ -133,27 +92,10 @@ class Trim(EncoderPruner):
         return [q + suffix for q in questions]
 
     @torch.no_grad()
-    def text_embeds(self, texts: list[str], device) -> torch.Tensor:
-        """(B, P) CLIP text embeddings (text_projection of the pooled output), float32, unnormalised."""
-        for module in self._modules():
-            module.to(device)
-        tokens = self.tokenizer(texts, return_tensors="pt", truncation=True, padding=True, max_length=self.max_length)
-        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        pooled = self.text_model(**tokens).pooler_output
-        return self.text_projection(pooled)
-
-    @torch.no_grad()
-    def image_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) raw layer -2 patch features -> (B, N, P) through post-LayerNorm + visual_projection, fp32."""
-        for module in self._modules():
-            module.to(features.device)
-        return self.visual_projection(self.post_layernorm(features.float()))
-
-    @torch.no_grad()
     def similarity(self, features: torch.Tensor, questions: list[str], instruction: str | None = None) -> torch.Tensor:
         """(B, N) raw dot products between each patch embedding and its question's text embedding."""
-        text = self.text_embeds(self.texts(questions, instruction), features.device)  # (B, P)
-        return torch.einsum("bnp,bp->bn", self.image_embeds(features), text)
+        text = self.clip.text_embeds(self.texts(questions, instruction), features.device)  # (B, P)
+        return torch.einsum("bnp,bp->bn", self.clip.image_embeds(features), text)
 
     @torch.no_grad()
     def reduce(self, features, context):
