@@ -56,6 +56,7 @@ METHODS: dict[str, MethodInfo] = {
     "fastervlm": MethodInfo("FasterVLM", "encoder", False),
     "divprune": MethodInfo("DivPrune", "encoder", False),
     "vispruner": MethodInfo("VisPruner", "encoder", False),
+    "cdpruner": MethodInfo("CDPruner", "encoder", False),
     "random": MethodInfo("Random-k", "encoder", False),
     "pooling": MethodInfo("Pooling", "encoder", False),
     "svd": MethodInfo("SVD-Prune", "encoder", True),

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.official_inputs import FIXTURES, input_digest, vispruner_inputs  # noqa: E402
+from tests.official_inputs import FIXTURES, cdpruner_inputs, input_digest, vispruner_inputs  # noqa: E402
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -127,7 +127,52 @@ def record_vispruner(repo: Path) -> dict:
             "skipped_for_ties": skipped, "cases": cases}
 
 
-RECORDERS = {"vispruner": record_vispruner}
+# ----------------------------------------------------------------------------------------------- CDPruner
+
+CDPRUNER = {"repo": "Theia-4869/CDPruner", "commit": "9541616c40fcd5625de1cdb8ea6c33c129eb7864",
+            "path": "llava/model/llava_arch.py", "function": "LlavaMetaForCausalLM.encode_images"}
+
+
+def record_cdpruner(repo: Path) -> dict:
+    """The official encode_images with its vision tower's outputs given: (features, image embeds, text embeds).
+    ``mm_projector`` is the identity, so the recorded "features" are the projected tokens themselves."""
+    encode_images = official_function(repo, CDPRUNER["commit"], CDPRUNER["path"], "encode_images",
+                                      "LlavaMetaForCausalLM", {"torch": torch})
+
+    class Model:
+        def __init__(self, outputs):
+            self.outputs = outputs
+            self.mm_projector = lambda x: x
+
+        def get_vision_tower(self):
+            return lambda images, texts=None: self.outputs
+
+    class Llava:
+        def __init__(self, outputs, budget):
+            self.model, self.visual_token_num = Model(outputs), budget
+
+        def get_model(self):
+            return self.model
+
+    spec = FIXTURES["cdpruner"]
+    cases, unstable = [], []
+    for seed in spec["seeds"]:
+        inputs = cdpruner_inputs(seed, spec["windows"][seed])
+        for budget in spec["budgets"]:
+            _, masks = encode_images(Llava(inputs, budget), None, texts="unused")
+            kept = [row.nonzero()[:, 0].tolist() for row in masks]
+            # the same official code in float64: a selection that flips there sits on a float32 near-tie
+            _, masks64 = encode_images(Llava(tuple(t.double() for t in inputs), budget), None, texts="unused")
+            if [row.nonzero()[:, 0].tolist() for row in masks64] != kept:
+                unstable.append({"seed": seed, "budget": budget})
+                continue
+            cases.append({"seed": seed, "windows": spec["windows"][seed], "budget": budget, "kept": kept})
+    return {"method": "cdpruner", "official": CDPRUNER, "inputs": "tests/official_inputs.py:cdpruner_inputs",
+            "input_sha256": {str(s): input_digest(*cdpruner_inputs(s, spec["windows"][s])) for s in spec["seeds"]},
+            "skipped_for_ties": unstable, "cases": cases}
+
+
+RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner}
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 from bench_latency import cpu_model  # scripts/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "random", "pooling",
-           "fastv", "pyramiddrop", "sparsevlm"]
+METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "random",
+           "pooling", "fastv", "pyramiddrop", "sparsevlm"]
 DECODER = {"fastv", "pyramiddrop", "sparsevlm"}
 
 

@@ -206,6 +206,7 @@ METHODS: dict[str, str] = {
     "pyramiddrop": "baselines.pyramiddrop:PyramidDrop",
     "sparsevlm": "baselines.sparsevlm:SparseVLM",
     "vispruner": "baselines.vispruner:VisPruner",
+    "cdpruner": "baselines.cdpruner:CDPruner",
 }
 
 

@@ -9,11 +9,15 @@ import hashlib
 import torch
 
 PATCHES, VISION_WIDTH, VISION_HEADS = 576, 1024, 16  # CLIP ViT-L/14-336 at layer -2, CLS dropped
+LLM_WIDTH, CLIP_PROJECTION = 4096, 768  # LLaVA-1.5-7B's projected tokens; CLIP-L's joint embedding space
 
 FIXTURES = {
     # budgets: the harness's 192..16 and some the official loop runs at (T mod 4 in {0, 1}, T >= 5)
     "vispruner": {"seeds": [0, 2, 3, 4], "budgets": [192, 128, 64, 32, 16, 5, 9, 100, 257, 573],
                   "important_ratio": 0.5},
+    # M = number of 77-token text windows (2: an instruction longer than 77 CLIP tokens, e.g. TextVQA with OCR)
+    "cdpruner": {"seeds": [0, 1, 2, 3], "windows": {0: 1, 1: 1, 2: 2, 3: 1},
+                 "budgets": [192, 128, 64, 32, 16, 1, 7, 300]},
 }
 
 
@@ -30,3 +34,17 @@ def input_digest(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def cdpruner_inputs(seed: int, windows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(projected tokens (1, 576, 4096), CLIP image embeddings (1, 576, 768), text embeddings (M, 768)), float32.
+
+    The tokens share a rank-16 component (image tokens are far from orthogonal) so that the diversity term
+    matters; the image embeddings share one with the text so that the relevance has a spread."""
+    generator = torch.Generator().manual_seed(seed)
+    common = torch.randn(1, PATCHES, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
+    tokens = torch.randn(1, PATCHES, LLM_WIDTH, generator=generator) + 0.5 * common
+    text = torch.randn(windows, CLIP_PROJECTION, generator=generator)
+    weights = torch.randn(1, PATCHES, 1, generator=generator)
+    image = torch.randn(1, PATCHES, CLIP_PROJECTION, generator=generator) + weights * text.mean(dim=0)
+    return tokens, image, text

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from baselines.cdpruner import CDPruner, cdpruner_select, dpp_greedy
 from baselines.fastervlm import FasterVLM
 from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import generate
-from tests.official_inputs import input_digest, vispruner_inputs
+from tests.official_inputs import cdpruner_inputs, input_digest, vispruner_inputs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 
@@ -74,3 +75,72 @@ def test_vispruner_keeps_the_budget_in_the_engine_and_records_it(tiny, random_im
 def test_vispruner_rejects_a_bad_ratio(value):
     with pytest.raises(UserError, match=r"^vispruner: method.params.important_ratio=.*allowed: a number in \[0, 1\]$"):
         VisPruner(16, important_ratio=value)
+
+
+# ------------------------------------------------------------------------------------------------- CDPruner
+
+
+def test_cdpruner_equals_the_official_code_on_recorded_inputs():
+    recorded = fixture("cdpruner")
+    assert recorded["official"]["commit"] == "9541616c40fcd5625de1cdb8ea6c33c129eb7864"
+    assert {192, 128, 64, 32, 16} <= {case["budget"] for case in recorded["cases"]}
+    assert {case["windows"] for case in recorded["cases"]} == {1, 2}
+    inputs = {}
+    for case in recorded["cases"]:
+        seed = case["seed"]
+        if seed not in inputs:
+            inputs[seed] = cdpruner_inputs(seed, case["windows"])
+            assert input_digest(*inputs[seed]) == recorded["input_sha256"][str(seed)], "torch's generator changed"
+        tokens, image, text = inputs[seed]
+        kept = cdpruner_select(tokens, image, [text], case["budget"])
+        assert kept.tolist() == case["kept"], (seed, case["budget"])
+
+
+def test_cdpruner_batched_equals_one_image_at_a_time():
+    a, b = cdpruner_inputs(0, 1), cdpruner_inputs(2, 2)
+    batched = cdpruner_select(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]), [a[2], b[2]], 64)
+    assert batched.tolist() == [cdpruner_select(*x[:2], [x[2]], 64)[0].tolist() for x in (a, b)]
+
+
+def test_cdpruner_low_rank_kernel_fills_the_budget_by_relevance():
+    # a rank-3 kernel and 6 picks: 3 by the DPP, then the 3 unpicked tokens of highest quality
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(1, 10, 3, generator=generator)
+    kernel = vectors @ vectors.transpose(1, 2)
+    quality = torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.05]])
+    picks = dpp_greedy(kernel, quality, 6)[0].tolist()
+    assert len(set(picks)) == 6
+    first = picks[:3]
+    rest = [i for i in sorted(range(10), key=lambda i: -quality[0, i].item()) if i not in first][:3]
+    assert picks[3:] == rest
+
+
+def test_cdpruner_text_is_the_question_line_without_the_short_answer_instruction():
+    short = "Answer the question using a single word or phrase."
+    assert CDPruner.instruction_text("What is it?", short) == "What is it?"
+    assert CDPruner.instruction_text("Q?\nReference OCR token: A, b", short) == "Q?\nReference OCR token: A, b"
+    assert CDPruner.instruction_text("Q?", "Answer with the option's letter.") == "Q?\nAnswer with the option's letter."
+
+
+def test_cdpruner_runs_per_question_in_the_engine(tiny, random_images):
+    method = CDPruner(16, clip_path="tiny")
+    method.check(tiny)
+    out = generate(tiny, method, ["What is it?", "Where is the red circle on the left?"], random_images[:2],
+                   instruction=ANSWER_INSTRUCTION, max_new_tokens=1)
+    assert [len(k) for k in out.stats["kept_indices"]] == [16, 16]
+    assert out.image_tokens_per_layer[0][0] == 16
+
+
+def test_cdpruner_long_instruction_is_cut_into_text_windows_not_truncated(tiny):
+    method = CDPruner(16, clip_path="tiny")
+    method.check(tiny)
+    clip = method.clip
+    text = " ".join(["red circle"] * 60)
+    ids = clip.tokenizer(text=text, return_tensors="pt")["input_ids"]
+    window = clip.max_position_embeddings
+    assert ids.shape[1] > window
+    embeds = clip.segment_embeds(text, "cpu")
+    assert embeds.shape[0] == -(-ids.shape[1] // window)
+    first = clip.text_projection(clip.text_model(input_ids=ids[:, :window],
+                                                 attention_mask=torch.ones(1, window, dtype=torch.long)).pooler_output)
+    torch.testing.assert_close(embeds[:1], first, rtol=1e-5, atol=1e-6)  # batch of windows vs one: rounding
