@@ -63,6 +63,7 @@ METHODS: dict[str, MethodInfo] = {
     "fastv": MethodInfo("FastV", "decoder", True),
     "pyramiddrop": MethodInfo("PyramidDrop", "decoder", True),
     "sparsevlm": MethodInfo("SparseVLM", "decoder", True),
+    "dart": MethodInfo("DART", "decoder", False),
 }
 
 

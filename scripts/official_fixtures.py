@@ -28,7 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.official_inputs import FIXTURES, cdpruner_inputs, input_digest, vispruner_inputs  # noqa: E402
+from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, input_digest,  # noqa: E402
+                                  vispruner_inputs)
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -172,7 +173,35 @@ def record_cdpruner(repo: Path) -> dict:
             "skipped_for_ties": unstable, "cases": cases}
 
 
-RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner}
+# --------------------------------------------------------------------------------------------------- DART
+
+DART = {"repo": "ModelTC/llmc", "commit": "05eedff08c58ce5a3a4e2e879133bc922dff6ff5",
+        "path": "llmc/compression/token_reduction/dart.py", "function": "get_retained_image_token"}
+
+
+def record_dart(repo: Path) -> dict:
+    """llmc's ``get_retained_image_token`` (DART's authors' code there) with the released config's pivots and
+    ``max_num_trunction`` = the budget; the keys are what its pruning hook passes (``any_states[-2]``)."""
+    retained = official_function(repo, DART["commit"], DART["path"], "get_retained_image_token", None,
+                                 {"torch": torch, "math": __import__("math")})
+    spec = FIXTURES["dart"]
+    cases = []
+    for seed in spec["seeds"]:
+        keys, states = dart_inputs(seed, spec["prefix"], spec["suffix"])
+        for budget in spec["budgets"]:
+            paras = {"image_token_start_index": spec["prefix"], "image_token_length": 576,
+                     "max_num_trunction": budget, "pivot_image_token": 4, "pivot_text_token": 4,
+                     "reduction_ratio": 0.778}
+            kept = sorted(retained(paras, states, keys).tolist())  # the hook passes any_states[-2] = k
+            cases.append({"seed": seed, "budget": budget, "kept_positions": kept})
+    return {"method": "dart", "official": DART, "inputs": "tests/official_inputs.py:dart_inputs",
+            "prefix": spec["prefix"], "suffix": spec["suffix"],
+            "input_sha256": {str(s): input_digest(*dart_inputs(s, spec["prefix"], spec["suffix"]))
+                             for s in spec["seeds"]},
+            "skipped_for_ties": [], "cases": cases}
+
+
+RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart}
 
 
 def main() -> None:

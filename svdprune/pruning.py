@@ -207,6 +207,7 @@ METHODS: dict[str, str] = {
     "sparsevlm": "baselines.sparsevlm:SparseVLM",
     "vispruner": "baselines.vispruner:VisPruner",
     "cdpruner": "baselines.cdpruner:CDPruner",
+    "dart": "baselines.dart:Dart",
 }
 
 

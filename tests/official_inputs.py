@@ -18,6 +18,8 @@ FIXTURES = {
     # M = number of 77-token text windows (2: an instruction longer than 77 CLIP tokens, e.g. TextVQA with OCR)
     "cdpruner": {"seeds": [0, 1, 2, 3], "windows": {0: 1, 1: 1, 2: 2, 3: 1},
                  "budgets": [192, 128, 64, 32, 16, 1, 7, 300]},
+    # a LLaVA-1.5 prompt: 35 tokens before the image, 576 image tokens, 25 after it (question, ASSISTANT:)
+    "dart": {"seeds": [0, 1, 2], "prefix": 35, "suffix": 25, "budgets": [192, 128, 64, 32, 16, 8, 300]},
 }
 
 
@@ -48,3 +50,14 @@ def cdpruner_inputs(seed: int, windows: int) -> tuple[torch.Tensor, torch.Tensor
     weights = torch.randn(1, PATCHES, 1, generator=generator)
     image = torch.randn(1, PATCHES, CLIP_PROJECTION, generator=generator) + weights * text.mean(dim=0)
     return tokens, image, text
+
+
+def dart_inputs(seed: int, prefix: int = 35, suffix: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys of layer 1 after RoPE (1, 32, L, 128), final-norm states of layer 1's output (1, L, 4096)), float32,
+    L = prefix + 576 + suffix. Token states share a rank-16 component (as real hidden states do)."""
+    generator = torch.Generator().manual_seed(seed)
+    length = prefix + PATCHES + suffix
+    keys = torch.randn(1, 32, length, 128, generator=generator) * (1 + torch.rand(1, 1, length, 1, generator=generator))
+    common = torch.randn(1, length, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
+    states = torch.randn(1, length, LLM_WIDTH, generator=generator) + 0.5 * common
+    return keys, states

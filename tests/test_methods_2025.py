@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from baselines.cdpruner import CDPruner, cdpruner_select, dpp_greedy
+from baselines.dart import Dart, dart_retained
 from baselines.fastervlm import FasterVLM
 from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import generate
-from tests.official_inputs import cdpruner_inputs, input_digest, vispruner_inputs
+from tests.official_inputs import cdpruner_inputs, dart_inputs, input_digest, vispruner_inputs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 
@@ -144,3 +145,46 @@ def test_cdpruner_long_instruction_is_cut_into_text_windows_not_truncated(tiny):
     first = clip.text_projection(clip.text_model(input_ids=ids[:, :window],
                                                  attention_mask=torch.ones(1, window, dtype=torch.long)).pooler_output)
     torch.testing.assert_close(embeds[:1], first, rtol=1e-5, atol=1e-6)  # batch of windows vs one: rounding
+
+
+# ----------------------------------------------------------------------------------------------------- DART
+
+
+def test_dart_equals_the_authors_llmc_code_on_recorded_inputs():
+    recorded = fixture("dart")
+    assert recorded["official"]["commit"] == "05eedff08c58ce5a3a4e2e879133bc922dff6ff5"
+    assert {192, 128, 64, 32, 16} <= {case["budget"] for case in recorded["cases"]}
+    prefix, suffix = recorded["prefix"], recorded["suffix"]
+    inputs = {}
+    for case in recorded["cases"]:
+        seed = case["seed"]
+        if seed not in inputs:
+            inputs[seed] = dart_inputs(seed, prefix, suffix)
+            assert input_digest(*inputs[seed]) == recorded["input_sha256"][str(seed)], "torch's generator changed"
+        keys, states = inputs[seed]
+        length = keys.shape[2]
+        norms = torch.norm(keys.transpose(1, 2).reshape(1, length, -1), p=1, dim=-1)[0]
+        method = Dart(case["budget"])
+        kept = dart_retained(norms, states[0], list(range(prefix, prefix + 576)), list(range(prefix + 576, length)),
+                             method.pivot_image, method.pivot_text, method.per_pivot)
+        assert kept == case["kept_positions"], (seed, case["budget"])
+        assert len(kept) == method.kept_image_tokens()
+
+
+def test_dart_cuts_after_layer_one_and_keeps_positions(tiny, random_images):
+    method = Dart(16)
+    method.check(tiny)
+    out = generate(tiny, method, ["What is it?", "Where is the red circle on the left side?"], random_images[:2],
+                   instruction=ANSWER_INSTRUCTION, max_new_tokens=2)
+    assert [row[:3] for row in out.image_tokens_per_layer] == [[576, 576, 20]] * 2
+    assert [len(k) for k in out.stats["kept_indices"]] == [20, 20]
+
+
+def test_dart_batched_with_padding_equals_one_prompt_at_a_time(tiny, random_images):
+    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
+    batched = generate(tiny, Dart(32), questions, random_images[:2], instruction=ANSWER_INSTRUCTION, max_new_tokens=3)
+    for row, question in enumerate(questions):
+        alone = generate(tiny, Dart(32), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
+                         max_new_tokens=3)
+        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
+        assert alone.token_ids[0] == batched.token_ids[row]
