@@ -6,6 +6,7 @@ The scenes LLM has 4 decoder layers; the decoder-side methods' LLaVA-7B schedule
 the 1/16 point of the depth):
 
 * FastV: K = 1 (layer 0's attention of the last prompt token; layers 1..3 see ``budget`` image tokens).
+* DART: pruning_loc 2 -> 1 (pivots from layer 0's keys; layers 1..3 see the kept tokens).
 * PyramidDrop: layers [2, 8, 16] -> [1, 2, 3], ratios lambda, lambda^2, lambda^3 with lambda = (budget + 0.5)
   / 576, so that int(576 * lambda) = budget after the first stage (the structure of the LLaVA table).
 * SparseVLM: layers [2, 6, 15] -> [0, 1, 2], keep [k, round(0.45 k), round(0.26 k)] (at least 1): the
@@ -33,6 +34,8 @@ def scenes_overrides(method: str, budget: int) -> list[str]:
     """Method parameters for the 4-layer scenes LLM (see the module docstring); [] for other methods."""
     if method == "fastv":
         return ["method.params.agg_layer=1"]
+    if method == "dart":
+        return ["method.params.pruning_loc=1"]
     if method == "pyramiddrop":
         lam = (budget + 0.5) / 576
         return ["method.params.layers=[1,2,3]", f"method.params.ratios=[{lam},{lam ** 2},{lam ** 3}]"]
