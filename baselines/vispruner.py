@@ -30,6 +30,11 @@ Differences on purpose, none of which changes a selection the official code make
   on random LLaVA-1.5-7B-shaped inputs), and exactly T tokens elsewhere. The paper's budgets 192/128/64 (and
   the harness's 32/16) are all ones the official code runs.
 
+Numerics: on images with many identical patches (uniform backgrounds, padding) the duplicate-removal scores
+hold exact ties and near-ties, so the diverse tokens follow the last bits of the features: the vision tower
+run at another batch size (another BLAS blocking) can change which of those equal-looking tokens survive
+(seen on the mini model's easy-VQA images; the answers were the same). The official code shares this.
+
 The committed fixture ``tests/fixtures/official/vispruner.json`` holds the official code's kept indices on
 seeded inputs of LLaVA-1.5-7B's shapes (``tests/test_methods_2025.py`` requires ours to equal them).
 """

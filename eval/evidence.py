@@ -13,6 +13,7 @@ Two numbers per question, both shares of its evidence patches:
   much of the evidence arrives only averaged with other patches.
 
 What each method records (``context.record``): ``kept_indices`` (svd, random, fastervlm, divprune, trim,
+vispruner, cdpruner, the first cut of dart,
 visionzip's dominant patches, and the first cut of fastv / pyramiddrop / sparsevlm), ``merge_groups`` (tome:
 each patch's output token), ``pool_grid`` (pooling: h x w cells, derived here), ``recycled_indices``
 (sparsevlm). VisionZip assigns every non-dominant patch to a contextual token and TRIM averages every

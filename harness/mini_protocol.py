@@ -4,7 +4,8 @@ regression test (tests/test_mini_regression.py).
 The mini LLM has 2 decoder layers, so the decoder-side methods' LLaVA-7B schedules (layers 2..24) do not
 fit. On mini every decoder-side method prunes once, after layer 0, keeping ``budget`` image tokens:
 FastV with K = 1; PyramidDrop with one stage at layer 1 (ratio (k + 0.5) / 576, so int(576 * ratio) = k);
-SparseVLM with one stage at layer 0 (keep k, recycling on: the LLM sees k + recycled tokens).
+SparseVLM with one stage at layer 0 (keep k, recycling on: the LLM sees k + recycled tokens); DART with
+pruning_loc 1 (pivots from layer 0's keys; it keeps 4 + 8 * (k // 8) image tokens, as at 7B).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MINI_WEIGHTS = ROOT / "checkpoints" / "mini" / "model.safetensors"
 BUDGETS = (192, 128, 64, 32, 16)
-NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
+NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none",
+               "cdpruner": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
 # ToMe merges in vision layers 0..L-2: with the mini tower (3 layers) that is 2 layers, and the 50%-per-layer
 # cap stops at 145 tokens, so only budget 192 is reachable (the others are reported as not possible).
 
@@ -22,6 +24,8 @@ def mini_overrides(method: str, budget: int) -> list[str]:
     """Method parameters for the 2-layer mini LLM (see the module docstring); [] for other methods."""
     if method == "fastv":
         return ["method.params.agg_layer=1"]
+    if method == "dart":
+        return ["method.params.pruning_loc=1"]
     if method == "pyramiddrop":
         return ["method.params.layers=[1]", f"method.params.ratios=[{(budget + 0.5) / 576}]"]
     if method == "sparsevlm":

@@ -56,6 +56,15 @@ def test_vispruner_budgets_the_official_loop_cannot_run_give_exactly_the_budget(
         assert kept.tolist() == [list(range(576))] * 2
 
 
+def test_vispruner_batched_equals_one_image_at_a_time_with_duplicate_tokens():
+    features, attentions = vispruner_inputs(0)
+    features[:, 100:300] = features[:, 100:101]  # a uniform background: 200 identical tokens (exact ties)
+    scores = attentions.mean(dim=1)
+    batched = vispruner_select(features, scores, 8, 24)
+    for row in range(2):
+        assert batched[row].tolist() == vispruner_select(features[row:row + 1], scores[row:row + 1], 8, 24)[0].tolist()
+
+
 def test_vispruner_with_only_important_tokens_is_fastervlm(tiny, random_images):
     kept = {}
     for name, method in (("vispruner", VisPruner(16, important_ratio=1.0)), ("fastervlm", FasterVLM(16))):
