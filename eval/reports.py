@@ -57,6 +57,7 @@ METHODS: dict[str, MethodInfo] = {
     "divprune": MethodInfo("DivPrune", "encoder", False),
     "vispruner": MethodInfo("VisPruner", "encoder", False),
     "cdpruner": MethodInfo("CDPruner", "encoder", False),
+    "holov": MethodInfo("HoloV", "encoder", False),
     "random": MethodInfo("Random-k", "encoder", False),
     "pooling": MethodInfo("Pooling", "encoder", False),
     "svd": MethodInfo("SVD-Prune", "encoder", True),

@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, input_digest,  # noqa: E402
-                                  vispruner_inputs)
+from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, holov_inputs,  # noqa: E402
+                                  input_digest, vispruner_inputs)
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -201,7 +201,35 @@ def record_dart(repo: Path) -> dict:
             "skipped_for_ties": [], "cases": cases}
 
 
-RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart}
+# -------------------------------------------------------------------------------------------------- HoloV
+
+HOLOV = {"repo": "obananas/HoloV", "commit": "1d2e65e961e698ff0e7d5bb4625489177dd9deba",
+         "path": "llava/model/utils.py", "function": "HoloV"}
+
+
+def record_holov(repo: Path) -> dict:
+    """The released ``HoloV(image_tokens, attention, num_patches=16, new_image_token_num=budget)``. Its output
+    rows are input rows or zeros: recorded as the input index of every output row (-1 = a zero row)."""
+    holov = official_function(repo, HOLOV["commit"], HOLOV["path"], "HoloV", None, {"torch": torch})
+    spec = FIXTURES["holov"]
+    cases = []
+    for seed in spec["seeds"]:
+        tokens, attention = holov_inputs(seed)
+        for budget in spec["budgets"]:
+            out = holov(tokens, attention, num_patches=16, new_image_token_num=budget)
+            rows = []
+            for b in range(tokens.shape[0]):
+                match = (out[b][:, None, :] == tokens[b][None, :, :]).all(dim=-1)  # (k, N)
+                zero = (out[b] == 0).all(dim=-1)
+                assert bool((match.sum(dim=1) + zero.long() == 1).all()), "an output row is neither an input nor 0"
+                rows.append([int(m.nonzero()[0, 0]) if not z else -1 for m, z in zip(match, zero)])
+            cases.append({"seed": seed, "budget": budget, "output_rows": rows})
+    return {"method": "holov", "official": HOLOV, "inputs": "tests/official_inputs.py:holov_inputs",
+            "input_sha256": {str(s): input_digest(*holov_inputs(s)) for s in spec["seeds"]},
+            "skipped_for_ties": [], "cases": cases}
+
+
+RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov}
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 from bench_latency import cpu_model  # scripts/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "random",
-           "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart"]
+METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
+           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart"]
 DECODER = {"fastv", "pyramiddrop", "sparsevlm", "dart"}
 
 
@@ -53,6 +53,10 @@ def expected_kept(method: str, budget: int, patches: int = 576) -> int | None:
     their counts are checked against the tiny model's, see README's schedule table)."""
     if method == "vanilla":
         return patches
+    if method == "dart":  # the released max_num_trunction = budget: 4 image pivots + 8 pivots x budget // 8
+        from baselines.dart import Dart
+
+        return Dart(budget).kept_image_tokens(patches)
     return None if method in ("pyramiddrop", "sparsevlm") else budget
 
 
@@ -61,7 +65,7 @@ def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
                "dataset=local", f"dataset.path={fixture}", f"limit={args.limit}",
                f"max_new_tokens={args.max_new_tokens}", f"method={method}", f"budget={budget}",
                f"output_dir={runs}", "progress=false"]
-    if method == "trim" and args.clip:
+    if method in ("trim", "cdpruner") and args.clip:
         command.append(f"method.params.clip_path={args.clip}")
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True, text=True,
@@ -122,7 +126,7 @@ def write(out: Path, tag: str, rows: list[dict], args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="llava-hf folder (scripts/make_random_llava.py)")
-    parser.add_argument("--clip", default=None, help="TRIM's CLIP folder (make_random_llava.py --clip)")
+    parser.add_argument("--clip", default=None, help="TRIM's and CDPruner's CLIP folder (make_random_llava.py --clip)")
     parser.add_argument("--methods", nargs="*", default=METHODS)
     parser.add_argument("--budgets", nargs="*", type=int, default=[192, 16])
     parser.add_argument("--dtype", default="bfloat16")

@@ -48,6 +48,9 @@ class PruneContext:
         # derives per-image randomness from, so that it does not depend on the dtype (random-k)
         self.pixels_float32: torch.Tensor | None = None
         self.encoder_aux: dict[str, Any] = {}  # tensors a method's encode() hands to its reduce()
+        # (B, k) bool set by a reduce() whose released code puts zero vectors in some LLM-input slots (HoloV's
+        # padding): the engine zeroes those slots after the projector
+        self.zero_slots: torch.Tensor | None = None
         self.stats: dict[str, Any] = defaultdict(list)
 
     def record(self, **per_image: list) -> None:
@@ -208,6 +211,7 @@ METHODS: dict[str, str] = {
     "vispruner": "baselines.vispruner:VisPruner",
     "cdpruner": "baselines.cdpruner:CDPruner",
     "dart": "baselines.dart:Dart",
+    "holov": "baselines.holov:HoloV",
 }
 
 

@@ -96,7 +96,11 @@ def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: 
     _forget_vision(context)
     if method.kind == "encoder":
         assert kept.shape[1] == method.budget, f"{type(method).__name__} returned {kept.shape[1]} tokens, budget {method.budget}"
-    return lm.projector(kept.to(lm.dtype))
+    embeds = lm.projector(kept.to(lm.dtype))  # (B, k, d)
+    if context.zero_slots is not None:  # slots the method's released code fills with zero embeddings (HoloV)
+        embeds = embeds.masked_fill(context.zero_slots[..., None].to(embeds.device), 0.0)
+        context.zero_slots = None
+    return embeds
 
 
 def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

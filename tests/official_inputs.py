@@ -20,6 +20,8 @@ FIXTURES = {
                  "budgets": [192, 128, 64, 32, 16, 1, 7, 300]},
     # a LLaVA-1.5 prompt: 35 tokens before the image, 576 image tokens, 25 after it (question, ASSISTANT:)
     "dart": {"seeds": [0, 1, 2], "prefix": 35, "suffix": 25, "budgets": [192, 128, 64, 32, 16, 8, 300]},
+    # seed 1 puts attention sinks in one chunk (as CLIP-L has): chunks then overflow and the released code pads
+    "holov": {"seeds": [0, 1], "budgets": [192, 128, 64, 32, 16, 1, 100, 400]},
 }
 
 
@@ -61,3 +63,15 @@ def dart_inputs(seed: int, prefix: int = 35, suffix: int = 25) -> tuple[torch.Te
     common = torch.randn(1, length, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
     states = torch.randn(1, length, LLM_WIDTH, generator=generator) + 0.5 * common
     return keys, states
+
+
+def holov_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(projected tokens (2, 576, 4096), head-mean CLS attention (2, 576)), float32. Odd seeds add 6 attention
+    sinks in the patches 80..85 (the third chunk of 36)."""
+    generator = torch.Generator().manual_seed(seed)
+    common = torch.randn(2, PATCHES, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
+    tokens = torch.randn(2, PATCHES, LLM_WIDTH, generator=generator) + 0.5 * common
+    logits = 2.0 * torch.randn(2, 1 + PATCHES, generator=generator)
+    if seed % 2:
+        logits[:, 81:87] += 8.0  # patches 80..85
+    return tokens, torch.softmax(logits, dim=-1)[:, 1:]

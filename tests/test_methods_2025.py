@@ -11,11 +11,12 @@ import torch
 from baselines.cdpruner import CDPruner, cdpruner_select, dpp_greedy
 from baselines.dart import Dart, dart_retained
 from baselines.fastervlm import FasterVLM
+from baselines.holov import HoloV, holov_select
 from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import generate
-from tests.official_inputs import cdpruner_inputs, dart_inputs, input_digest, vispruner_inputs
+from tests.official_inputs import cdpruner_inputs, dart_inputs, holov_inputs, input_digest, vispruner_inputs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 
@@ -197,3 +198,57 @@ def test_dart_batched_with_padding_equals_one_prompt_at_a_time(tiny, random_imag
                          max_new_tokens=3)
         assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
         assert alone.token_ids[0] == batched.token_ids[row]
+
+
+# ---------------------------------------------------------------------------------------------------- HoloV
+
+
+def test_holov_equals_the_official_code_on_recorded_inputs():
+    recorded = fixture("holov")
+    assert recorded["official"]["commit"] == "1d2e65e961e698ff0e7d5bb4625489177dd9deba"
+    assert {192, 128, 64, 32, 16} <= {case["budget"] for case in recorded["cases"]}
+    assert any(-1 in row for case in recorded["cases"] for row in case["output_rows"])  # padding is covered
+    inputs = {}
+    for case in recorded["cases"]:
+        seed = case["seed"]
+        if seed not in inputs:
+            inputs[seed] = holov_inputs(seed)
+            assert input_digest(*inputs[seed]) == recorded["input_sha256"][str(seed)], "torch's generator changed"
+        tokens, attention = inputs[seed]
+        for row in range(2):
+            kept = holov_select(tokens[row], attention[row], case["budget"])
+            assert kept + [-1] * (case["budget"] - len(kept)) == case["output_rows"][row], (seed, case["budget"])
+
+
+def test_holov_zero_slots_reach_the_llm_as_zero_embeddings(tiny, random_images):
+    from baselines._encoder_common import stash
+    from svdprune.prompts import preprocess_image
+    from svdprune.pruning import PruneContext
+    from svdprune.surgery import encode_images, to_model
+
+    class SinkHoloV(HoloV):  # the tower's attention replaced by one with sinks in the third chunk (as CLIP-L has)
+        def encode(self, vision_tower, pixel_values, feature_layer, context):
+            features = super().encode(vision_tower, pixel_values, feature_layer, context)
+            attention = torch.full(features.shape[:2], 1e-4)
+            attention[:, 80:86] = 0.1
+            stash(context, holov_attention=attention)
+            return features
+
+    pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
+                          for img in random_images[:2]])
+    context = PruneContext(questions=None, model=tiny.model)
+    embeds = encode_images(tiny, SinkHoloV(192), to_model(tiny, pixels, context), context)  # (2, 192, d)
+    kept = context.stats["kept_indices"]
+    assert all(len(k) < 192 for k in kept)  # the sink chunk cannot take its share: the rest is padding
+    for row in range(2):
+        n = len(kept[row])
+        assert torch.count_nonzero(embeds[row, n:]) == 0
+        assert bool((embeds[row, :n].abs().sum(dim=-1) > 0).all())
+    assert context.zero_slots is None
+
+
+def test_holov_runs_in_the_engine(tiny, random_images):
+    out = generate(tiny, HoloV(32), ["What is it?"] * 2, random_images[:2], instruction=ANSWER_INSTRUCTION,
+                   max_new_tokens=1)
+    assert out.image_tokens_per_layer[0][0] == 32
+    assert all(len(k) <= 32 for k in out.stats["kept_indices"])
