@@ -92,6 +92,26 @@ def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
     return row
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier runs_<tag>.csv (``--append``), with their numbers parsed back."""
+    if not path.is_file():
+        return []
+    rows = []
+    for raw in csv.DictReader(path.open()):
+        row = {}
+        for key, value in raw.items():
+            if value in ("", None):
+                continue
+            if key == "kept_ok":
+                row[key] = {"True": True, "False": False}.get(value)
+            elif key in ("method", "error", "dtype"):
+                row[key] = value
+            else:
+                row[key] = float(value) if "." in value else int(value)
+        rows.append(row)
+    return rows
+
+
 def ok_text(row: dict) -> str:
     if row["exit"] != 0:
         return "FAILED: " + row.get("error", "")
@@ -135,14 +155,15 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default=None, help="run.py output_dir (default: a temp folder)")
     parser.add_argument("--output-dir", default=None, help="table folder (default: scratch, not results/)")
     parser.add_argument("--tag", default="cpu-7b")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in runs_<tag>.csv")
     args = parser.parse_args(argv)
 
     from eval.fixtures import write_local_fixture
 
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
     fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
-    rows = []
     out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
+    rows = read_rows(out / f"runs_{args.tag}.csv") if args.append else []
     for method in args.methods:
         for budget in ([192] if method == "vanilla" else args.budgets):
             rows.append(run_one(args, method, budget, fixture, runs))
