@@ -17,8 +17,8 @@ from svdprune.errors import UserError
 from svdprune.svd import top_k_raster  # re-exported: top-k, ties to the lower index, ascending
 
 __all__ = ["LLAVA15_GRID", "LLAVA15_PATCHES", "check_budget", "check_int", "check_runtime_budget",
-           "cls_attention_and_keys", "gather_tokens", "image_seeds", "producing_layer", "split_heads", "stash",
-           "top_k_raster", "unstash"]
+           "cls_attention_and_keys", "cls_patch_attention", "gather_tokens", "image_seeds", "producing_layer",
+           "split_heads", "stash", "top_k_raster", "unstash"]
 
 # LLaVA-1.5 geometry (CLIP ViT-L/14-336): used to validate budgets at construction, before a model is loaded.
 # Every method checks the real geometry again when it runs.
@@ -81,6 +81,17 @@ def cls_attention_and_keys(layer: nn.Module, layer_input: torch.Tensor) -> tuple
     logits = torch.matmul(q_cls, keys.transpose(-1, -2)) * attn.scale  # (B, H, 1, T)
     cls_attn = torch.softmax(logits, dim=-1)[:, :, 0]
     return cls_attn, keys.mean(dim=1)
+
+
+@torch.no_grad()
+def cls_patch_attention(vision_tower: nn.Module, feature_layer: int, context) -> torch.Tensor:
+    """(B, N) float32: the CLS query's post-softmax attention to the patches, averaged over heads, in the layer
+    that produces ``hidden_states[feature_layer]`` (FasterVLM, VisPruner, HoloV: ``attentions[-2][:, :, 0, 1:]``
+    head-mean). Needs ``context.vision_hidden_states`` (filled by ``EncoderPruner.encode``)."""
+    layers = vision_tower.encoder.layers
+    index = producing_layer(feature_layer, len(layers))
+    cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])  # (B, H, 1 + N)
+    return cls_attn[:, :, 1:].mean(dim=1)
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,10 @@ import torch
 
 from svdprune.pruning import EncoderPruner
 
-from ._encoder_common import (check_budget, check_runtime_budget, cls_attention_and_keys, gather_tokens,
+from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, top_k_raster, unstash)
 
 NAME = "fastervlm"
-
-
-def cls_attention_scores(cls_attn: torch.Tensor) -> torch.Tensor:
-    """(B, H, 1 + N) CLS attention rows -> (B, N) head-mean attention to the patches."""
-    return cls_attn[:, :, 1:].mean(dim=1)
 
 
 class FasterVLM(EncoderPruner):
@@ -48,10 +43,7 @@ class FasterVLM(EncoderPruner):
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         features = super().encode(vision_tower, pixel_values, feature_layer, context)
         check_runtime_budget(NAME, self.budget, features.shape[1])
-        layers = vision_tower.encoder.layers
-        index = producing_layer(feature_layer, len(layers))
-        cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])
-        stash(context, fastervlm_scores=cls_attention_scores(cls_attn))
+        stash(context, fastervlm_scores=cls_patch_attention(vision_tower, feature_layer, context))  # (B, N)
         return features
 
     def reduce(self, features, context):

@@ -35,7 +35,7 @@ import torch
 from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
-from ._encoder_common import (check_budget, check_int, check_runtime_budget, cls_attention_and_keys, gather_tokens,
+from ._encoder_common import (check_budget, check_int, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, unstash)
 
 NAME = "holov"
@@ -121,10 +121,7 @@ class HoloV(EncoderPruner):
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         features = super().encode(vision_tower, pixel_values, feature_layer, context)
         check_runtime_budget(NAME, self.budget, features.shape[1])
-        layers = vision_tower.encoder.layers
-        index = producing_layer(feature_layer, len(layers))
-        cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])
-        stash(context, holov_attention=cls_attn[:, :, 1:].mean(dim=1))  # (B, N) float32
+        stash(context, holov_attention=cls_patch_attention(vision_tower, feature_layer, context))  # (B, N)
         return features
 
     @torch.no_grad()

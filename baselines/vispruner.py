@@ -45,7 +45,7 @@ import torch
 from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
-from ._encoder_common import (check_budget, check_runtime_budget, cls_attention_and_keys, gather_tokens,
+from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, unstash)
 
 NAME = "vispruner"
@@ -121,10 +121,7 @@ class VisPruner(EncoderPruner):
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         features = super().encode(vision_tower, pixel_values, feature_layer, context)
         check_runtime_budget(NAME, self.budget, features.shape[1])
-        layers = vision_tower.encoder.layers
-        index = producing_layer(feature_layer, len(layers))
-        cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])  # (B, H, 1 + N)
-        stash(context, vispruner_scores=cls_attn[:, :, 1:].mean(dim=1))  # (B, N)
+        stash(context, vispruner_scores=cls_patch_attention(vision_tower, feature_layer, context))  # (B, N)
         return features
 
     def reduce(self, features, context):

@@ -1,10 +1,17 @@
 """Seeded inputs of LLaVA-1.5-7B's shapes on which the official implementations were run
 (scripts/official_fixtures.py records their outputs in tests/fixtures/official/; tests/test_methods_2025.py
 compares ours). Each fixture stores the sha256 of its inputs, so a change of torch's generator is caught
-instead of comparing different inputs."""
+instead of comparing different inputs.
+
+The inputs are the same bytes on every x86 CPU with AVX2 or AVX-512: ``torch.randn`` and float32 matrix products
+of these shapes are (checked with ``ATEN_CPU_CAPABILITY=avx2`` and ``avx512``; torch's scalar fallback draws other
+normals, so a CPU without AVX2 fails the digest check with a message saying so), but torch's vectorised ``exp`` is not (its AVX-512 and AVX2 kernels round a few
+float32 results differently), so the attention rows are a softmax computed element by element with Python's
+``math.exp`` and ``math.fsum`` in float64, then rounded to float32 (``portable_softmax``)."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -25,12 +32,25 @@ FIXTURES = {
 }
 
 
+def portable_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of float32 ``logits``, the same bits on every CPU: float64 ``math.exp``
+    of each entry minus the row maximum, an exactly rounded row sum (``math.fsum``), one division, float32."""
+    rows = logits.to(torch.float64).reshape(-1, logits.shape[-1]).tolist()
+    out = []
+    for row in rows:
+        top = max(row)
+        weights = [math.exp(value - top) for value in row]
+        total = math.fsum(weights)
+        out.append([weight / total for weight in weights])
+    return torch.tensor(out, dtype=torch.float64).reshape(logits.shape).to(torch.float32)
+
+
 def vispruner_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (2, 576, 1024) float32, CLS attention to the patches (2, 16, 576): a softmax over CLS + 576)."""
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(2, PATCHES, VISION_WIDTH, generator=generator)
     logits = 3.0 * torch.randn(2, VISION_HEADS, 1 + PATCHES, generator=generator)
-    return features, torch.softmax(logits, dim=-1)[:, :, 1:]
+    return features, portable_softmax(logits)[:, :, 1:]
 
 
 def input_digest(*tensors: torch.Tensor) -> str:
@@ -74,4 +94,4 @@ def holov_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     logits = 2.0 * torch.randn(2, 1 + PATCHES, generator=generator)
     if seed % 2:
         logits[:, 81:87] += 8.0  # patches 80..85
-    return tokens, torch.softmax(logits, dim=-1)[:, 1:]
+    return tokens, portable_softmax(logits)[:, 1:]
