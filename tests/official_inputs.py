@@ -5,9 +5,10 @@ instead of comparing different inputs.
 
 The inputs are the same bytes on every x86 CPU with AVX2 or AVX-512: ``torch.randn`` and float32 matrix products
 of these shapes are (checked with ``ATEN_CPU_CAPABILITY=avx2`` and ``avx512``; torch's scalar fallback draws other
-normals, so a CPU without AVX2 fails the digest check with a message saying so), but torch's vectorised ``exp`` is not (its AVX-512 and AVX2 kernels round a few
-float32 results differently), so the attention rows are a softmax computed element by element with Python's
-``math.exp`` and ``math.fsum`` in float64, then rounded to float32 (``portable_softmax``)."""
+normals, so a CPU without AVX2 fails the digest check with a message saying so). Torch's vectorised ``exp`` is
+not (its AVX-512 and AVX2 kernels round a few float32 results differently), so the attention rows are a softmax
+computed element by element with Python's ``math.exp`` and ``math.fsum`` in float64, then rounded to float32
+(``portable_softmax``)."""
 from __future__ import annotations
 
 import hashlib
