@@ -5,6 +5,8 @@ accuracy_recall_vs_budget.{png,pdf}), the tau ablation (tau.{csv,md,png}) and th
     python scripts/eval_scenes.py --limit 230                        # the committed table (first 230 test questions)
     python scripts/eval_scenes.py --tau --limit 230                  # the committed tau ablation (Fig. 3's sweep)
     python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression   # refresh the regression reference
+    ATEN_CPU_CAPABILITY=avx512 python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression-variant
+        # then, on a CPU with AVX-512, add the cases whose answers differ under these kernels (harness/regression.py)
 
 The defaults (the first 460 test questions, ~100 scenes) are what the benchmark is meant for; on 2 CPU cores
 one run of 230 questions takes ~10 s, so the committed files use 230.
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--out", default=str(ROOT / "results" / "scenes"))
     parser.add_argument("--regression", action="store_true")
+    parser.add_argument("--regression-variant", action="store_true",
+                        help="add to regression.json the cases whose answers differ under this CPU's kernels")
     parser.add_argument("--tau", action="store_true", help="the tau ablation instead of the method table")
     parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS), help="--tau: the tau values")
     parser.add_argument("--tau-budgets", type=int, nargs="+", default=list(TAU_BUDGETS), help="--tau: the budgets")
@@ -72,6 +76,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     weights = checkpoint_sha256()
     runs = out / "runs" / weights[:12]  # keyed by the weights: a retrained checkpoint never resumes old runs
+    if args.regression_variant:
+        return regression_variant(out, runs, args)
     if args.tau:
         return tau_ablation(args.limit, runs, out, args.taus, args.tau_budgets)
     table, reasons = {}, {}
@@ -79,12 +85,37 @@ def main() -> None:
         table[method] = evaluate(method, args.budgets, args.limit, runs, reasons)
     if args.regression:
         done = {m: {b: r for b, r in d.items() if r is not None} for m, d in table.items()}
+        import torch
+
         reference = {"limit": args.limit, "dataset": "scenes test", "checkpoint_sha256": weights,
+                     "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
                      "accuracy": {m: {b: r["accuracy"] for b, r in d.items()} for m, d in done.items()},
                      "answers": {m: {b: r["answers"] for b, r in d.items()} for m, d in done.items()}}
         (out / "regression.json").write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
         return
     write_table(table, args.budgets, args.limit, out, reasons)
+
+
+def regression_variant(out: Path, runs: Path, args) -> None:
+    """Run the reference's cases under this process's CPU kernels in their own run folders; record under
+    ``kernel_variants[<capability>]`` those whose answers differ from the main record (harness/regression.py)."""
+    import torch
+
+    from harness.regression import cases, recorded
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    path = out / "regression.json"
+    reference = json.loads(path.read_text())
+    variants = {}
+    for method, budget in cases(reference):
+        result = evaluate(method, [budget], reference["limit"], runs / f"kernels-{capability}", {})[budget]
+        key = next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
+        if result["answers"] != recorded(reference, method, budget)[1]:
+            variants.setdefault(method, {})[key] = {"accuracy": result["accuracy"], "answers": result["answers"]}
+    reference.setdefault("kernel_variants", {})[capability] = variants
+    path.write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
+    print(f"{capability}: {sum(len(v) for v in variants.values())} cases answer differently: "
+          + ", ".join(f"{m} k={k}" for m, d in variants.items() for k in d))
 
 
 def tau_ablation(limit: int, runs: Path, out: Path, taus=TAUS, budgets=TAU_BUDGETS) -> None:

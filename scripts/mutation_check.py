@@ -82,7 +82,7 @@ def main() -> int:
                     continue
                 accuracy, rows = scenes_run(method, budget, reference["limit"], scratch)
                 failure = mismatch(reference, method, budget, accuracy, [r["prediction"] for r in rows],
-                                   REGRESSION_TOLERANCE, REGRESSION_AGREEMENT)
+                                   REGRESSION_TOLERANCE, REGRESSION_AGREEMENT, torch.backends.cpu.get_cpu_capability())
                 survived += failure is None
                 print(f"{method} k={budget}: " + (f"CAUGHT ({failure.split(': ', 1)[1]})" if failure
                                                   else f"NOT CAUGHT (accuracy {accuracy:.2f})"), flush=True)

@@ -9,6 +9,7 @@ shared top-k (svd, fastervlm, visionzip, trim) and makes FastV score with the fi
 fails (checkpoints/scenes/README.md). 23 runs of 92 questions: ~30-40 s on 2 cores.
 """
 import pytest
+import torch
 
 from harness.regression import cases, load_reference, mismatch, recorded
 from harness.scenes_protocol import (REGRESSION_AGREEMENT as AGREEMENT, REGRESSION_REFERENCE as REFERENCE,
@@ -39,5 +40,6 @@ def test_the_recorded_model_answers_from_the_image():
 @pytest.mark.parametrize("method, budget", CASES, ids=[f"{m}-{b}" for m, b in CASES])
 def test_method_matches_recorded(method, budget, tmp_path):
     accuracy, rows = scenes_run(method, budget, reference["limit"], tmp_path)
-    failure = mismatch(reference, method, budget, accuracy, [r["prediction"] for r in rows], TOLERANCE, AGREEMENT)
+    failure = mismatch(reference, method, budget, accuracy, [r["prediction"] for r in rows], TOLERANCE, AGREEMENT,
+                       torch.backends.cpu.get_cpu_capability())
     assert failure is None, failure
