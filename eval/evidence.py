@@ -13,10 +13,11 @@ Two numbers per question, both shares of its evidence patches:
   much of the evidence arrives only averaged with other patches.
 
 What each method records (``context.record``): ``kept_indices`` (svd, random, fastervlm, divprune, trim,
-vispruner, cdpruner, the first cut of dart,
-visionzip's dominant patches, and the first cut of fastv / pyramiddrop / sparsevlm), ``merge_groups`` (tome:
-each patch's output token), ``pool_grid`` (pooling: h x w cells, derived here), ``recycled_indices``
-(sparsevlm). VisionZip assigns every non-dominant patch to a contextual token and TRIM averages every
+vispruner, cdpruner, visionzip's dominant patches, and the first cut of fastv / pyramiddrop / sparsevlm / dart /
+tokencarve), ``merged_indices`` and ``merge_target_indices`` (tokencarve: the patches merged into kept tokens
+reach the LLM; the kept tokens that received them are no longer their own), ``merge_groups`` (tome: each
+patch's output token), ``pool_grid`` (pooling: h x w cells, derived here), ``recycled_indices`` (sparsevlm).
+VisionZip assigns every non-dominant patch to a contextual token and TRIM averages every
 unselected patch into its aggregate token, so for those two every patch reaches the LLM.
 """
 from __future__ import annotations
@@ -50,10 +51,11 @@ def reached(method: str, row: dict, num_patches: int = 576) -> tuple[set[int], s
         return everything, own
     if "kept_indices" not in row:
         raise ValueError(f"{method}: the row records no kept_indices / merge_groups / pool_grid")
-    own = set(row["kept_indices"])
+    kept = set(row["kept_indices"])
+    own = kept - set(row.get("merge_target_indices", ()))  # kept tokens that received merges (TokenCarve)
     if method in ALL_REACH:
         return everything, own
-    return own | set(row.get("recycled_indices", ())), own
+    return kept | set(row.get("recycled_indices", ())) | set(row.get("merged_indices", ())), own
 
 
 def question_recall(evidence: list[int], reach: set[int], own: set[int]) -> tuple[float, float] | None:

@@ -65,6 +65,7 @@ METHODS: dict[str, MethodInfo] = {
     "pyramiddrop": MethodInfo("PyramidDrop", "decoder", True),
     "sparsevlm": MethodInfo("SparseVLM", "decoder", True),
     "dart": MethodInfo("DART", "decoder", False),
+    "tokencarve": MethodInfo("TokenCarve", "decoder", False),
 }
 
 

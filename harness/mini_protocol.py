@@ -26,6 +26,8 @@ def mini_overrides(method: str, budget: int) -> list[str]:
         return ["method.params.agg_layer=1"]
     if method == "dart":
         return ["method.params.pruning_loc=1"]
+    if method == "tokencarve":
+        return ["method.params.work_layer=1"]
     if method == "pyramiddrop":
         return ["method.params.layers=[1]", f"method.params.ratios=[{(budget + 0.5) / 576}]"]
     if method == "sparsevlm":

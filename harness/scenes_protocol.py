@@ -36,6 +36,8 @@ def scenes_overrides(method: str, budget: int) -> list[str]:
         return ["method.params.agg_layer=1"]
     if method == "dart":
         return ["method.params.pruning_loc=1"]
+    if method == "tokencarve":
+        return ["method.params.work_layer=1"]
     if method == "pyramiddrop":
         lam = (budget + 0.5) / 576
         return ["method.params.layers=[1,2,3]", f"method.params.ratios=[{lam},{lam ** 2},{lam ** 3}]"]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, holov_inputs,  # noqa: E402
-                                  input_digest, vispruner_inputs)
+                                  input_digest, tokencarve_inputs, vispruner_inputs)
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -229,7 +229,95 @@ def record_holov(repo: Path) -> dict:
             "skipped_for_ties": [], "cases": cases}
 
 
-RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov}
+# --------------------------------------------------------------------------------------------- TokenCarve
+
+TOKENCARVE = {"repo": "ShawnTan86/TokenCarve", "commit": "a57bd59a214d9010eb1a4decb61b0e3543b7d125",
+              "path": "TokenCarve/modeling_llama.py",
+              "function": "LlamaModel.forward, branch layer_idx == Token_carve_work_layer"}
+
+
+def official_branch(repo: Path) -> object:
+    """The statements of the released ``elif layer_idx == Token_carve_work_layer:`` branch of
+    ``LlamaModel.forward``, compiled unmodified (they run in a namespace the recorder fills)."""
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{TOKENCARVE['commit']}:{TOKENCARVE['path']}"],
+                            capture_output=True, text=True, check=True).stdout
+    lines = source.splitlines()
+    model = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "LlamaModel")
+    forward = next(n for n in model.body if isinstance(n, ast.FunctionDef) and n.name == "forward")
+    branch = next(n for n in ast.walk(forward) if isinstance(n, ast.If) and isinstance(n.test, ast.Compare)
+                  and ast.unparse(n.test) == "layer_idx == Token_carve_work_layer")
+    text = textwrap.dedent("\n".join(lines[branch.body[0].lineno - 1:branch.body[-1].end_lineno]))
+    return compile(text, f"{repo}/{TOKENCARVE['path']}@{TOKENCARVE['commit'][:12]}:work-layer branch", "exec")
+
+
+def tokencarve_cut_ties(attention: torch.Tensor, states: torch.Tensor, budget: int, weight: float) -> bool:
+    """Replay the released rankings; report an exact tie in the attention or information order, or at the
+    stage-I cut or the A/B split of the fused order (where the released ``topk`` order is unspecified)."""
+    u, s, _ = torch.linalg.svd(states)
+    information = torch.sum(torch.abs(u @ torch.diag(s)), dim=1)
+    if has_tie(attention[None]) or has_tie(information[None]):
+        return True
+    n = attention.shape[0]
+    weighting = torch.arange(n, 0, -1)
+    fused = torch.zeros(n)
+    fused[torch.sort(attention, descending=True).indices] += weighting * weight
+    fused[torch.sort(information, descending=True).indices] += weighting * (1 - weight)
+    ordered = fused.sort(descending=True).values
+    rank = int(budget / 2 * 3)
+    cuts = [c for c in (rank, int(0.5 * rank)) if 0 < c < n]
+    return any(bool(ordered[c - 1] == ordered[c]) for c in cuts)
+
+
+def record_tokencarve(repo: Path) -> dict:
+    """The released work-layer branch on layer 1's outputs (``layer_outputs``: hidden states and attention of the
+    last query row; the other rows are unused), with the loader's settings for T = budget. Recorded: the kept
+    positions and the sha256 of the kept image tokens' hidden states after the merge (float32, bit for bit)."""
+    from types import SimpleNamespace
+
+    branch = official_branch(repo)
+    spec = FIXTURES["tokencarve"]
+    prefix, suffix = spec["prefix"], spec["suffix"]
+    cases, skipped = [], []
+    for seed in spec["seeds"]:
+        states, last_row = tokencarve_inputs(seed, prefix, suffix)
+        length = states.shape[1]
+        for weight in spec["weights"]:
+            for budget in spec["budgets"]:
+                image = slice(prefix, prefix + 576)
+                if tokencarve_cut_ties(last_row[0, :, image].mean(dim=0), states[0, image], budget, weight):
+                    skipped.append({"seed": seed, "budget": budget, "weight": weight})
+                    continue
+                attention = torch.zeros(1, 32, length, length)
+                attention[:, :, -1] = last_row[0]
+                hidden = states.clone()
+                cache = SimpleNamespace(key_cache=[torch.zeros(1, 1, length, 1)] * 2,
+                                        value_cache=[torch.zeros(1, 1, length, 1)] * 2, seen_tokens=length)
+                scope = {"torch": torch, "layer_outputs": (hidden, attention), "hidden_states": hidden,
+                         "inputs_embeds": hidden, "batch_size": 1, "seq_length_with_past": length,
+                         "past_key_values": cache, "all_self_attns": (attention, attention),
+                         "decoder_layer": SimpleNamespace(self_attn=SimpleNamespace()),
+                         "self": SimpleNamespace(token_carve_img_index=None),
+                         "_prepare_4d_causal_attention_mask": lambda *args, **kwargs: None,
+                         "Token_carve_sys_length": prefix, "Token_carve_image_token_length": 576,
+                         "Token_carve_image_token_rank": int(budget / 2 * 3),
+                         "Token_carve_merge_token_nums": int(budget / 2),
+                         "Token_carve_SV_AV_mode": 0, "Token_carve_SV_AV_weight": weight}
+                exec(branch, scope)
+                keep = scope["keep_indexs"].tolist()
+                kept_image = [p for p in keep if prefix <= p < prefix + 576]
+                out = scope["hidden_states"][0]  # (kept, 4096): pruned, merged
+                image_rows = out[[keep.index(p) for p in kept_image]]
+                cases.append({"seed": seed, "budget": budget, "weight": weight,
+                              "kept_positions": kept_image,
+                              "kept_states_sha256": input_digest(image_rows)})
+    return {"method": "tokencarve", "official": TOKENCARVE, "inputs": "tests/official_inputs.py:tokencarve_inputs",
+            "prefix": prefix, "suffix": suffix,
+            "input_sha256": {str(s): input_digest(*tokencarve_inputs(s, prefix, suffix)) for s in spec["seeds"]},
+            "skipped_for_ties": skipped, "cases": cases}
+
+
+RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov,
+             "tokencarve": record_tokencarve}
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ from bench_latency import cpu_model  # scripts/ is on sys.path when run as a scr
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
-           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart"]
-DECODER = {"fastv", "pyramiddrop", "sparsevlm", "dart"}
+           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"]
+DECODER = {"fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"}
 
 
 def time_v(stderr: str) -> tuple[float | None, float | None]:

@@ -106,12 +106,15 @@ class TokenState:
 
     hidden: (B, L, d) hidden states; position_ids: (B, L) RoPE positions; padding: (B, L) bool, True at
     left-padding; is_image: (B, L) bool, True at image tokens. All batch rows have the same L.
+    source_index: (B, L) for a state made by :meth:`gather`, which slot of the previous state each slot came
+    from (what the engine cuts earlier layers' KV caches with, for a method that ``cuts_earlier_caches``).
     """
 
     hidden: torch.Tensor
     position_ids: torch.Tensor
     padding: torch.Tensor
     is_image: torch.Tensor
+    source_index: torch.Tensor | None = None
 
     def gather(self, keep: torch.Tensor) -> "TokenState":
         """Keep the positions ``keep`` (B, L') of every row, in the given order."""
@@ -121,6 +124,7 @@ class TokenState:
             position_ids=torch.gather(self.position_ids, 1, keep),
             padding=torch.gather(self.padding, 1, keep),
             is_image=torch.gather(self.is_image, 1, keep),
+            source_index=keep,
         )
 
     def with_hidden(self, hidden: torch.Tensor) -> "TokenState":
@@ -161,6 +165,9 @@ class DecoderPruner:
     #: Decoder-side cuts read the prompt (the last token's or the text tokens' attention), so the LLM prefill
     #: is per question from the first cut on; ``encode`` and ``reduce`` (all image tokens) still run once per image.
     question_dependent = True
+    #: True when the method's (single) cut also removes the dropped tokens from the KV caches of the layers before
+    #: it (TokenCarve's released code): decoding then attends to the kept tokens only, in every layer.
+    cuts_earlier_caches = False
 
     def check(self, lm) -> None:
         """Raise UserError if the method cannot run on the loaded model (e.g. a schedule deeper than the LLM);
@@ -212,6 +219,7 @@ METHODS: dict[str, str] = {
     "cdpruner": "baselines.cdpruner:CDPruner",
     "dart": "baselines.dart:Dart",
     "holov": "baselines.holov:HoloV",
+    "tokencarve": "baselines.tokencarve:TokenCarve",
 }
 
 

@@ -16,7 +16,7 @@ so only their suffixes are prefilled).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
@@ -179,12 +179,26 @@ def prefill_states(lm: LoadedModel, state: TokenState, method, context: PruneCon
                              attention_mask=mask if mask is not None else _attention_mask(state.padding),
                              layers=llm.layers, rotary=llm.rotary_emb, context=context)
             new_state = method.after_layer(layer_idx, view)
+        if new_state is not None and getattr(method, "cuts_earlier_caches", False):
+            if groups:
+                raise ValueError(f"{type(method).__name__}: cuts_earlier_caches needs a single cut")
+            _cut_caches(cache, range(layer_idx + 1), new_state.source_index)
+            state = replace(state, padding=new_state.padding)  # these layers' caches now hold the kept slots
         if new_state is not None or layer_idx == len(llm.layers) - 1:
             groups.append(_LayerCache(range(group_start, layer_idx + 1), state.padding,
                                       state.position_ids[:, -1] + 1))
         if new_state is not None:
             state, position_embeddings = new_state, None
     return state, torch.stack(image_counts, dim=1), groups
+
+
+def _cut_caches(cache, layers: range, keep: torch.Tensor) -> None:
+    """Keep only the slots ``keep`` (B, L') of the KV caches of ``layers`` (each (B, H_kv, L, head_dim))."""
+    for layer_idx in layers:
+        entry = cache.layers[layer_idx]
+        index = keep[:, None, :, None].expand(-1, entry.keys.shape[1], -1, entry.keys.shape[-1])
+        entry.keys = torch.gather(entry.keys, 2, index)
+        entry.values = torch.gather(entry.values, 2, index)
 
 
 def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: list[_LayerCache], cache) -> torch.Tensor:

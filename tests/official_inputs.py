@@ -30,6 +30,9 @@ FIXTURES = {
     "dart": {"seeds": [0, 1, 2], "prefix": 35, "suffix": 25, "budgets": [192, 128, 64, 32, 16, 8, 300]},
     # seed 1 puts attention sinks in one chunk (as CLIP-L has): chunks then overflow and the released code pads
     "holov": {"seeds": [0, 1], "budgets": [192, 128, 64, 32, 16, 1, 100, 400]},
+    # the released default weight 0.5 (fused ranks tie often: cases with a tie at a cut are skipped), and others
+    "tokencarve": {"seeds": [0, 1, 2, 3, 4, 5], "prefix": 35, "suffix": 25,
+                   "budgets": [192, 128, 64, 32, 16, 5, 100, 384], "weights": [0.5, 0.3, 0.0, 1.0]},
 }
 
 
@@ -96,3 +99,14 @@ def holov_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if seed % 2:
         logits[:, 81:87] += 8.0  # patches 80..85
     return tokens, portable_softmax(logits)[:, 1:]
+
+
+def tokencarve_inputs(seed: int, prefix: int = 35, suffix: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(layer 1's output hidden states (1, L, 4096), its head-wise attention of the last token (1, 32, L)), float32,
+    L = prefix + 576 + suffix. States share a rank-16 component (as real hidden states do)."""
+    generator = torch.Generator().manual_seed(seed)
+    length = prefix + PATCHES + suffix
+    common = torch.randn(1, length, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
+    states = torch.randn(1, length, LLM_WIDTH, generator=generator) + 0.5 * common
+    logits = 2.0 * torch.randn(1, 32, length, generator=generator)
+    return states, portable_softmax(logits)

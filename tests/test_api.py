@@ -24,7 +24,8 @@ N_QUESTIONS = 6
 # VisPruner: on easy-VQA's uniform backgrounds its duplicate removal ranks exactly equal tokens, so its kept set
 # follows last-bit differences of the vision tower between batch sizes (the runner's 6 images vs one per call)
 CASES = [("vanilla", 576), *[(m, b) for m in ("svd", "random", "divprune", "fastervlm", "visionzip", "pooling",
-                                              "fastv", "pyramiddrop", "sparsevlm", "dart")
+                                              "fastv", "pyramiddrop", "sparsevlm", "dart",
+                                              "tokencarve")
                                     for b in (64, 16)],
          ("tome", 192)]
 

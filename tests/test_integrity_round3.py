@@ -199,7 +199,8 @@ def test_memo_sees_a_rewrite_with_its_mtime_restored(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("method=nope", "unknown method 'nope'; allowed: cdpruner, dart, divprune, fastervlm, fastv, holov, "
-                    "pooling, pyramiddrop, random, sparsevlm, svd, tome, trim, vanilla, visionzip, vispruner"),
+                    "pooling, pyramiddrop, random, sparsevlm, svd, tokencarve, tome, trim, vanilla, visionzip, "
+                    "vispruner"),
     ("dataset=nope", "unknown dataset 'nope'; allowed: easyvqa, gqa, local, scenes, textvqa"),
     ("model=nope", "unknown model 'nope'; allowed: llava15_7b, mini, scenes, tiny"),
     ("experiment=nope", "unknown experiment 'nope'; allowed: table1, tau_ablation"),

@@ -16,7 +16,9 @@ from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import generate
-from tests.official_inputs import cdpruner_inputs, dart_inputs, holov_inputs, input_digest, vispruner_inputs
+from baselines.tokencarve import TokenCarve, carve, fused_ranks, information_scores, stage_counts
+from tests.official_inputs import (cdpruner_inputs, dart_inputs, holov_inputs, input_digest, tokencarve_inputs,
+                                   vispruner_inputs)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 INPUTS_DIFFER = ("the seeded inputs differ from the recorded ones (torch's generator changed, or this CPU has "
@@ -254,3 +256,79 @@ def test_holov_runs_in_the_engine(tiny, random_images):
                    max_new_tokens=1)
     assert out.image_tokens_per_layer[0][0] == 32
     assert all(len(k) <= 32 for k in out.stats["kept_indices"])
+
+
+# ----------------------------------------------------------------------------------------------- TokenCarve
+
+
+def test_tokencarve_equals_the_official_code_on_recorded_inputs():
+    """Kept positions and the merged states (bit for bit) of the released work-layer branch, at the released
+    weight 0.5 (cases with a tie at a cut are not recorded: the released order is unspecified there) and others."""
+    recorded = fixture("tokencarve")
+    assert recorded["official"]["commit"] == "a57bd59a214d9010eb1a4decb61b0e3543b7d125"
+    assert {192, 128, 64, 32, 16} <= {case["budget"] for case in recorded["cases"] if case["weight"] == 0.5}
+    prefix, suffix = recorded["prefix"], recorded["suffix"]
+    inputs = {}
+    for case in recorded["cases"]:
+        seed = case["seed"]
+        if seed not in inputs:
+            states, last_row = tokencarve_inputs(seed, prefix, suffix)
+            assert input_digest(states, last_row) == recorded["input_sha256"][str(seed)], INPUTS_DIFFER
+            image = states[:, prefix:prefix + 576]  # (1, 576, 4096)
+            attention = last_row[:, :, prefix:prefix + 576].mean(dim=1)  # (1, 576) head mean
+            inputs[seed] = image, attention, information_scores(image)
+        image, attention, information = inputs[seed]
+        kept, merged, _, _ = carve(fused_ranks(attention, information, case["weight"]), image, *stage_counts(case["budget"]))
+        where = (seed, case["budget"], case["weight"])
+        assert [prefix + i for i in kept[0].tolist()] == case["kept_positions"], where
+        assert input_digest(merged[0, kept[0]]) == case["kept_states_sha256"], where
+        assert kept.shape[1] == case["budget"]
+
+
+def test_tokencarve_budgets_and_weight_are_checked():
+    assert stage_counts(16) == (24, 8) and stage_counts(5) == (7, 2)
+    TokenCarve(384)
+    with pytest.raises(UserError, match=r"budget 385 .* allowed budgets: 1\.\.384"):
+        TokenCarve(385)
+    with pytest.raises(UserError, match=r"sv_av_weight=2.*\[0, 1\]"):
+        TokenCarve(64, sv_av_weight=2)
+
+
+def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
+    """After the cut before layer 2 every layer's KV cache holds exactly the kept slots, and layers 0 and 1 hold
+    the KV an uncut prefill computed at those slots."""
+    from svdprune.prompts import preprocess_image, vicuna_prompt
+    from svdprune.pruning import PruneContext, Vanilla
+    from svdprune.surgery import _new_cache, build_inputs, encode_images, prefill_states, to_model
+
+    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
+    pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
+                          for img in random_images[:2]])
+    prompts = [vicuna_prompt(q, ANSWER_INSTRUCTION) for q in questions]
+    caches, finals = {}, {}
+    for name, method in (("vanilla", Vanilla()), ("tokencarve", TokenCarve(32))):
+        context = PruneContext(questions=questions, model=tiny.model)
+        state = build_inputs(tiny, prompts, encode_images(tiny, method, to_model(tiny, pixels, context), context))
+        caches[name] = _new_cache(tiny)
+        finals[name], counts, groups = prefill_states(tiny, state, method, context, caches[name])
+    kept_slots = finals["tokencarve"].source_index  # (B, L') slots of the uncut prompt
+    assert [len(group.layers) for group in groups] == [2, 2] and counts[0].tolist() == [576, 576, 32, 32]
+    for layer in range(4):
+        assert caches["tokencarve"].layers[layer].keys.shape[2] == kept_slots.shape[1]
+    for layer in range(2):
+        for cut, full in ((caches["tokencarve"].layers[layer].keys, caches["vanilla"].layers[layer].keys),
+                          (caches["tokencarve"].layers[layer].values, caches["vanilla"].layers[layer].values)):
+            index = kept_slots[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1])
+            assert torch.equal(cut, torch.gather(full, 2, index))
+
+
+def test_tokencarve_batched_with_padding_equals_one_prompt_at_a_time(tiny, random_images):
+    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
+    batched = generate(tiny, TokenCarve(16), questions, random_images[:2], instruction=ANSWER_INSTRUCTION,
+                       max_new_tokens=3)
+    assert [row[:3] for row in batched.image_tokens_per_layer] == [[576, 576, 16]] * 2
+    for row, question in enumerate(questions):
+        alone = generate(tiny, TokenCarve(16), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
+                         max_new_tokens=3)
+        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
+        assert alone.token_ids[0] == batched.token_ids[row]
