@@ -58,6 +58,7 @@ METHODS: dict[str, MethodInfo] = {
     "vispruner": MethodInfo("VisPruner", "encoder", False),
     "cdpruner": MethodInfo("CDPruner", "encoder", False),
     "holov": MethodInfo("HoloV", "encoder", False),
+    "flowcut": MethodInfo("FlowCut", "encoder", False),
     "random": MethodInfo("Random-k", "encoder", False),
     "pooling": MethodInfo("Pooling", "encoder", False),
     "svd": MethodInfo("SVD-Prune", "encoder", True),

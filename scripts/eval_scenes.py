@@ -5,8 +5,8 @@ accuracy_recall_vs_budget.{png,pdf}), the tau ablation (tau.{csv,md,png}) and th
     python scripts/eval_scenes.py --limit 230                        # the committed table (first 230 test questions)
     python scripts/eval_scenes.py --tau --limit 230                  # the committed tau ablation (Fig. 3's sweep)
     python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression   # refresh the regression reference
-    ATEN_CPU_CAPABILITY=avx512 python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression-variant
-        # then, on a CPU with AVX-512, add the cases whose answers differ under these kernels (harness/regression.py)
+    python scripts/eval_scenes.py --limit 92 --budgets 64 16 --regression-variant  # on a CPU with AVX-512
+        # adds the cases whose answers differ under these kernels (harness/regression.py)
 
 The defaults (the first 460 test questions, ~100 scenes) are what the benchmark is meant for; on 2 CPU cores
 one run of 230 questions takes ~10 s, so the committed files use 230.

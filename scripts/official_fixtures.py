@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, holov_inputs,  # noqa: E402
-                                  input_digest, tokencarve_inputs, vispruner_inputs)
+                                  flowcut_inputs, flowcut_tower, input_digest, tokencarve_inputs,
+                                  vispruner_inputs)
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -316,8 +317,66 @@ def record_tokencarve(repo: Path) -> dict:
             "skipped_for_ties": skipped, "cases": cases}
 
 
+# ------------------------------------------------------------------------------------------------ FlowCut
+
+FLOWCUT = {"repo": "TungChintao/FlowCut", "commit": "a2ecd247cb3c605773ec317a0c246425b47abdbe",
+           "path": "flowcut/modeling_clip_flowcut.py",
+           "function": "CLIPEncoder_forward, CLIPEncoderLayer_forward, CLIPAttention_forward (+ utils_flowcut.py)"}
+
+
+def record_flowcut(repo: Path) -> dict:
+    """The released encoder forward (its layer and attention forwards bound to a seeded random tower's modules,
+    ``apply_flowcut_config`` with ``target = budget + 1``), batch 1, as LLaVA's tower calls it
+    (``output_hidden_states=True, output_attentions=True``). Recorded: the returned ``all_keep_indices`` (patch
+    indices) and each token's sum of LLaVA's features ``hidden_states[-2][:, 1:]`` (eager attention there, SDPA
+    in ours: equal to rounding, not bit for bit)."""
+    from types import MethodType, SimpleNamespace
+    from typing import Optional, Tuple, Union
+
+    from torch import nn
+    from transformers.modeling_outputs import BaseModelOutput
+
+    commit, utils = FLOWCUT["commit"], "flowcut/utils_flowcut.py"
+    helpers = {"torch": torch}
+    helpers["compute_score"] = official_function(repo, commit, utils, "compute_score", None, helpers)
+    helpers["adaptive_prune_ratio"] = official_function(repo, commit, utils, "adaptive_prune_ratio", None, helpers)
+    scope = {**helpers, "nn": nn, "Optional": Optional, "Tuple": Tuple, "Union": Union,
+             "BaseModelOutput": BaseModelOutput}
+    forwards = {name: official_function(repo, commit, FLOWCUT["path"], name, None, scope)
+                for name in ("CLIPAttention_forward", "CLIPEncoderLayer_forward", "CLIPEncoder_forward",
+                             "apply_flowcut_config")}
+    spec = FIXTURES["flowcut"]
+    cases = []
+    for seed in spec["seeds"]:
+        tower = flowcut_tower(seed)
+        pixels = flowcut_inputs(seed)[0]
+        encoder = tower.encoder
+        encoder.forward = MethodType(forwards["CLIPEncoder_forward"], encoder)
+        for layer in encoder.layers:
+            layer.forward = MethodType(forwards["CLIPEncoderLayer_forward"], layer)
+            attn = layer.self_attn
+            attn.forward = MethodType(forwards["CLIPAttention_forward"], attn)
+            # transformers 4.x's CLIPAttention._shape, which the released attention calls (gone in 5.x)
+            attn._shape = (lambda a: lambda tensor, seq_len, bsz: tensor.view(
+                bsz, seq_len, a.num_heads, a.head_dim).transpose(1, 2).contiguous())(attn)
+        with torch.no_grad():
+            inputs = tower.pre_layrnorm(tower.embeddings(pixels))
+            for budget in spec["budgets"]:
+                forwards["apply_flowcut_config"](SimpleNamespace(vision_model=SimpleNamespace(encoder=encoder)),
+                                                 target_tokens=budget + 1)
+                outputs, keep = encoder(inputs_embeds=inputs, output_attentions=True, output_hidden_states=True,
+                                        return_dict=True)
+                features = outputs.hidden_states[-2][:, 1:]
+                assert features.shape[1] == keep.shape[1] == budget, (features.shape, keep.shape, budget)
+                cases.append({"seed": seed, "budget": budget, "kept_patches": keep[0].tolist(),
+                              "feature_sums": [round(v, 6) for v in features[0].double().sum(dim=-1).tolist()]})
+    return {"method": "flowcut", "official": FLOWCUT, "inputs": "tests/official_inputs.py:flowcut_inputs",
+            "input_sha256": {str(s): input_digest(*flowcut_inputs(s)) for s in spec["seeds"]},
+            "skipped_for_ties": [], "cases": cases}
+
+
 RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov,
-             "tokencarve": record_tokencarve}
+             "tokencarve": record_tokencarve, "flowcut": record_flowcut}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from bench_latency import cpu_model  # scripts/ is on sys.path when run as a scr
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
-           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"]
+           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve", "flowcut"]
 DECODER = {"fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"}
 
 

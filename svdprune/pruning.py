@@ -220,6 +220,7 @@ METHODS: dict[str, str] = {
     "dart": "baselines.dart:Dart",
     "holov": "baselines.holov:HoloV",
     "tokencarve": "baselines.tokencarve:TokenCarve",
+    "flowcut": "baselines.flowcut:FlowCut",
 }
 
 

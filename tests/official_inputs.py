@@ -33,6 +33,7 @@ FIXTURES = {
     # the released default weight 0.5 (fused ranks tie often: cases with a tie at a cut are skipped), and others
     "tokencarve": {"seeds": [0, 1, 2, 3, 4, 5], "prefix": 35, "suffix": 25,
                    "budgets": [192, 128, 64, 32, 16, 5, 100, 384], "weights": [0.5, 0.3, 0.0, 1.0]},
+    "flowcut": {"seeds": [0, 1], "budgets": [192, 128, 64, 32, 16, 1, 300, 500]},
 }
 
 
@@ -110,3 +111,28 @@ def tokencarve_inputs(seed: int, prefix: int = 35, suffix: int = 25) -> tuple[to
     states = torch.randn(1, length, LLM_WIDTH, generator=generator) + 0.5 * common
     logits = 2.0 * torch.randn(1, 32, length, generator=generator)
     return states, portable_softmax(logits)
+
+
+def flowcut_tower(seed: int):
+    """A seeded random CLIP vision tower with CLIP-L/14-336's depth and token count (24 layers, 1 + 576 tokens) and
+    a small width (64, 4 heads). Its q/k weights are scaled by 10 so that the CLS attention is peaked (as a trained
+    CLIP's is) and FlowCut's entropy-adaptive cuts drop patches before the last one."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=24, num_attention_heads=4,
+                              image_size=336, patch_size=14)
+    tower = CLIPVisionModel(config).eval()
+    with torch.no_grad():
+        for layer in tower.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(10.0)
+            layer.self_attn.k_proj.weight.mul_(10.0)
+    return tower
+
+
+def flowcut_inputs(seed: int) -> tuple[torch.Tensor, ...]:
+    """(pixel values (1, 3, 336, 336), then every weight of ``flowcut_tower(seed)`` in state-dict order): what the
+    digest covers."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    pixels = torch.randn(1, 3, 336, 336, generator=generator)
+    return (pixels, *flowcut_tower(seed).state_dict().values())

@@ -25,7 +25,7 @@ N_QUESTIONS = 6
 # follows last-bit differences of the vision tower between batch sizes (the runner's 6 images vs one per call)
 CASES = [("vanilla", 576), *[(m, b) for m in ("svd", "random", "divprune", "fastervlm", "visionzip", "pooling",
                                               "fastv", "pyramiddrop", "sparsevlm", "dart",
-                                              "tokencarve")
+                                              "tokencarve", "flowcut")
                                     for b in (64, 16)],
          ("tome", 192)]
 

@@ -198,7 +198,7 @@ def test_memo_sees_a_rewrite_with_its_mtime_restored(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("method=nope", "unknown method 'nope'; allowed: cdpruner, dart, divprune, fastervlm, fastv, holov, "
+    ("method=nope", "unknown method 'nope'; allowed: cdpruner, dart, divprune, fastervlm, fastv, flowcut, holov, "
                     "pooling, pyramiddrop, random, sparsevlm, svd, tokencarve, tome, trim, vanilla, visionzip, "
                     "vispruner"),
     ("dataset=nope", "unknown dataset 'nope'; allowed: easyvqa, gqa, local, scenes, textvqa"),

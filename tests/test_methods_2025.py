@@ -11,14 +11,15 @@ import torch
 from baselines.cdpruner import CDPruner, cdpruner_select, dpp_greedy
 from baselines.dart import Dart, dart_retained
 from baselines.fastervlm import FasterVLM
+from baselines.flowcut import FlowCut
 from baselines.holov import HoloV, holov_select
 from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.surgery import generate
 from baselines.tokencarve import TokenCarve, carve, fused_ranks, information_scores, stage_counts
-from tests.official_inputs import (cdpruner_inputs, dart_inputs, holov_inputs, input_digest, tokencarve_inputs,
-                                   vispruner_inputs)
+from tests.official_inputs import (cdpruner_inputs, dart_inputs, flowcut_inputs, flowcut_tower, holov_inputs,
+                                   input_digest, tokencarve_inputs, vispruner_inputs)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 INPUTS_DIFFER = ("the seeded inputs differ from the recorded ones (torch's generator changed, or this CPU has "
@@ -329,6 +330,59 @@ def test_tokencarve_batched_with_padding_equals_one_prompt_at_a_time(tiny, rando
     assert [row[:3] for row in batched.image_tokens_per_layer] == [[576, 576, 16]] * 2
     for row, question in enumerate(questions):
         alone = generate(tiny, TokenCarve(16), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
+                         max_new_tokens=3)
+        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
+        assert alone.token_ids[0] == batched.token_ids[row]
+
+
+# -------------------------------------------------------------------------------------------------- FlowCut
+
+
+def test_flowcut_equals_the_official_code_on_recorded_inputs():
+    """The released encoder (eager attention) on a seeded random tower of CLIP-L's depth and token count: the
+    same patches survive every cut; LLaVA's features agree to rounding (SDPA here)."""
+    from svdprune.pruning import PruneContext
+
+    recorded = fixture("flowcut")
+    assert recorded["official"]["commit"] == "a2ecd247cb3c605773ec317a0c246425b47abdbe"
+    assert {192, 128, 64, 32, 16} <= {case["budget"] for case in recorded["cases"]}
+    towers = {}
+    for case in recorded["cases"]:
+        seed = case["seed"]
+        if seed not in towers:
+            inputs = flowcut_inputs(seed)
+            assert input_digest(*inputs) == recorded["input_sha256"][str(seed)], INPUTS_DIFFER
+            towers[seed] = flowcut_tower(seed), inputs[0]
+        tower, pixels = towers[seed]
+        context = PruneContext(questions=None)
+        with torch.no_grad():
+            features = FlowCut(case["budget"]).encode(tower, pixels, -2, context)  # (1, budget, 64)
+        assert context.stats["kept_indices"][0] == case["kept_patches"], (seed, case["budget"])
+        cuts = [count for _, count in context.stats["flowcut_cuts"][0]]
+        assert len(set(cuts)) > 2  # the entropy-adaptive cuts drop patches before the last layer
+        torch.testing.assert_close(features[0].double().sum(dim=-1), torch.tensor(case["feature_sums"],
+                                   dtype=torch.float64), rtol=1e-4, atol=1e-4)
+
+
+def test_flowcut_at_576_is_the_unpruned_tower(tiny, random_images):
+    from svdprune.prompts import preprocess_image
+    from svdprune.pruning import PruneContext, Vanilla
+
+    pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
+                          for img in random_images[:2]])
+    with torch.no_grad():
+        full = Vanilla().encode(tiny.vision_tower, pixels, tiny.feature_layer, PruneContext(questions=None))
+        flow = FlowCut(576).encode(tiny.vision_tower, pixels, tiny.feature_layer, PruneContext(questions=None))
+    assert torch.equal(flow, full)
+
+
+def test_flowcut_batched_equals_one_image_at_a_time(tiny, random_images):
+    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
+    batched = generate(tiny, FlowCut(16), questions, random_images[:2], instruction=ANSWER_INSTRUCTION,
+                       max_new_tokens=3)
+    assert [row[0] for row in batched.image_tokens_per_layer] == [16, 16]
+    for row, question in enumerate(questions):
+        alone = generate(tiny, FlowCut(16), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
                          max_new_tokens=3)
         assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
         assert alone.token_ids[0] == batched.token_ids[row]

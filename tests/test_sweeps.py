@@ -20,7 +20,8 @@ from harness import sweeps as reports
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
-           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"]
+           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve",
+           "flowcut"]
 BUDGETS = [192, 128, 64, 32, 16]
 TAUS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0]
 

@@ -16,7 +16,8 @@ from svdprune.surgery import generate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
-           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"]
+           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve",
+           "flowcut"]
 # image tokens after the first cut at budget 16 (README: SparseVLM keeps 16 and appends 17 recycled tokens;
 # DART keeps its 4 image pivots + 8 pivots x 16 // 8)
 FIRST_CUT = {"vanilla": 576, "sparsevlm": 33, "dart": 20}
