@@ -20,6 +20,12 @@ Differences on purpose: distances are computed in float32 (the official code use
 already-picked tokens are excluded explicitly from later picks (the official code relies on their
 distance to themselves being ~0, which only fails for duplicate tokens), so the result always holds
 ``budget`` distinct tokens. Batched over images (the official code is batch size 1).
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/divprune.py`` (read, not run): the
+authors' selection on the LLM-input embeddings (``divprune``: the same first pick and max-min steps, argmax ties to
+the first index, the model dtype), kept slots sorted back, original LLaVA code base only; its ``rate`` is the share
+**kept** (``round(rate * 576)`` tokens), the opposite of its FastV's and FasterVLM's ``rate``. Same kept set as
+ours except where fp16 rounding or a duplicate token (see above) makes the two differ.
 """
 from __future__ import annotations
 

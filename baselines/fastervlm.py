@@ -14,6 +14,14 @@ projector cost).
 The CLS attention row is recomputed from that layer's LayerNorm and q/k projections in float32, so the
 vision tower keeps SDPA (the official code runs eager attention with ``output_attentions=True``; tests
 check our row against eager). Ties go to the lower index (``torch.topk`` leaves them unspecified).
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/fastervlm.py`` (read, not run): the
+same scores (``attentions[select_layer][:, :, 0, 1:]`` head mean, cast to the feature dtype first) and ``topk``;
+the budget is a rate (k = ``round(576 * (1 - rate))``). With the original LLaVA code base it shortens the image
+features as the official code does (k image positions, contiguous position ids, as here). With llava-hf models it
+instead removes the dropped tokens from ``inputs_embeds`` and gathers ``position_ids`` / ``cache_position`` at
+the kept slots, so the kept image tokens keep their original, gapped positions: the same kept set, but other LLM
+inputs than the authors' code (and ours) give, so llava-hf numbers from llmc are not the FasterVLM of the paper.
 """
 from __future__ import annotations
 

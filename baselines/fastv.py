@@ -25,6 +25,13 @@ image span comes from the input ids, batches are left-padded, and the cut is mad
 the last prompt token (the KV-cache variant: the only one that saves compute). The attention row is
 recomputed from layer K-1's q/k (:func:`baselines.attention.attention_rows`) so SDPA stays on.
 
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/fastv.py`` (read, not run): the same
+selection (layer K-1's last-token head-mean attention over the image span, top-k, original position ids, layers
+0 .. K-1 keep their full cache). It differs in form, not in the kept set: the budget is a rate (k =
+``round(576 * (1 - rate))``), only batch row 0 is read, and the attention is rerun through the layer's own
+eager forward (HF's ``* head_dim ** -0.5`` scaling, model dtype) where ours follows FastV's ``/ sqrt(head_dim)``
+in float32, so the two can differ only where rounding reorders near-equal scores.
+
 Budget convention (decoder-side methods): ``budget`` = image tokens after the cut; the 32-layer
 average is (K * 576 + (32 - K) * budget) / 32 and is in metrics.json (``image_tokens_mean_over_layers``).
 """

@@ -46,6 +46,13 @@ from PIL import Image
 
 from svdprune import flops as F
 
+# Methods whose token counts depend on the image (listed under the table with what the row shows).
+DATA_DEPENDENT = {
+    "flowcut": "flowcut: the cuts inside CLIP drop more patches the more peaked an image's CLS attention is (entropy-"
+               "adaptive); the random tiny tower's attention is flat, so its rows cut only at layer 21 (all but k) and "
+               "their vision cost is the method's upper bound",
+}
+
 # The paper's methods (Table 1) first, then whatever else the registry holds.
 PAPER_METHODS = ["vanilla", "tome", "fastv", "pyramiddrop", "sparsevlm", "visionzip", "trim", "svd"]
 BUDGETS = [192, 128, 64, 32, 16]
@@ -392,6 +399,8 @@ def main(argv=None) -> list[dict]:
         params, note = offline_params(name, lm, workdir)
         if note:
             notes.append(note)
+        if name in DATA_DEPENDENT:
+            notes.append(DATA_DEPENDENT[name])
         for budget in ([576] if name == "vanilla" else args.budgets):
             try:
                 counts = probe_method(lm, probe, name, budget, args.question, params)
