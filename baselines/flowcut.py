@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import check_budget, check_runtime_budget, producing_layer, split_heads
@@ -92,6 +93,15 @@ def layer_signals(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return output, cls_attention, semantic, values[0].mean(dim=0)[1:]
 
 
+def check_tower_depth(select: int) -> int:
+    """FlowCut's last cut is after layer S - 1: the layer producing LLaVA's features must have one before it."""
+    if select < 1:
+        raise UserError(f"{NAME}: the vision layer that produces LLaVA's features is layer {select}; FlowCut cuts "
+                        "after the layer before it, so it needs a tower with at least 2 layers up to the feature "
+                        "layer (CLIP-L: 23)")
+    return select
+
+
 class FlowCut(EncoderPruner):
     """Drops patches inside the vision tower at every other layer by a cumulative CLS-flow score, with an
     entropy-adaptive count, until ``budget`` patches reach LLaVA's feature layer."""
@@ -100,13 +110,13 @@ class FlowCut(EncoderPruner):
         self.budget = check_budget(NAME, budget)
 
     def check(self, lm) -> None:
-        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        check_tower_depth(producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers)))
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @torch.no_grad()
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         layers = vision_tower.encoder.layers
-        select = producing_layer(feature_layer, len(layers))  # S: hidden_states[feature_layer] is its output
+        select = check_tower_depth(producing_layer(feature_layer, len(layers)))  # S: its output is the features
         features, kept, trace = [], [], []
         for image in pixel_values.split(1):  # per image: the released cut counts depend on the whole batch
             hidden = vision_tower.pre_layrnorm(vision_tower.embeddings(image))  # (1, 1 + N, D)

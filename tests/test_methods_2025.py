@@ -386,3 +386,11 @@ def test_flowcut_batched_equals_one_image_at_a_time(tiny, random_images):
                          max_new_tokens=3)
         assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
         assert alone.token_ids[0] == batched.token_ids[row]
+
+
+def test_flowcut_refuses_a_tower_without_a_layer_before_the_feature_layer():
+    from svdprune.models import build_tiny
+
+    shallow = build_tiny(seed=0, vision_layers=2, text_layers=1)  # features = layer 0's output
+    with pytest.raises(UserError, match="flowcut: the vision layer that produces LLaVA's features is layer 0"):
+        FlowCut(16).check(shallow)
