@@ -32,6 +32,11 @@ cannot be reached as an average (layers 0 and 1 see 576: the minimum is 36), so 
 image tokens after the first stage (lambda = budget / 576): 32 -> [32, 1, 0] (average 42.25),
 16 -> [16, 0, 0] (average 39.0). ``layers``/``ratios`` override the table. A schedule that needs a
 layer the model does not have is an error at first use (never rescaled).
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/pyramiddrop.py`` and its config
+(read, not run): PyramidDrop's own default schedule, layers [8, 16, 24] with ratio 0.5 per stage (the authors'
+LLaVA-1.5 setting), ranked by the last instruction token's attention (``topk``, sorted back); no budget matching.
+Here the schedule is the budget-matched one above, so the two agree in the ranking rule, not in the stages.
 """
 from __future__ import annotations
 

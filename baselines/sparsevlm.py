@@ -45,6 +45,12 @@ reach since recycling alone adds >= 17 tokens at the first stage), and the offic
 51.7 and 45.0. Every image records ``image_tokens_mean_official`` (that average) in predictions.jsonl;
 metrics.json has the engine's per-layer means (a pruning layer counted at the 576 it processed).
 ``keep`` overrides the table (one count per layer). A layer the model does not have is an error.
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/sparsevlm.py`` and its config (read,
+not run): the same keep tables as here for 192 / 128 / 64 (``[300, 200, 110]``, ``[303, 110, 36]``, ``[66, 30, 17]``
+at layers 2, 6, 15), but its shipped config prunes at layer 2 only (``pruning_loc: [2]``) and switches the token
+recycling off (``merge_flag: False``); with that config it is not SparseVLM v1.5 as released (three stages with
+recycling), which is what this file implements.
 """
 from __future__ import annotations
 

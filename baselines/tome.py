@@ -56,6 +56,12 @@ Where we differ from the reference on purpose:
 - the sums of the merge (ToMe's ``scatter_reduce(..., "sum")``) add the A tokens of one B token in index order
   (``baselines/_scatter.py``): CUDA's scatter adds them in a changing order; on the CPU the result is the same
   bit for bit.
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/tome.py`` (read, not run): the
+reference ToMe (bipartite soft matching on head-mean keys, CLS protected, size-weighted merge, proportional
+attention) with ToMe's own constant ``r`` per layer (its config: ``r: 16``, or ``(start, step)``); it has no budget
+schedule. The merge step is the same; the per-layer r differ (here the decreasing schedule reaching ``budget`` by
+layer 22 described above), so llmc's ToMe rows are not at our budgets.
 """
 from __future__ import annotations
 

@@ -27,6 +27,12 @@ ratio; it also gives 30 / 20 / 10 / 5 / 3 above) and ``D = budget - C``. VisionZ
 
 Differences on purpose: scores and merging run in float32 (the official code runs fp16 end to end);
 dominant ties go to the lower index (``torch.topk`` leaves them unspecified).
+
+ModelTC/llmc (LightCompress) at 05eedff, ``llmc/compression/token_reduction/visionzip.py`` (read, not run): the
+same dominant scores (CLS attention summed over heads at layer -2), the same k_proj metric, stride targets and
+"target + mean of members" contextual tokens. It differs in the count: ``topk(dominant)`` patches **plus** CLS, so
+its shipped config (``dominant: 191``, ``contextual: 30``) gives 191 + 1 + 30 = 222 tokens for what it labels 192,
+where the authors' ``visionzip(model, 162, 30)`` gives 192 (their ``main.py`` passes ``dominant - 1``), as here.
 """
 from __future__ import annotations
 
