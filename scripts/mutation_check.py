@@ -11,6 +11,8 @@ Mutations:
   *lowest* scores (the sort reversed). Touches svd, fastervlm, visionzip (its dominant tokens) and trim.
 * ``fastv_first_token``: FastV ranks the image tokens by the attention the *first* prompt token (BOS) pays them
   instead of the last one.
+* ``tokencarve_ascending``: TokenCarve's rankings (attention, information, fused, merge order) put the lowest first.
+* ``flowcut_negated``: FlowCut's per-layer flow score is negated, so every cut keeps the least-flow patches.
 
 A mutation should fail every one of its cases; the script exits 1 when some case still passes.
 """
@@ -33,6 +35,14 @@ def reversed_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order[:, :k], dim=-1).values
 
 
+def ascending(scores: torch.Tensor) -> torch.Tensor:
+    return torch.sort(scores, dim=-1, descending=False, stable=True).indices  # the bug: lowest first
+
+
+def negated_flow_scores(original):
+    return lambda *args: -original(*args)  # the bug: the least flow ranks first
+
+
 def first_token_index(state) -> torch.Tensor:
     """(B, 1): each row's first real token (rows are left-padded)."""
     return (~state.padding).float().argmax(dim=-1, keepdim=True)
@@ -53,7 +63,9 @@ def patched(targets: list[tuple[object, str, object]]):
 def mutations() -> dict[str, tuple[list[str], list[tuple[object, str, object]]]]:
     """name -> (methods it touches, (module, attribute, replacement) to patch)."""
     import baselines.fastervlm
+    import baselines.flowcut
     import baselines.fastv
+    import baselines.tokencarve
     import baselines.trim
     import baselines.visionzip
     import svdprune.svd
@@ -63,6 +75,9 @@ def mutations() -> dict[str, tuple[list[str], list[tuple[object, str, object]]]]
         "reversed_top_k": (["svd", "fastervlm", "visionzip", "trim"],
                            [(m, "top_k_raster", reversed_top_k) for m in top_k_users]),
         "fastv_first_token": (["fastv"], [(baselines.fastv, "last_token_index", first_token_index)]),
+        "tokencarve_ascending": (["tokencarve"], [(baselines.tokencarve, "descending", ascending)]),
+        "flowcut_negated": (["flowcut"], [(baselines.flowcut, "flow_scores",
+                                           negated_flow_scores(baselines.flowcut.flow_scores))]),
     }
 
 
