@@ -146,16 +146,17 @@ class TokenCarve(DecoderPruner):
             raise UserError(f"{NAME}: method.params.sv_av_weight={sv_av_weight!r}; allowed: a number in [0, 1]")
         self.sv_av_weight = float(sv_av_weight)
         self.rank, self.merges = stage_counts(self.budget)
+        self.merged = min(self.rank // 2, self.merges)  # what carve() merges: min(|A|, merges)
 
     def describe(self) -> dict:
         return {"work_layer": self.work_layer, "stage1_tokens": self.rank,
-                "merged_tokens": min(self.rank // 2, self.merges), "sv_av_weight": self.sv_av_weight}
+                "merged_tokens": self.merged, "sv_av_weight": self.sv_av_weight}
 
     def full_layers(self) -> int:
         return self.work_layer
 
     def max_image_tokens_after_cut(self, num_patches: int) -> int:
-        return self.rank - min(self.rank // 2, self.merges)
+        return self.rank - self.merged
 
     def check(self, lm) -> None:
         n_layers = lm.language_model.config.num_hidden_layers

@@ -13,12 +13,12 @@ Two numbers per question, both shares of its evidence patches:
   much of the evidence arrives only averaged with other patches.
 
 What each method records (``context.record``): ``kept_indices`` (svd, random, fastervlm, divprune, trim,
-vispruner, cdpruner, flowcut, visionzip's dominant patches, and the first cut of fastv / pyramiddrop / sparsevlm / dart /
-tokencarve), ``merged_indices`` and ``merge_target_indices`` (tokencarve: the patches merged into kept tokens
-reach the LLM; the kept tokens that received them are no longer their own), ``merge_groups`` (tome: each
-patch's output token), ``pool_grid`` (pooling: h x w cells, derived here), ``recycled_indices`` (sparsevlm).
-VisionZip assigns every non-dominant patch to a contextual token and TRIM averages every
-unselected patch into its aggregate token, so for those two every patch reaches the LLM.
+vispruner, cdpruner, flowcut, visionzip's dominant patches, and the first cut of fastv / pyramiddrop /
+sparsevlm / dart / tokencarve), ``merged_indices`` and ``merge_target_indices`` (tokencarve: the patches
+merged into kept tokens reach the LLM; the kept tokens that received them are no longer their own),
+``merge_groups`` (tome: each patch's output token), ``pool_grid`` (pooling: h x w cells, derived here),
+``recycled_indices`` (sparsevlm). VisionZip assigns every non-dominant patch to a contextual token and TRIM
+averages every unselected patch into its aggregate token, so for those two every patch reaches the LLM.
 """
 from __future__ import annotations
 

@@ -35,26 +35,35 @@ def cases(reference: dict) -> list[tuple[str, int]]:
     return out
 
 
+def case_key(reference: dict, method: str, budget: int) -> str:
+    """The reference's key of ``method`` at ``budget`` (vanilla's one recorded budget, whatever ``budget`` is)."""
+    return next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
+
+
 def recorded(reference: dict, method: str, budget: int) -> tuple[float, list[str]]:
     """(accuracy %, answers) recorded for ``method`` at ``budget``."""
-    key = next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
+    key = case_key(reference, method, budget)
     return reference["accuracy"][method][key], reference["answers"][method][key]
 
 
 def variant(reference: dict, capability: str, method: str, budget: int) -> tuple[float, list[str]] | None:
     """(accuracy %, answers) recorded for ``method`` at ``budget`` under the CPU kernels ``capability`` where they
     differ from the main record, else None."""
-    key = next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
-    case = reference.get("kernel_variants", {}).get(capability, {}).get(method, {}).get(key)
+    by_method = reference.get("kernel_variants", {}).get(capability, {}).get(method, {})
+    case = by_method.get(case_key(reference, method, budget))
     return None if case is None else (case["accuracy"], case["answers"])
 
 
 def mismatch(reference: dict, method: str, budget: int, accuracy: float, answers: list[str], tolerance: float,
              agreement: float, capability: str | None = None) -> str | None:
     """Why a fresh run of ``method`` at ``budget`` does not match the reference (or the record of the CPU kernels
-    ``capability``, where one differs), or None when it does."""
+    ``capability``, default: this process's, where one differs), or None when it does."""
+    if capability is None:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
     failure = _mismatch(recorded(reference, method, budget), method, budget, accuracy, answers, tolerance, agreement)
-    other = variant(reference, capability, method, budget) if capability else None
+    other = variant(reference, capability, method, budget)
     if failure is None or other is None:
         return failure
     if _mismatch(other, method, budget, accuracy, answers, tolerance, agreement) is None:

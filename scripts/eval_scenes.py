@@ -101,7 +101,7 @@ def regression_variant(out: Path, runs: Path, args) -> None:
     ``kernel_variants[<capability>]`` those whose answers differ from the main record (harness/regression.py)."""
     import torch
 
-    from harness.regression import cases, recorded
+    from harness.regression import case_key, cases, recorded
 
     capability = torch.backends.cpu.get_cpu_capability()
     path = out / "regression.json"
@@ -109,9 +109,9 @@ def regression_variant(out: Path, runs: Path, args) -> None:
     variants = {}
     for method, budget in cases(reference):
         result = evaluate(method, [budget], reference["limit"], runs / f"kernels-{capability}", {})[budget]
-        key = next(iter(reference["accuracy"][method])) if method == "vanilla" else str(budget)
         if result["answers"] != recorded(reference, method, budget)[1]:
-            variants.setdefault(method, {})[key] = {"accuracy": result["accuracy"], "answers": result["answers"]}
+            variants.setdefault(method, {})[case_key(reference, method, budget)] = {
+                "accuracy": result["accuracy"], "answers": result["answers"]}
     reference.setdefault("kernel_variants", {})[capability] = variants
     path.write_text(json.dumps(reference, indent=2, sort_keys=True) + "\n")
     print(f"{capability}: {sum(len(v) for v in variants.values())} cases answer differently: "

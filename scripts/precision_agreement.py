@@ -1,11 +1,12 @@
 """Do the methods keep the same tokens in half precision as in float32? (issue 22, item 2)
 
-Every method runs on the scenes model (one new token per question) (``checkpoints/scenes``) over the test questions of the first 200
-images (929 questions), at one budget, through the runner, in float32 and in a half precision on the CPU;
-per question the selection (``kept_indices``, plus ``recycled_indices`` for SparseVLM, ``merge_groups`` for
-ToMe and ``merged_indices`` for TokenCarve) is compared with the float32 one. The share of questions with an identical selection is written, one row
-per (method, dtype, code label), to ``<out>/kept_agreement_cpu.csv`` (appended; a rerun with the same label
-replaces its rows) and rendered to ``kept_agreement_cpu.md``.
+Every method runs on the scenes model (one new token per question) (``checkpoints/scenes``) over the test
+questions of the first 200 images (929 questions), at one budget, through the runner, in float32 and in a half
+precision on the CPU; per question the selection (``kept_indices``, plus ``recycled_indices`` for SparseVLM,
+``merge_groups`` for ToMe and ``merged_indices`` for TokenCarve) is compared with the float32 one. The share of
+questions with an identical selection is written, one row per (method, dtype, code label), to
+``<out>/kept_agreement_cpu.csv`` (appended; a rerun with the same label replaces its rows) and rendered to
+``kept_agreement_cpu.md``.
 
     python scripts/precision_agreement.py --label after --output-dir results/precision
     # the code before a change, e.g. a git worktree of the previous commit, same script:
@@ -83,7 +84,8 @@ def write(rows: list[dict], path: Path) -> None:
                      key=lambda c: (c[0], labels.index(c[1])))
     lines = ["# Same kept tokens in half precision as in float32 (scenes model, CPU)", "",
              f"Questions of the first 200 test images ({FIRST_200_IMAGES}); per question, the selection (kept indices, "
-             "SparseVLM's recycled set, ToMe's merge groups, TokenCarve's merged set) compared with the same code's float32 run. "
+             "SparseVLM's recycled set, ToMe's merge groups, TokenCarve's merged set) compared with the same code's "
+             "float32 run. "
              "`python scripts/precision_agreement.py` (see its docstring).", "",
              "| method | budget | " + " | ".join(f"{d} {l}" for d, l in columns) + " |",
              "|---|---|" + "---|" * len(columns)]

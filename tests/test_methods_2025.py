@@ -30,6 +30,22 @@ def fixture(method: str) -> dict:
     return json.loads((FIXTURES / f"{method}.json").read_text())
 
 
+BATCH_QUESTIONS = ["What is it?", "Where is the red circle on the left side of the picture?"]
+
+
+def batched_equals_alone(lm, make_method, images):
+    """Generate BATCH_QUESTIONS as one left-padded batch and each alone with a fresh ``make_method()``; require the
+    same kept indices and tokens per row. Returns the batched generation."""
+    batched = generate(lm, make_method(), BATCH_QUESTIONS, images[:2], instruction=ANSWER_INSTRUCTION,
+                       max_new_tokens=3)
+    for row, question in enumerate(BATCH_QUESTIONS):
+        alone = generate(lm, make_method(), [question], images[row:row + 1], instruction=ANSWER_INSTRUCTION,
+                         max_new_tokens=3)
+        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
+        assert alone.token_ids[0] == batched.token_ids[row]
+    return batched
+
+
 # ------------------------------------------------------------------------------------------------ VisPruner
 
 
@@ -196,13 +212,7 @@ def test_dart_cuts_after_layer_one_and_keeps_positions(tiny, random_images):
 
 
 def test_dart_batched_with_padding_equals_one_prompt_at_a_time(tiny, random_images):
-    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
-    batched = generate(tiny, Dart(32), questions, random_images[:2], instruction=ANSWER_INSTRUCTION, max_new_tokens=3)
-    for row, question in enumerate(questions):
-        alone = generate(tiny, Dart(32), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
-                         max_new_tokens=3)
-        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
-        assert alone.token_ids[0] == batched.token_ids[row]
+    batched_equals_alone(tiny, lambda: Dart(32), random_images)
 
 
 # ---------------------------------------------------------------------------------------------------- HoloV
@@ -279,7 +289,8 @@ def test_tokencarve_equals_the_official_code_on_recorded_inputs():
             attention = last_row[:, :, prefix:prefix + 576].mean(dim=1)  # (1, 576) head mean
             inputs[seed] = image, attention, information_scores(image)
         image, attention, information = inputs[seed]
-        kept, merged, _, _ = carve(fused_ranks(attention, information, case["weight"]), image, *stage_counts(case["budget"]))
+        fused = fused_ranks(attention, information, case["weight"])
+        kept, merged, _, _ = carve(fused, image, *stage_counts(case["budget"]))
         where = (seed, case["budget"], case["weight"])
         assert [prefix + i for i in kept[0].tolist()] == case["kept_positions"], where
         assert input_digest(merged[0, kept[0]]) == case["kept_states_sha256"], where
@@ -324,15 +335,8 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
 
 
 def test_tokencarve_batched_with_padding_equals_one_prompt_at_a_time(tiny, random_images):
-    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
-    batched = generate(tiny, TokenCarve(16), questions, random_images[:2], instruction=ANSWER_INSTRUCTION,
-                       max_new_tokens=3)
+    batched = batched_equals_alone(tiny, lambda: TokenCarve(16), random_images)
     assert [row[:3] for row in batched.image_tokens_per_layer] == [[576, 576, 16]] * 2
-    for row, question in enumerate(questions):
-        alone = generate(tiny, TokenCarve(16), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
-                         max_new_tokens=3)
-        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
-        assert alone.token_ids[0] == batched.token_ids[row]
 
 
 # -------------------------------------------------------------------------------------------------- FlowCut
@@ -377,15 +381,8 @@ def test_flowcut_at_576_is_the_unpruned_tower(tiny, random_images):
 
 
 def test_flowcut_batched_equals_one_image_at_a_time(tiny, random_images):
-    questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
-    batched = generate(tiny, FlowCut(16), questions, random_images[:2], instruction=ANSWER_INSTRUCTION,
-                       max_new_tokens=3)
+    batched = batched_equals_alone(tiny, lambda: FlowCut(16), random_images)
     assert [row[0] for row in batched.image_tokens_per_layer] == [16, 16]
-    for row, question in enumerate(questions):
-        alone = generate(tiny, FlowCut(16), [question], random_images[row:row + 1], instruction=ANSWER_INSTRUCTION,
-                         max_new_tokens=3)
-        assert alone.stats["kept_indices"][0] == batched.stats["kept_indices"][row]
-        assert alone.token_ids[0] == batched.token_ids[row]
 
 
 def test_flowcut_refuses_a_tower_without_a_layer_before_the_feature_layer():

@@ -21,7 +21,8 @@ METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune
 # image tokens after the first cut at budget 16 (README: SparseVLM keeps 16 and appends 17 recycled tokens;
 # DART keeps its 4 image pivots + 8 pivots x 16 // 8)
 FIRST_CUT = {"vanilla": 576, "sparsevlm": 33, "dart": 20}
-AVERAGE = {"vanilla": 576.0, "fastv": 51.0, "pyramiddrop": 39.0, "tokencarve": 51.0}  # over the 32 layers (README table)
+# image tokens averaged over the 32 layers (README's schedule table)
+AVERAGE = {"vanilla": 576.0, "fastv": 51.0, "pyramiddrop": 39.0, "tokencarve": 51.0}
 
 
 def composed(method: str):
