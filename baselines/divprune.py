@@ -72,14 +72,19 @@ class DivPrune(EncoderPruner):
     def __init__(self, budget: int):
         self.budget = check_budget(NAME, budget)
 
-    @torch.no_grad()
-    def reduce(self, features, context):
-        check_runtime_budget(NAME, self.budget, features.shape[1])
+    @staticmethod
+    def project(features: torch.Tensor, context) -> torch.Tensor:
+        """(B, N, Dv) vision features -> (B, N, d) LLM-input embeddings through LLaVA's projector."""
         if context.model is None:
             raise ValueError("DivPrune needs context.model (the LLaVA model) for its projector")
         projector = context.model.model.multi_modal_projector
         dtype = next(projector.parameters()).dtype
-        embeddings = projector(features.to(dtype))  # (B, N, d) LLM-input embeddings
+        return projector(features.to(dtype))
+
+    @torch.no_grad()
+    def reduce(self, features, context):
+        check_runtime_budget(NAME, self.budget, features.shape[1])
+        embeddings = features if context.features_are_llm_inputs else self.project(features, context)  # (B, N, d)
         picks = max_min_select(cosine_distance(embeddings), self.budget)
         keep = torch.sort(picks, dim=-1).values
         context.record(kept_indices=keep.tolist())

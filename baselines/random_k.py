@@ -17,7 +17,7 @@ import torch
 from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner
 
-from ._encoder_common import (check_budget, check_runtime_budget, gather_tokens, image_seeds, stash, unstash)
+from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, image_seeds
 
 NAME = "random"
 
@@ -37,19 +37,18 @@ class RandomK(EncoderPruner):
             raise UserError(f"{NAME}: method.params.per_image={per_image!r}; allowed: true, false")
         self.per_image = per_image
 
-    def encode(self, vision_tower, pixel_values, feature_layer, context):
-        features = super().encode(vision_tower, pixel_values, feature_layer, context)
-        if self.per_image:
-            pixels = context.pixels_float32 if context.pixels_float32 is not None else pixel_values
-            seeds = image_seeds(pixels, context.seed)  # from the float32 pixels: the same draw in every dtype
-        else:
-            seeds = [int(context.seed)] * pixel_values.shape[0]
-        stash(context, random_seeds=seeds)
-        return features
+    def seeds(self, context, batch: int) -> list[int]:
+        """One seed per image of the batch. Per image: from the float32 pixels the engine put on the context (the
+        same draw in every dtype, whichever model family preprocessed them)."""
+        if not self.per_image:
+            return [int(context.seed)] * batch
+        if context.pixels_float32 is None:
+            raise ValueError(f"{NAME}: per_image seeds need context.pixels_float32 (set by surgery.to_model)")
+        return image_seeds(context.pixels_float32, context.seed)
 
     def reduce(self, features, context):
         check_runtime_budget(NAME, self.budget, features.shape[1])
-        seeds = unstash(context, "random_seeds", NAME)
+        seeds = self.seeds(context, features.shape[0])
         keep = torch.stack([random_subset(features.shape[1], self.budget, s) for s in seeds]).to(features.device)
         context.record(kept_indices=keep.tolist())
         return gather_tokens(features, keep)

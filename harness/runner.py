@@ -24,7 +24,7 @@ from eval.scoring import SCORERS, score
 from svdprune.errors import UserError
 from svdprune.models import device_type, load_model, resolve_dtype
 from svdprune.pruning import build_method
-from svdprune.surgery import kept_tokens
+from svdprune.surgery import check_method, kept_tokens
 
 from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
 from .lock import RunFolderBusy, RunLock
@@ -146,7 +146,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         budget = method.budget = lm.num_patches
     if not 1 <= budget <= lm.num_patches:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
-    method.check(lm)
+    check_method(lm, method)  # a method the model family does not run, then the method's own checks
     check_images_readable(records)
     batch_size = settings.batch_size
     if batch_size == "auto":  # the largest batch whose estimated peak fits the device (svdprune/memory.py)

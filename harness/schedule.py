@@ -30,8 +30,7 @@ import torch
 
 from eval.datasets import Record, UnreadableImage, load_image
 from svdprune.errors import UserError
-from svdprune.prompts import preprocess_image
-from svdprune.surgery import Generation, generate, generate_by_image
+from svdprune.surgery import Generation, generate, generate_by_image, preprocess
 
 SCHEDULES = ("by_image", "per_question")
 LOG = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ def _by_image(lm, method, records, batch_size, instruction, max_new_tokens, seed
 
     def load(key):  # an unreadable image comes back as its error, handled on the main thread
         try:
-            return preprocess_image(load_image(first_record[key]), lm.image_size, lm.image_mean, lm.image_std)
+            return preprocess(lm, load_image(first_record[key]))
         except UnreadableImage as error:
             return error
 

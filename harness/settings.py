@@ -20,6 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "method", "dataset")
 # keys that come from configs/experiment/*.yaml or Hydra itself rather than config.yaml's own list
 EXTRA_TOP_LEVEL = ("experiment", "sweep", "hydra")
+FAMILIES = ("llava15", "qwen25vl")  # model.family (absent: llava15)
 ON_BAD_IMAGE = ("error", "skip")
 
 
@@ -96,6 +97,13 @@ def check_config(cfg: DictConfig) -> Settings:
         raise UserError(f"unknown dataset {cfg.dataset.name!r}; allowed: {', '.join(sorted(LOADERS))}")
     if cfg.model.kind not in ("pretrained", "tiny"):
         raise UserError(f"unknown model.kind {cfg.model.kind!r}; allowed: pretrained, tiny")
+    family = cfg.model.get("family", "llava15")
+    if family not in FAMILIES:
+        raise UserError(f"unknown model.family {family!r}; allowed: {', '.join(FAMILIES)}")
+    if family == "qwen25vl":  # a method this family does not run: refused before anything loads
+        from svdprune.qwen25vl import check_method
+
+        check_method(cfg.method.name)
     device_type(str(cfg.model.get("device", "auto")))  # a device torch does not know: one line
     if cfg.model.get("dtype") not in DTYPE_SETTINGS:
         raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPE_SETTINGS)}")

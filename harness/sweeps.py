@@ -10,7 +10,12 @@ from eval.reports import GRID, read_jsonl
 
 def read_num_patches(model_cfg) -> int | None:
     """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model; a local llava-hf
-    folder's (or the HF cache's) config.json when it is there; None when unknown."""
+    folder's (or the HF cache's) config.json when it is there; None when unknown. Qwen2.5-VL: the most tokens an
+    image can have, ``max_pixels`` / (28 x 28)."""
+    if model_cfg.get("family") == "qwen25vl":
+        from svdprune.qwen25vl import DEFAULT_MAX_PIXELS, TOKEN_PIXELS
+
+        return int(model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS) // TOKEN_PIXELS
     if model_cfg.get("kind") != "pretrained":
         return GRID * GRID
     from harness.identity import hub_snapshot

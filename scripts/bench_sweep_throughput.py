@@ -127,7 +127,7 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
     from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
     from svdprune.pruning import PruneContext
     from svdprune.surgery import (_new_cache, build_inputs, encode_images, prefill, prefill_prefixes,
-                                  prefill_suffixes, split_prompt)
+                                  prefill_suffixes, split_prompt, to_model)
     from eval.datasets import load_image
     from svdprune.prompts import preprocess_image
 
@@ -137,7 +137,8 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
         pixels = torch.stack([preprocess_image(load_image(r), lm.image_size, lm.image_mean, lm.image_std)
                               for r in rows])
         prompts = [vicuna_prompt(r.question, ANSWER_INSTRUCTION) for r in rows]
-        embeds = encode_images(lm, method, pixels, PruneContext(None, model=lm.model))
+        context = PruneContext(None, model=lm.model)
+        embeds = encode_images(lm, method, to_model(lm, pixels, context), context)
         full, _, _ = prefill(lm, build_inputs(lm, prompts, embeds), method, PruneContext(None), _new_cache(lm))
         prefix, _ = split_prompt(lm, prompts[0], embeds.shape[1])
         kv = prefill_prefixes(lm, prefix, embeds)  # one prefix per row (same numbers as one per image)

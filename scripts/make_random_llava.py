@@ -132,7 +132,7 @@ def tensor_specs(model_cls, config) -> list[tuple[str, tuple[int, ...]]]:
 def random_tensor(name: str, shape: tuple[int, ...], seed: int, std: float, dtype: torch.dtype) -> torch.Tensor:
     """One tensor, reproducible on its own: generator seeded from (seed, name)."""
     leaf = name.rsplit(".", 1)[-1]
-    is_norm = any(part in name for part in ("norm", "layrnorm"))
+    is_norm = any(part in name for part in ("norm", "layrnorm", "ln_q"))  # ln_q: Qwen2.5-VL merger's RMSNorm
     if is_norm and leaf == "weight":
         return torch.ones(shape, dtype=dtype)
     if leaf == "bias":

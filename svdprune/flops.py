@@ -315,3 +315,88 @@ def _meta_llava(config):
 @functools.lru_cache(maxsize=1)
 def _meta_llava_7b():
     return _meta_llava(llava15_7b_config())
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL (architecture count, per image size)
+
+@dataclass(frozen=True)
+class QwenGeometry:
+    """The shapes that decide Qwen2.5-VL's compute. Defaults: Qwen/Qwen2.5-VL-7B-Instruct."""
+
+    vision_hidden: int = 1280
+    vision_layers: int = 32
+    vision_intermediate: int = 3420
+    full_attention_layers: tuple[int, ...] = (7, 15, 23, 31)
+    window_tokens: int = 4  # merged tokens per window side: window_size 112 px / 28 px
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge: int = 2
+    channels: int = 3
+    text: Geometry = Geometry(text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4,
+                              text_intermediate=18944, vocab_size=152064)
+
+    @classmethod
+    def from_config(cls, config) -> "QwenGeometry":
+        v, t = config.vision_config, config.text_config
+        return cls(vision_hidden=v.hidden_size, vision_layers=v.depth, vision_intermediate=v.intermediate_size,
+                   full_attention_layers=tuple(v.fullatt_block_indexes),
+                   window_tokens=v.window_size // v.spatial_merge_size // v.patch_size, patch_size=v.patch_size,
+                   temporal_patch_size=v.temporal_patch_size, merge=v.spatial_merge_size, channels=v.in_channels,
+                   text=Geometry(text_hidden=t.hidden_size, text_layers=t.num_hidden_layers,
+                                 text_heads=t.num_attention_heads, text_kv_heads=t.num_key_value_heads,
+                                 text_intermediate=t.intermediate_size, vocab_size=t.vocab_size))
+
+
+def qwen_windows(token_grid: tuple[int, int], g: QwenGeometry = QwenGeometry()) -> list[int]:
+    """Patches per attention window of a (h, w) merged-token grid: the grid cut into ``window_tokens``-square
+    windows from the top left (``get_vision_window_index``), each merged token 2 x 2 patches."""
+    h, w = token_grid
+    side = g.window_tokens
+    rows = [min(side, h - r) for r in range(0, h, side)]
+    cols = [min(side, w - c) for c in range(0, w, side)]
+    return [r * c * g.merge * g.merge for r in rows for c in cols]
+
+
+def exact_qwen_vision_flops(token_grid: tuple[int, int], g: QwenGeometry = QwenGeometry()) -> int:
+    """Qwen2.5-VL's vision tower on one image of ``token_grid`` merged tokens (P = 4 h w patches): patch-embedding
+    Conv3d, per block QKV (one 3d-wide projection) and output projection, SDPA within each window (4 t^2 d per
+    window of t patches; over all P patches in the full-attention blocks), gated MLP (3 matrices); then the merger's
+    two-layer MLP (4d -> 4d -> d_text) over the h w merged tokens. FLOPs = 2 x MACs, as torch's counter."""
+    h, w = token_grid
+    patches = h * w * g.merge * g.merge
+    d, m = g.vision_hidden, g.vision_intermediate
+    conv = 2 * patches * d * g.channels * g.temporal_patch_size * g.patch_size ** 2
+    windows = qwen_windows(token_grid, g)
+    total = conv
+    for layer in range(g.vision_layers):
+        groups = [patches] if layer in g.full_attention_layers else windows
+        total += 2 * patches * d * 3 * d + 2 * patches * d * d + sum(4 * t * t * d for t in groups)
+        total += 3 * 2 * patches * d * m
+    merged = d * g.merge * g.merge
+    return total + 2 * h * w * (merged * merged + merged * g.text.text_hidden)
+
+
+def exact_qwen_prefill_flops(token_grid: tuple[int, int], llm_tokens_per_layer: Sequence[int],
+                             g: QwenGeometry = QwenGeometry()) -> dict[str, int]:
+    """Prefill up to the first generated token's logits, per component and ``total`` (FLOPs): the vision tower with
+    its merger (``vision``; the merger is Qwen2.5-VL's projector), the LLM layers over their token counts, lm_head."""
+    parts = {"vision": exact_qwen_vision_flops(token_grid, g), "llm": exact_llm_flops(llm_tokens_per_layer, g.text),
+             "lm_head": exact_lm_head_flops(g.text)}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+@torch.no_grad()
+def count_qwen_vision_flops(model, token_grid: tuple[int, int]) -> int:
+    """Measure the vision tower (with its merger) of a ``Qwen2_5_VLForConditionalGeneration`` on one image of
+    ``token_grid`` merged tokens with torch's counter: the real forward on zero patches (a tiny model on the CPU)."""
+    visual = model.model.visual
+    cfg = visual.config
+    h, w = token_grid
+    param = next(visual.parameters())
+    patches = torch.zeros(4 * h * w, cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2,
+                          device=param.device, dtype=param.dtype)
+    counter = flop_counter()
+    with counter:
+        visual(patches, grid_thw=torch.tensor([[1, 2 * h, 2 * w]], device=param.device))
+    return counter.get_total_flops()

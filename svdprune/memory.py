@@ -129,6 +129,9 @@ def auto_batch_size(config, method, dtype: torch.dtype, max_new_tokens: int, dev
     memory now). On a CPU: :data:`CPU_AUTO_BATCH`."""
     if device.type != "cuda" and free_bytes is None:
         return CPU_AUTO_BATCH
+    if getattr(config, "model_type", "llava") != "llava":
+        raise UserError(f"batch_size=auto: the memory model covers LLaVA-1.5 only, not {config.model_type!r} "
+                        "(whose image-token counts vary per image); give batch_size=N")
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0]
     for batch in AUTO_CANDIDATES:
@@ -143,6 +146,8 @@ def read_config(model_cfg):
     config.json; the tiny model's is built; LLaVA-1.5-7B's geometry stands in for its hub id when not cached."""
     from transformers import LlavaConfig
 
+    if model_cfg.get("family", "llava15") != "llava15":
+        raise UserError(f"model.family={model_cfg.get('family')}: the memory model covers LLaVA-1.5 only")
     if model_cfg.get("kind") == "tiny":
         from .models import build_tiny
 

@@ -33,6 +33,13 @@ class LoadedModel:
     num_patches: int  # image tokens LLaVA feeds the LLM unpruned (576 for 336 px / 14 px patches)
     device: torch.device
     dtype: torch.dtype
+    family: str = "llava15"  # "llava15" or "qwen25vl" (svdprune/qwen25vl.py)
+    image_processor: object = None  # Qwen2.5-VL's (LLaVA-1.5's preprocessing is svdprune.prompts')
+    stop_token_ids: tuple[int, ...] = ()  # greedy decoding stops at any of them; empty: the tokenizer's eos
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return self.stop_token_ids or (self.tokenizer.eos_token_id,)
 
     @property
     def pad_token_id(self) -> int:
@@ -45,10 +52,12 @@ class LoadedModel:
 
     @property
     def vision_tower(self):
-        return self.model.model.vision_tower
+        """LLaVA's CLIP tower; Qwen2.5-VL's ViT with its patch merger."""
+        return self.model.model.visual if self.family == "qwen25vl" else self.model.model.vision_tower
 
     @property
     def projector(self):
+        """LLaVA's projector (Qwen2.5-VL's merger is part of its vision tower)."""
         return self.model.model.multi_modal_projector
 
     @property
@@ -285,7 +294,24 @@ def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, visio
 
 
 def load_model(cfg, progress: bool = True) -> LoadedModel:
-    """Dispatch on ``cfg.kind``: ``pretrained`` (hub id / local folder) or ``tiny``."""
+    """Dispatch on ``cfg.kind``: ``pretrained`` (hub id / local folder) or ``tiny``, and on ``cfg.family``:
+    LLaVA-1.5 (the default, no ``family`` key) or ``qwen25vl`` (svdprune/qwen25vl.py)."""
+    family = cfg.get("family", "llava15")
+    if family == "qwen25vl":
+        from . import qwen25vl
+
+        pixels = {"min_pixels": cfg.get("min_pixels") or qwen25vl.DEFAULT_MIN_PIXELS,
+                  "max_pixels": cfg.get("max_pixels") or qwen25vl.DEFAULT_MAX_PIXELS}
+        if cfg.kind == "pretrained":
+            return qwen25vl.load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device, progress=progress,
+                                            **pixels)
+        if cfg.kind == "tiny":
+            return qwen25vl.build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, **pixels,
+                                       **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range")
+                                          if k in cfg})
+        raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
+    if family != "llava15":
+        raise UserError(f"unknown model.family {family!r}; allowed: llava15, qwen25vl")
     if cfg.kind == "pretrained":
         return load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device, progress)
     if cfg.kind == "tiny":

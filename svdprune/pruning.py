@@ -48,6 +48,9 @@ class PruneContext:
         # derives per-image randomness from, so that it does not depend on the dtype (random-k)
         self.pixels_float32: torch.Tensor | None = None
         self.encoder_aux: dict[str, Any] = {}  # tensors a method's encode() hands to its reduce()
+        # True when the features reduce() gets are already the LLM-input embeddings (Qwen2.5-VL: its vision tower
+        # ends in the patch merger); False for LLaVA, whose projector runs after the cut
+        self.features_are_llm_inputs = False
         # (B, k) bool set by a reduce() whose released code puts zero vectors in some LLM-input slots (HoloV's
         # padding): the engine zeroes those slots after the projector
         self.zero_slots: torch.Tensor | None = None
@@ -104,7 +107,8 @@ class Vanilla(EncoderPruner):
 class TokenState:
     """The token sequence a decoder layer sees during prefill.
 
-    hidden: (B, L, d) hidden states; position_ids: (B, L) RoPE positions; padding: (B, L) bool, True at
+    hidden: (B, L, d) hidden states; position_ids: (B, L) RoPE positions ((3, B, L) for Qwen2.5-VL's M-RoPE: temporal,
+    height, width); padding: (B, L) bool, True at
     left-padding; is_image: (B, L) bool, True at image tokens. All batch rows have the same L.
     source_index: (B, L) for a state made by :meth:`gather`, which slot of the previous state each slot came
     from (what the engine cuts earlier layers' KV caches with, for a method that ``cuts_earlier_caches``).
@@ -121,7 +125,7 @@ class TokenState:
         expand = keep[..., None].expand(-1, -1, self.hidden.shape[-1])
         return TokenState(
             hidden=torch.gather(self.hidden, 1, expand),
-            position_ids=torch.gather(self.position_ids, 1, keep),
+            position_ids=torch.gather(self.position_ids, -1, keep.expand(*self.position_ids.shape[:-2], -1, -1)),
             padding=torch.gather(self.padding, 1, keep),
             is_image=torch.gather(self.is_image, 1, keep),
             source_index=keep,

@@ -44,7 +44,7 @@ class _LayerCache:
 
     layers: range
     padding: torch.Tensor  # (B, L_l) bool: padded slots of these layers' KV cache
-    next_position: torch.Tensor  # (B,) RoPE position of the first generated token
+    next_position: torch.Tensor  # (B,) RoPE position of the first generated token; (3, B) for M-RoPE
 
     def __post_init__(self):
         self.has_padding = bool(self.padding.any())  # no padding: decoding attends without a mask
@@ -90,7 +90,10 @@ def _forget_vision(context: PruneContext) -> None:
 
 
 def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: PruneContext) -> torch.Tensor:
-    """Vision tower + encoder-side cut + projector. Returns LLM-input image embeddings (B, k, d)."""
+    """Vision tower + encoder-side cut + projector. Returns LLM-input image embeddings (B, k, d). A context
+    without float32 pixels (a caller that skipped :func:`to_model`) gets ``pixel_values`` as them."""
+    if context.pixels_float32 is None:
+        context.pixels_float32 = pixel_values
     features = method.encode(lm.vision_tower, pixel_values, lm.feature_layer, context)  # (B, N, Dv)
     kept = method.reduce(features, context)  # (B, k, Dv)
     _forget_vision(context)
@@ -186,7 +189,7 @@ def prefill_states(lm: LoadedModel, state: TokenState, method, context: PruneCon
             state = replace(state, padding=new_state.padding)  # these layers' caches now hold the kept slots
         if new_state is not None or layer_idx == len(llm.layers) - 1:
             groups.append(_LayerCache(range(group_start, layer_idx + 1), state.padding,
-                                      state.position_ids[:, -1] + 1))
+                                      state.position_ids[..., -1] + 1))
         if new_state is not None:
             state, position_embeddings = new_state, None
     return state, torch.stack(image_counts, dim=1), groups
@@ -215,7 +218,7 @@ def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: lis
             batch = group.padding.shape[0]
             generated = torch.zeros(batch, step + 1, dtype=torch.bool, device=hidden.device)
             mask = ~torch.cat([group.padding, generated], dim=1)[:, None, None, :]  # (B, 1, 1, L_l + step + 1)
-        positions = (group.next_position + step)[:, None]  # (B, 1)
+        positions = (group.next_position + step)[..., None]  # (B, 1); (3, B, 1) for M-RoPE
         position_embeddings = llm.rotary_emb(hidden, positions)
         for layer_idx in group.layers:
             hidden = llm.layers[layer_idx](hidden, attention_mask=mask, position_embeddings=position_embeddings,
@@ -226,12 +229,14 @@ def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: lis
 def _greedy(lm: LoadedModel, last_hidden: torch.Tensor, groups: list[_LayerCache], cache,
             max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding from the prefill's last hidden states (B, d); generated ids per row, EOS excluded."""
-    eos = lm.tokenizer.eos_token_id
+    stops = lm.stop_ids
     finished = torch.zeros(last_hidden.shape[0], dtype=torch.bool, device=last_hidden.device)
     steps: list[torch.Tensor] = []  # per step (B,) ids, with -1 once a row has finished
     for step in range(max_new_tokens):
         next_ids = lm.model.lm_head(last_hidden).argmax(-1)  # (B,)
-        finished |= next_ids == eos
+        stopped = (next_ids == stops[0]) if len(stops) == 1 else torch.isin(
+            next_ids, torch.tensor(stops, device=next_ids.device))
+        finished |= stopped
         steps.append(torch.where(finished, -1, next_ids))
         if step == max_new_tokens - 1 or bool(finished.all()):  # one device sync per step
             break
@@ -264,6 +269,34 @@ def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: to
     return _finish(lm, generated, prompts, image_counts.tolist(), prompt_lengths, {**(stats or {}), **context.stats})
 
 
+def check_method(lm: LoadedModel, method) -> None:
+    """Raise UserError if ``method`` cannot run on ``lm``: a method its model family does not support (with the
+    reason, svdprune/qwen25vl.py), then the method's own checks (schedule depth, budget)."""
+    if lm.family == "qwen25vl":
+        from .qwen25vl import check_method as check_qwen
+
+        check_qwen(method_name(method))
+    method.check(lm)
+
+
+def method_name(method) -> str:
+    """The registry name (``METHODS``) of a method object, or its class name."""
+    from .pruning import METHODS
+
+    target = f"{type(method).__module__}:{type(method).__name__}"
+    return next((name for name, path in METHODS.items() if path == target), type(method).__name__)
+
+
+def preprocess(lm: LoadedModel, image: Image.Image):
+    """One image as the model's family prepares it: LLaVA-1.5's padded 336 px pixels (3, S, S), or a
+    :class:`svdprune.qwen25vl.QwenImage` (its own size's patches and grid)."""
+    if lm.family == "qwen25vl":
+        from .qwen25vl import preprocess as qwen_preprocess
+
+        return qwen_preprocess(lm, image)
+    return preprocess_image(image, lm.image_size, lm.image_mean, lm.image_std)
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *,
              instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
@@ -271,6 +304,13 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
     per-question path (every row pays for its own image and whole prompt). The reference
     :func:`generate_by_image` is tested against."""
     assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
+    if lm.family == "qwen25vl":  # its engine front is per image already (svdprune/qwen25vl.py)
+        from .qwen25vl import generate_by_image as qwen_generate
+
+        check_method(lm, method)
+        return qwen_generate(lm, method, questions, list(range(len(images))),
+                             {i: preprocess(lm, image) for i, image in enumerate(images)},
+                             instruction=instruction, max_new_tokens=max_new_tokens, seed=seed)
     method.check(lm)
     context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
     pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
@@ -455,7 +495,12 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     Same predictions as :func:`generate` on the same questions (up to floating-point summation order).
     """
     assert len(questions) == len(image_keys), f"{len(questions)} questions for {len(image_keys)} images"
-    method.check(lm)
+    check_method(lm, method)
+    if lm.family == "qwen25vl":
+        from .qwen25vl import generate_by_image as qwen_generate
+
+        return qwen_generate(lm, method, questions, image_keys, pixels, instruction=instruction,
+                             max_new_tokens=max_new_tokens, seed=seed)
     prefixes = {} if prefixes is None else prefixes
     prompts = [vicuna_prompt(q, instruction) for q in questions]
     distinct = list(dict.fromkeys(image_keys))

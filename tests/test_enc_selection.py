@@ -75,6 +75,7 @@ def documented_seed(image: torch.Tensor, seed: int) -> int:
 def test_random_matches_documented_draw(tiny, pixels):
     method = RandomK(budget=16)
     context = PruneContext(["q"] * 3, seed=3, model=tiny.model)
+    context.pixels_float32 = pixels  # as surgery.to_model hands them over
     features = method.encode(tiny.vision_tower, pixels, -2, context)
     out = method.reduce(features, context)
     for i in range(3):
@@ -89,6 +90,7 @@ def test_random_matches_documented_draw(tiny, pixels):
 def test_random_seed_batch_and_sharing(tiny, pixels):
     def kept(method, images, seed):
         context = PruneContext(["q"] * len(images), seed=seed, model=tiny.model)
+        context.pixels_float32 = images
         method.reduce(method.encode(tiny.vision_tower, images, -2, context), context)
         return context.stats["kept_indices"]
 

@@ -1,0 +1,400 @@
+"""Qwen2.5-VL, the second model family: its inputs, its vision side and its positions, in front of the shared engine.
+
+What differs from LLaVA-1.5, and how this file meets the engine (:mod:`svdprune.surgery`):
+
+* **Images of their own size.** The image processor resizes each image to multiples of 28 px within
+  ``min_pixels``..``max_pixels`` (``smart_resize``), cuts 14 px patches and the vision tower merges 2 x 2 of them into
+  one LLM token: an h x w grid of N = h * w tokens, N different per image. The vision tower is a window-attention ViT
+  *without* a [CLS] token; its merger (patch merger MLP) is the projector, so the tokens a method sees are the
+  merged grid's LLM-input embeddings (N, d), in raster order.
+* **3-D positions (M-RoPE).** Text tokens have one position t on all three axes; image cell (i, j) of an image that
+  starts at position s has (s, s + i, s + j), and the text after the image continues at s + max(h, w)
+  (``Qwen2_5_VLModel.get_rope_index``). A kept image token keeps its cell's position and the text keeps its positions
+  whatever was cut (as DART's and FlowCut's Qwen code keep ``position_ids``); decoding continues at the last
+  prompt position + 1 (HF's ``rope_deltas``). :func:`mrope_positions` is the rule, tested against HF's.
+* **Chat prompt.** The model card's chat template for one image and a question:
+  ``<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|>`` N x
+  ``<|image_pad|>`` ``<|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n`` (:func:`chat_prompt`; a loaded
+  tokenizer's own template is checked against it at load time).
+
+The engine's LLM part (the decoder loop with decoder-side cuts, KV cache, greedy decoding) is the same code for both
+families (``surgery.prefill`` / ``surgery._greedy``); only the front (pixels, vision tower, prompt rows, positions) is
+this file's. Budgets are token counts, as the paper's (their 576-token meaning carries over as "k tokens reach the
+LLM"); an image with at most ``budget`` tokens keeps them all.
+
+Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run (:data:`SUPPORTED`); the
+others are refused with the reason (:data:`UNSUPPORTED`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .errors import UserError
+from .models import LoadedModel, _dtype, in_project, resolve_device
+from .pruning import PruneContext, Vanilla
+
+FAMILY = "qwen25vl"
+SYSTEM = "You are a helpful assistant."
+IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+TOKEN_PIXELS = 28 * 28  # pixels per LLM token: 14 px patches, 2 x 2 merged
+# the model card's preprocessor_config.json (Qwen/Qwen2.5-VL-7B-Instruct)
+DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = 3136, 12845056
+
+SUPPORTED = ("vanilla", "svd", "random", "divprune", "fastv", "dart")
+_CLS = "reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] token"
+UNSUPPORTED = {
+    "visionzip": _CLS, "fastervlm": _CLS, "vispruner": _CLS,
+    "holov": _CLS + " (the authors' Qwen2.5-VL version, qwen-model-HoloV, is not ported here yet)",
+    "flowcut": "prunes inside CLIP's layers by [CLS] flow; the authors' Qwen version (FlowCut_Qwen) is not ported here "
+               "yet",
+    "tome": "merges inside the CLIP tower's layers; no Qwen2.5-VL version is published by its authors or ported here",
+    "trim": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
+    "cdpruner": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
+    "pyramiddrop": "its released LLaVA code renumbers 1-D positions after each drop; its Qwen2.5-VL form (M-RoPE "
+                   "positions) is not ported here yet",
+    "sparsevlm": "its released LLaVA code renumbers 1-D positions and recycles tokens; its Qwen2.5-VL form is not "
+                 "ported here yet",
+    "tokencarve": "not ported to Qwen2.5-VL yet (no Qwen version is published by its authors)",
+    "pooling": "not ported to Qwen2.5-VL yet (pooled cells need a position rule on the merged grid)",
+}
+
+
+def check_method(name: str) -> None:
+    """One-line UserError for a method that does not run on Qwen2.5-VL, with the reason."""
+    if name not in SUPPORTED:
+        reason = UNSUPPORTED.get(name, "not ported to Qwen2.5-VL")
+        raise UserError(f"method={name} does not run on Qwen2.5-VL: {reason}; methods that do: {', '.join(SUPPORTED)}")
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass
+class QwenImage:
+    """One preprocessed image: ``patches`` (n, 3 * 2 * 14 * 14) float32 normalised patches as the image processor
+    emits them (n = t * gh * gw, grouped by 2 x 2 merge block), ``grid`` (3,) long: t, gh, gw of the 14 px patch grid."""
+
+    patches: torch.Tensor
+    grid: torch.Tensor
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(h, w) of the merged grid: the image's LLM tokens are h * w cells in raster order."""
+        return int(self.grid[1]) // 2, int(self.grid[2]) // 2
+
+    @property
+    def num_tokens(self) -> int:
+        h, w = self.token_grid
+        return int(self.grid[0]) * h * w
+
+
+def image_processor(min_pixels: int, max_pixels: int, path: str | None = None, revision: str | None = None):
+    """The model card's image processor (the PIL implementation, numerically the one Qwen's own ``qwen_vl_utils``
+    evaluation used; the torchvision one resizes differently), with ``min_pixels``/``max_pixels`` as set."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if not 0 < min_pixels <= max_pixels:
+        raise UserError(f"model.min_pixels={min_pixels}, model.max_pixels={max_pixels}; allowed: 0 < min <= max")
+    size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
+    if path is None:
+        return Qwen2VLImageProcessorPil(size=size)
+    return Qwen2VLImageProcessorPil.from_pretrained(path, revision=revision, size=size)
+
+
+def preprocess(lm: LoadedModel, image: Image.Image) -> QwenImage:
+    out = lm.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+    return QwenImage(patches=out["pixel_values"].to(torch.float32), grid=out["image_grid_thw"][0])
+
+
+def chat_prompt(question: str, instruction: str | None = None) -> str:
+    """The chat template's text for one image (its single ``<|image_pad|>`` expanded later) and the question, the
+    answer instruction on its own line after it (lmms-eval's GQA/TextVQA post-prompt)."""
+    text = f"{question}\n{instruction}" if instruction else question
+    return (f"{IM_START}system\n{SYSTEM}{IM_END}\n{IM_START}user\n{VISION_START}{IMAGE_PAD}{VISION_END}{text}{IM_END}\n"
+            f"{IM_START}assistant\n")
+
+
+def prompt_ids(lm: LoadedModel, question: str, instruction: str | None, k: int) -> list[int]:
+    """Token ids of :func:`chat_prompt` with its image pad repeated k times (what the processor's text expansion gives:
+    ``<|image_pad|>`` is a special token, so the text around it tokenises the same either way)."""
+    ids = lm.tokenizer(chat_prompt(question, instruction), add_special_tokens=False).input_ids
+    if ids.count(lm.image_token_id) != 1:
+        raise ValueError(f"the prompt must hold one {IMAGE_PAD}, found {ids.count(lm.image_token_id)}")
+    at = ids.index(lm.image_token_id)
+    return ids[:at] + [lm.image_token_id] * k + ids[at + 1:]
+
+
+def mrope_positions(before: int, token_grid: tuple[int, int], kept: torch.Tensor, after: int) -> torch.Tensor:
+    """3-D positions (3, before + k + after) of one prompt: ``before`` text tokens, the kept cells ``kept`` (k,) (raster
+    indices into the h x w merged grid, in the order they are placed) and ``after`` text tokens. Every token keeps the
+    position it has in the unpruned prompt (``get_rope_index``): text t on all axes, cell (i, j) at
+    (before, before + i, before + j), the text after the image from before + max(h, w) on."""
+    h, w = token_grid
+    head = torch.arange(before).expand(3, -1)
+    cells = torch.stack([torch.full_like(kept, before), before + kept // w, before + kept % w])
+    tail = before + max(h, w) + torch.arange(after).expand(3, -1)
+    return torch.cat([head, cells, tail], dim=1)
+
+
+# ---------------------------------------------------------------- vision side
+
+def vision_tokens(lm: LoadedModel, images: list[QwenImage]) -> list[torch.Tensor]:
+    """LLM-input image embeddings per image, (N_i, d) in raster order of the merged grid: the vision tower and its
+    merger over the images' patches together (``get_image_features``: attention stays within each image)."""
+    patches = torch.cat([image.patches for image in images]).to(lm.device, lm.dtype)
+    grid = torch.stack([image.grid for image in images]).to(lm.device)
+    merged = lm.vision_tower(patches, grid_thw=grid).pooler_output  # (sum N_i, d)
+    return list(torch.split(merged, [image.num_tokens for image in images]))
+
+
+def select(lm: LoadedModel, method, tokens: torch.Tensor, image: QwenImage, seed: int,
+           instruction: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One image's encoder-side cut: (kept embeddings (k, d), their raster indices (k,), the method's stats for the
+    image). Vanilla, decoder-side methods and an image with at most ``budget`` tokens keep every token."""
+    n = tokens.shape[0]
+    everything = torch.arange(n, device=tokens.device)
+    if method.kind != "encoder" or n <= method.budget:
+        return tokens, everything, {}
+    context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    context.pixels_float32 = image.patches[None]  # what per-image randomness derives from (random-k)
+    context.features_are_llm_inputs = True  # the merger ran: DivPrune measures distances on these as they are
+    kept = method.reduce(tokens[None], context)[0]  # (k, d)
+    stats = {key: values[0] for key, values in context.stats.items()}
+    if "kept_indices" not in stats:
+        raise ValueError(f"{type(method).__name__} records no kept_indices: their positions are unknown")
+    index = torch.tensor(stats["kept_indices"], device=tokens.device)
+    if not torch.equal(tokens.index_select(0, index), kept):  # the positions given are those of the tokens kept
+        raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
+    return kept, index, stats
+
+
+# ---------------------------------------------------------------- generation
+
+@dataclass
+class _Row:
+    ids: list[int]
+    positions: torch.Tensor  # (3, L)
+    embeds: torch.Tensor  # (k, d)
+    stats: dict
+
+
+def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+          instruction: str | None, seed: int) -> list[_Row]:
+    distinct = list(dict.fromkeys(image_keys))
+    tokens = vision_tokens(lm, [images[key] for key in distinct])
+    cut = {key: select(lm, method, t, images[key], seed, instruction) for key, t in zip(distinct, tokens)}
+    rows = []
+    for question, key in zip(questions, image_keys):
+        embeds, kept, stats = cut[key]
+        ids = prompt_ids(lm, question, instruction, len(kept))
+        before = ids.index(lm.image_token_id)
+        positions = mrope_positions(before, images[key].token_grid, kept.cpu(), len(ids) - before - len(kept))
+        rows.append(_Row(ids, positions, embeds, {"image_tokens_unpruned": images[key].num_tokens, **stats}))
+    return rows
+
+
+def _state(lm: LoadedModel, rows: list[_Row]):
+    """Left-padded :class:`~svdprune.pruning.TokenState` of the rows: (3, B, L) positions (padded slots 0, never
+    attended), the rows' image embeddings in their image slots (each row its own count)."""
+    from .pruning import TokenState
+    from .surgery import _left_pad
+
+    ids, padding = _left_pad(lm, [row.ids for row in rows])
+    length = ids.shape[1]
+    positions = torch.zeros(3, len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        positions[:, i, length - row.positions.shape[1]:] = row.positions
+    is_image = ids == lm.image_token_id
+    embeds = lm.language_model.embed_tokens(ids)
+    image_embeds = torch.cat([row.embeds for row in rows]).to(embeds.dtype)  # row-major, as masked_scatter fills
+    embeds = embeds.masked_scatter(is_image[..., None], image_embeds)
+    return TokenState(hidden=embeds, position_ids=positions.to(lm.device), padding=padding, is_image=is_image)
+
+
+@torch.inference_mode()
+def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes=None):
+    """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract; ``images``:
+    key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image; every question
+    is prefilled whole (no prefix sharing yet). A decoder-side method's cut needs the same number of image tokens in
+    every row, so its rows run in groups of equal image size (an image at or under the budget: without a cut)."""
+    from .surgery import Generation, _finish, _greedy, _new_cache, method_name, prefill
+
+    del prefixes  # the prefix cache of the LLaVA path; not used here
+    check_method(method_name(method))
+    rows = _rows(lm, method, questions, image_keys, images, instruction=instruction, seed=seed)
+    if method.kind == "decoder":
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(len(row.embeds), []).append(i)
+        parts = [(members, method if n > method.budget else Vanilla()) for n, members in groups.items()]
+    else:
+        parts = [(list(range(len(rows))), method)]
+    out: list = [None] * len(rows)
+    for members, part_method in parts:
+        group = [rows[i] for i in members]
+        state = _state(lm, group)
+        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model,
+                               instruction=instruction)
+        cache = _new_cache(lm)
+        last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
+        generated = _greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
+        counts = image_counts.tolist()
+        for j, i in enumerate(members):
+            stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
+            out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    keys = list(dict.fromkeys(key for *_, stats in out for key in stats))
+    stats = {key: [row_stats.get(key) for *_, row_stats in out] for key in keys}
+    prompts = [chat_prompt(q, instruction) for q in questions]
+    result = _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out], stats)
+    assert isinstance(result, Generation)
+    return result
+
+
+# ---------------------------------------------------------------- loading
+
+def _describe(model, tokenizer, processor, name: str, revision, device, dtype, max_pixels: int) -> LoadedModel:
+    config = model.config
+    stops = config.text_config.eos_token_id if hasattr(config, "text_config") else None
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.eos_token_id is not None:
+        stops = generation.eos_token_id
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.append(tokenizer.eos_token_id)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=0,
+        image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std),
+        image_token_id=config.image_token_id, feature_layer=-1, num_patches=int(max_pixels) // TOKEN_PIXELS,
+        device=device, dtype=dtype, family=FAMILY, image_processor=processor, stop_token_ids=tuple(stops))
+
+
+def check_chat_template(tokenizer) -> None:
+    """A tokenizer with a chat template must render one image and a question as :func:`chat_prompt` does (the
+    engine builds the prompt itself, so that the image pad can be expanded to the kept count)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    try:
+        theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that cannot render this message is checked no further
+        return
+    if theirs != chat_prompt("What is it?"):
+        raise UserError(f"this Qwen2.5-VL tokenizer's chat template renders {theirs!r}, not the model card's "
+                        f"{chat_prompt('What is it?')!r}; svdprune builds the model card's prompt")
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *, min_pixels: int, max_pixels: int,
+                    progress: bool = True) -> LoadedModel:
+    """Qwen2.5-VL from a hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local folder in that format."""
+    import os
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    path = in_project(path)
+    if (path.startswith((".", "/", "~")) or os.path.exists(path)) and not (Path(path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path={path!r}: no config.json there; point it at a Qwen2.5-VL folder or a hub id")
+    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
+    hide_bar = not progress and hf_logging.is_progress_bar_enabled()
+    if hide_bar:
+        hf_logging.disable_progress_bar()
+    try:
+        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        processor = image_processor(min_pixels, max_pixels, path, revision)
+    except OSError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {path!r} (revision {revision}): {first_line}; for offline use "
+                        "download it once and set model.path=/local/folder") from None
+    finally:
+        if hide_bar:
+            hf_logging.enable_progress_bar()
+    if model.config.model_type != "qwen2_5_vl":
+        raise UserError(f"model.path={path!r} holds a {model.config.model_type!r} model; family qwen25vl needs "
+                        "'qwen2_5_vl'")
+    check_chat_template(tokenizer)
+    model.to(device=torch_device).eval()
+    return _describe(model, tokenizer, processor, path, revision, torch_device, torch_dtype, max_pixels)
+
+
+# ---------------------------------------------------------------- tiny random model (tests, first runs)
+
+_TINY_CORPUS = [
+    "system\nYou are a helpful assistant.\nuser\nassistant\n",
+    "Answer the question using a single word or phrase. Reference OCR token:",
+    "What color is the shape? Is there a circle, a square or a triangle in the image? yes no",
+    "red green blue black white gray yellow brown left right top bottom how many what is the name",
+]
+SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END, "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+                  "<|box_end|>", "<|quad_start|>", "<|quad_end|>", VISION_START, VISION_END, "<|vision_pad|>",
+                  IMAGE_PAD, "<|video_pad|>"]  # Qwen2's added tokens, in its order (ids 151643..151656 there)
+
+
+def build_tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in memory (deterministic, offline) with Qwen2's special tokens, no BOS
+    (as Qwen's), eos ``<|im_end|>`` and pad ``<|endoftext|>`` (as the Instruct model's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=END_OF_TEXT,
+                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+
+
+def tiny_config(tokenizer, *, text_layers: int = 28, vision_layers: int = 4, initializer_range: float = 0.2):
+    """Qwen2.5-VL's geometry at a tiny width: 28 LLM layers (the 7B's depth, so FastV's and DART's layer-2 cuts act
+    where they do there) with grouped-query attention (4 heads, 2 KV heads) and M-RoPE sections [2, 3, 3] (the 7B's
+    [16, 24, 24] scaled to head_dim 16); a window-attention ViT of ``vision_layers`` blocks, the last of each half
+    with full attention (the 7B: 32 blocks, full at 7, 15, 23, 31), 112 px windows, 14 px patches, 2 x 2 merge."""
+    from transformers import Qwen2_5_VLConfig
+
+    full = sorted({vision_layers // 2 - 1, vision_layers - 1} - {-1})
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=text_layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[2, 3, 3]),
+                         initializer_range=initializer_range, bos_token_id=ids(END_OF_TEXT),
+                         eos_token_id=ids(IM_END), pad_token_id=ids(END_OF_TEXT)),
+        vision_config=dict(depth=vision_layers, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=full, initializer_range=initializer_range),
+        image_token_id=ids(IMAGE_PAD), video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids(VISION_START),
+        vision_end_token_id=ids(VISION_END), initializer_range=initializer_range)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def build_tiny(seed: int = 0, text_layers: int = 28, vision_layers: int = 4, initializer_range: float = 0.2,
+               min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = 448 * 448, device: str = "cpu",
+               dtype: str = "float32") -> LoadedModel:
+    """A random-weight ``Qwen2_5_VLForConditionalGeneration`` (:func:`tiny_config`), built in milliseconds offline.
+    ``max_pixels`` defaults to 448 x 448 (256 tokens) so that tests stay small."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .models import cast_like_from_pretrained
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, text_layers=text_layers,
+                                                           vision_layers=vision_layers,
+                                                           initializer_range=initializer_range))
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    model = cast_like_from_pretrained(model, _dtype(dtype, device))
+    torch_device = resolve_device(device)
+    model.to(device=torch_device).eval()
+    return _describe(model, tokenizer, image_processor(min_pixels, max_pixels), "qwen25vl-tiny", None, torch_device,
+                     _dtype(dtype, device), max_pixels)
+

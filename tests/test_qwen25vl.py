@@ -1,0 +1,221 @@
+"""Qwen2.5-VL through the engine (svdprune/qwen25vl.py), on a random tiny Qwen2_5_VLForConditionalGeneration: positions
+equal HF's get_rope_index, vanilla equals HF generate (batch 1 and images of different sizes in one batch), every
+supported method batched equals one question at a time, kept tokens keep their 3-D positions, unsupported methods are
+refused in one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from baselines.divprune import cosine_distance, max_min_select
+from svdprune import qwen25vl
+from svdprune.errors import UserError
+from svdprune.pruning import PruneContext, TokenState, Vanilla, build_method, default_params
+from svdprune.surgery import _new_cache, _greedy, generate, generate_by_image, prefill
+
+SIZES = [(300, 420), (224, 224), (448, 300), (100, 120)]  # 165, 64, 176 and 16 tokens at max_pixels 448 x 448
+QUESTIONS = ["What color is the shape?", "Is there a circle?", "How many?", "What is on the left?"]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return qwen25vl.build_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def inputs(qwen, images):
+    return {i: qwen25vl.preprocess(qwen, image) for i, image in enumerate(images)}
+
+
+def hf_inputs(lm, questions, image_list):
+    """What the model card's processor hands HF: left-padded ids with every image's pads, patches, grids."""
+    rows = [qwen25vl.prompt_ids(lm, q, None, image.num_tokens) for q, image in zip(questions, image_list)]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), lm.pad_token_id)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):] = torch.tensor(row)
+        mask[i, length - len(row):] = 1
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=torch.cat([im.patches for im in image_list]),
+                image_grid_thw=torch.stack([im.grid for im in image_list]),
+                mm_token_type_ids=(ids == lm.image_token_id).int())
+
+
+def test_token_grid_follows_the_image_size(inputs):
+    assert [inputs[i].num_tokens for i in range(4)] == [165, 64, 176, 16]
+    assert inputs[0].token_grid == (11, 15) and inputs[0].patches.shape == (4 * 165, 3 * 2 * 14 * 14)
+
+
+def test_positions_equal_hf_rope_index(qwen, inputs):
+    image_list = [inputs[i] for i in range(4)]
+    hf = hf_inputs(qwen, QUESTIONS, image_list)
+    want, _ = qwen.model.model.get_rope_index(hf["input_ids"], hf["mm_token_type_ids"], hf["image_grid_thw"],
+                                              attention_mask=hf["attention_mask"])
+    for row, image in enumerate(image_list):
+        ids = qwen25vl.prompt_ids(qwen, QUESTIONS[row], None, image.num_tokens)
+        before = ids.index(qwen.image_token_id)
+        got = qwen25vl.mrope_positions(before, image.token_grid, torch.arange(image.num_tokens),
+                                       len(ids) - before - image.num_tokens)
+        assert torch.equal(got, want[:, row, -len(ids):])
+
+
+def test_vanilla_equals_hf_generate(qwen, inputs):
+    """Answers token for token, and the first answer token's logits, batch 1 and one batch of four image sizes."""
+    keys = [0, 1, 2, 3]
+    ours = generate_by_image(qwen, Vanilla(), QUESTIONS, keys, inputs, instruction=None, max_new_tokens=6)
+    for batch in ([[k] for k in keys], [keys]):
+        for rows in batch:
+            hf = hf_inputs(qwen, [QUESTIONS[k] for k in rows], [inputs[k] for k in rows])
+            out = qwen.model.generate(**hf, max_new_tokens=6, do_sample=False, output_logits=True,
+                                      return_dict_in_generate=True)
+            for j, k in enumerate(rows):
+                assert out.sequences[j, hf["input_ids"].shape[1]:].tolist()[:len(ours.token_ids[k])] == ours.token_ids[k]
+    # logits of the first answer token, batched engine vs HF one image at a time
+    rows = qwen25vl._rows(qwen, Vanilla(), QUESTIONS, keys, inputs, instruction=None, seed=0)
+    with torch.inference_mode():
+        last, _, _ = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(QUESTIONS), _new_cache(qwen))
+        logits = qwen.model.lm_head(last)
+        for k in keys:
+            hf = hf_inputs(qwen, [QUESTIONS[k]], [inputs[k]])
+            torch.testing.assert_close(logits[k], qwen.model(**hf).logits[0, -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", qwen25vl.SUPPORTED[1:])
+def test_methods_batched_equal_one_question_at_a_time(qwen, images, inputs, name):
+    keys = [0, 1, 2, 3, 0]
+    questions = QUESTIONS + ["Is it red?"]
+    method = build_method(name, 32, default_params(name))
+    batched = generate_by_image(qwen, method, questions, keys, inputs, instruction=None, max_new_tokens=4)
+    alone = [generate(qwen, build_method(name, 32, default_params(name)), [q], [images[k]], instruction=None,
+                      max_new_tokens=4) for q, k in zip(questions, keys)]
+    assert batched.token_ids == [a.token_ids[0] for a in alone]
+    assert batched.image_tokens_per_layer == [a.image_tokens_per_layer[0] for a in alone]
+    assert batched.stats["image_tokens_unpruned"] == [165, 64, 176, 16, 165]
+    after = [counts[-1] for counts in batched.image_tokens_per_layer]
+    kept = 36 if name == "dart" else 32  # DART: 4 image pivots + 8 pivots x 32 // 8
+    assert after == [kept, kept, kept, 16, kept]  # the 16-token image keeps all of its tokens
+
+
+@pytest.mark.parametrize("name", ["svd", "random", "divprune"])
+def test_encoder_cut_keeps_the_cells_positions(qwen, inputs, name):
+    method = build_method(name, 24, default_params(name))
+    rows = qwen25vl._rows(qwen, method, QUESTIONS[:3], [0, 1, 2], inputs, instruction=None, seed=0)
+    for row, key in zip(rows, [0, 1, 2]):
+        kept = torch.tensor(row.stats["kept_indices"])
+        assert len(kept) == 24 and row.embeds.shape[0] == 24
+        full = qwen25vl._rows(qwen, Vanilla(), [QUESTIONS[key]], [key], inputs, instruction=None, seed=0)[0]
+        is_image = torch.tensor(full.ids) == qwen.image_token_id
+        text_positions = full.positions[:, ~is_image]
+        image_positions = full.positions[:, is_image]
+        mine = torch.tensor(row.ids) == qwen.image_token_id
+        assert torch.equal(row.positions[:, mine], image_positions[:, kept])  # each kept cell keeps its position
+        assert torch.equal(row.positions[:, ~mine], text_positions)  # the text keeps its positions
+        assert torch.equal(row.embeds, full.embeds[kept])
+
+
+def test_divprune_measures_diversity_on_the_merged_tokens(qwen, inputs):
+    tokens = qwen25vl.vision_tokens(qwen, [inputs[0]])[0]  # (165, d): already LLM-input embeddings
+    _, kept, _ = qwen25vl.select(qwen, build_method("divprune", 20, {}), tokens, inputs[0], 0, None)
+    want = max_min_select(cosine_distance(tokens[None]), 20).sort(dim=-1).values[0]
+    assert torch.equal(kept, want)
+
+
+def test_decoder_cut_keeps_3d_positions():
+    positions = torch.arange(3 * 2 * 6).view(3, 2, 6)
+    state = TokenState(hidden=torch.randn(2, 6, 4), position_ids=positions, padding=torch.zeros(2, 6, dtype=torch.bool),
+                       is_image=torch.zeros(2, 6, dtype=torch.bool))
+    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    got = state.gather(keep).position_ids
+    assert got.shape == (3, 2, 3)
+    for axis in range(3):
+        for row in range(2):
+            assert got[axis, row].tolist() == positions[axis, row, keep[row]].tolist()
+
+
+def test_decoding_continues_after_the_last_prompt_position(qwen, inputs):
+    """After a cut the text keeps its positions, so the first generated token sits at the unpruned prompt's last
+    position + 1 on all three axes (HF: rope_deltas), whatever was cut."""
+    rows = qwen25vl._rows(qwen, build_method("svd", 16, {}), QUESTIONS[:1], [0], inputs, instruction=None, seed=0)
+    full = qwen25vl._rows(qwen, Vanilla(), QUESTIONS[:1], [0], inputs, instruction=None, seed=0)
+    assert torch.equal(rows[0].positions[:, -1], full[0].positions[:, -1])
+    with torch.inference_mode():
+        _, _, groups = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(QUESTIONS[:1]),
+                               _new_cache(qwen))
+    assert groups[-1].next_position.tolist() == [[int(full[0].positions.max()) + 1]] * 3
+
+
+@pytest.mark.parametrize("name", sorted(qwen25vl.UNSUPPORTED))
+def test_unsupported_methods_are_refused_with_the_reason(qwen, inputs, name):
+    params = default_params(name)
+    if "clip_path" in params:  # TRIM's and CDPruner's CLIP: the random tiny one (no download)
+        params["clip_path"] = "tiny"
+    method = build_method(name, 32, params)
+    with pytest.raises(UserError, match=f"method={name} does not run on Qwen2.5-VL: .+; methods that do: vanilla"):
+        generate_by_image(qwen, method, QUESTIONS[:1], [0], inputs, instruction=None, max_new_tokens=2)
+
+
+def test_stops_at_either_end_token(qwen):
+    assert set(qwen.stop_ids) == {qwen.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    hidden = torch.zeros(2, qwen.model.lm_head.in_features)
+    weight = qwen.model.lm_head.weight
+    # hidden states whose argmax token is a stop token: both rows finish at once, nothing generated
+    hidden[0] = weight[qwen.stop_ids[0]] * 100
+    hidden[1] = weight[qwen.stop_ids[1]] * 100
+    assert _greedy(qwen, hidden, [], None, max_new_tokens=3) == [[], []]
+
+
+def test_chat_template_is_the_model_cards():
+    assert qwen25vl.chat_prompt("What is it?", "Answer briefly.") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>What is it?\nAnswer briefly.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_tokenizer_with_another_template_is_refused(qwen):
+    tokenizer = qwen25vl.build_tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}USER: {{ m['content'][1]['text'] }}{% endfor %}"
+    with pytest.raises(UserError, match="chat template renders"):
+        qwen25vl.check_chat_template(tokenizer)
+
+
+# ------------------------------------------------------------------------------------------ run.py
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_run_py_on_the_tiny_qwen(shapes_folder, tmp_path):
+    import harness.runner as runner
+
+    base = ["model=qwen25vl_tiny", "model.text_layers=4", "dataset=local", f"dataset.path={shapes_folder}",
+            f"output_dir={tmp_path}", "max_new_tokens=3", "progress=false", "limit=8", "batch_size=4"]
+    metrics = runner.run(make_cfg([*base, "method=fastv", "budget=8"]))
+    [path] = list(tmp_path.glob("local/fastv/*/predictions.jsonl"))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert metrics["n"] == 8 and metrics["model"] == "qwen25vl-tiny"
+    for row in rows:
+        assert row["prompt"].startswith("<|im_start|>system") and row["image_tokens_unpruned"] >= 4
+        assert row["image_tokens_per_layer"][-1] == min(8, row["image_tokens_unpruned"])
+    again = runner.run(make_cfg([*base, "method=fastv", "budget=8"]))  # resumed: nothing new to answer
+    assert again["newly_answered"] == 0
+    with pytest.raises(UserError, match="method=visionzip does not run on Qwen2.5-VL"):
+        runner.run(make_cfg([*base, "method=visionzip", "budget=8"]))
+    with pytest.raises(UserError, match=r"budget=300 is outside 1\.\.256"):
+        runner.run(make_cfg([*base, "method=svd", "budget=300"]))
+    assert not list(tmp_path.glob("local/visionzip/*")) and not list(tmp_path.glob("local/svd/*"))
