@@ -98,6 +98,11 @@ class Dart(DecoderPruner):
         self.pivot_text = check_int(NAME, "method.params.pivot_text_token", pivot_text_token, 1)
         self.per_pivot = self.budget // (self.pivot_image + self.pivot_text)  # released: ceil(trunc // pivots)
 
+    def with_budget(self, budget: int) -> "Dart":
+        clone = super().with_budget(budget)
+        clone.per_pivot = budget // (self.pivot_image + self.pivot_text)
+        return clone
+
     def kept_image_tokens(self, num_patches: int = 576) -> int:
         """Image tokens after the cut: the image pivots plus T per pivot (fewer near num_patches)."""
         return min(num_patches, self.pivot_image + (self.pivot_image + self.pivot_text) * self.per_pivot)

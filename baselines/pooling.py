@@ -9,6 +9,12 @@ whose h is largest, i.e. the most square grid with exactly k cells: 576 -> 24 x 
 a side covers input rows floor(i * 24 / h) .. ceil((i + 1) * 24 / h) - 1, so for 24 -> 16 the bins are 2 or
 3 patches wide and neighbouring bins overlap by one patch. A budget with no such factorisation (e.g. a prime
 above 24) is refused. ``mode: max`` uses adaptive max pooling instead (ablation).
+
+On Qwen2.5-VL (**Decision**, no published reference) the grid is the image's own h x w merged-token grid (after the
+patch merger, LLM-input embeddings) and the pooled shape is :func:`fitted_grid_shape`: exactly k cells with the
+aspect closest to the image's where k factorises within the grid, else the largest count below k that does.
+A pooled cell takes the 3-D position of the first cell of its bin (svdprune/qwen25vl.py), so the pooled grid keeps
+the image's layout at the original scale and the text keeps its positions.
 """
 from __future__ import annotations
 
@@ -35,15 +41,36 @@ def grid_shape(k: int, side: int) -> tuple[int, int] | None:
     return None
 
 
-def pool_tokens(features: torch.Tensor, shape: tuple[int, int], mode: str = "avg") -> torch.Tensor:
-    """(B, side*side, D) raster patch features -> (B, h*w, D) pooled, raster order of the pooled grid."""
+def fitted_grid_shape(k: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """The pooled shape for a budget of k cells on an h x w grid that need not be square (Qwen2.5-VL's merged grid):
+    (p, q) with p * q = k, p <= h, q <= w, whose aspect p / q is closest to h / w (ties: the larger p); when no
+    factorisation of k fits the grid, the largest count below k that has one. At most h * w cells."""
+    h, w = grid
+    for count in range(min(k, h * w), 0, -1):
+        shapes = [(p, count // p) for p in range(1, h + 1) if count % p == 0 and count // p <= w]
+        if shapes:
+            return min(shapes, key=lambda s: (abs(math.log(s[0] * w / (s[1] * h))), -s[0]))
+    raise ValueError(f"no pooled shape for {k} cells on a {h} x {w} grid")
+
+
+def bin_starts(out: int, size: int) -> list[int]:
+    """First input index of each of ``out`` adaptive-pooling bins over ``size`` (PyTorch's floor(i * size / out))."""
+    return [i * size // out for i in range(out)]
+
+
+def pool_tokens(features: torch.Tensor, shape: tuple[int, int], mode: str = "avg",
+                grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, h*w, D) raster patch features of an h x w ``grid`` (default: square) -> (B, p*q, D) pooled to ``shape``
+    (p, q), raster order of the pooled grid."""
     batch, n, dim = features.shape
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"{n} patch tokens are not a square grid")
-    grid = features.float().transpose(1, 2).reshape(batch, dim, side, side)
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"{n} patch tokens are not a square grid")
+        grid = (side, side)
+    grid_features = features.float().transpose(1, 2).reshape(batch, dim, *grid)
     pool = F.adaptive_avg_pool2d if mode == "avg" else F.adaptive_max_pool2d
-    pooled = pool(grid, shape)  # (B, D, h, w)
+    pooled = pool(grid_features, shape)  # (B, D, p, q)
     return pooled.flatten(2).transpose(1, 2).to(features.dtype)
 
 
@@ -67,6 +94,12 @@ class SpatialPooling(EncoderPruner):
                             f"as h x w cells with h, w <= {side}")
 
     def reduce(self, features, context):
+        if context.token_grid is not None:  # a grid of the image's own shape (Qwen2.5-VL): the fitted pooled shape
+            shape = fitted_grid_shape(self.budget, context.token_grid)
+            rows, cols = (bin_starts(out, size) for out, size in zip(shape, context.token_grid))
+            context.record(pool_grid=[list(shape)] * features.shape[0],
+                           pool_cells=[[[r, c] for r in rows for c in cols]] * features.shape[0])  # bins' first cells
+            return pool_tokens(features, shape, self.mode, context.token_grid)
         side = math.isqrt(features.shape[1])
         shape = grid_shape(self.budget, side)
         if shape is None:

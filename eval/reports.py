@@ -152,6 +152,9 @@ def load_runs(results_dir: Path | str) -> list[Run]:
                 raise ValueError(f"missing {', '.join(missing)}")
             if metrics["accuracy"] is None:
                 raise ValueError("an unscored run (its questions have no reference answers)")
+            if metrics["budget"] is None:
+                raise ValueError(f"a budget_ratio={metrics.get('budget_ratio')} run (a share of each image's tokens); "
+                                 "the tables compare token counts")
         except (OSError, ValueError) as exc:
             warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
             continue

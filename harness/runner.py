@@ -67,7 +67,13 @@ def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> di
         memo.save()
 
 
-def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
+def budget_label(budget: int | None, ratio: float | None) -> str:
+    """How a run's budget is named in its folder and its printed lines: ``k64`` (tokens) or ``r0.25`` (a share of
+    each image's own tokens, ``budget_ratio``)."""
+    return f"r{ratio:g}" if ratio is not None else f"k{budget}"
+
+
+def config_hash(cfg: DictConfig, budget: int | None, prints: dict) -> str:
     """sha256 of everything that changes a prediction or its score: model (and its weights' fingerprint),
     method, budget, dataset version (and the question set's content fingerprint), decoding."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -86,6 +92,8 @@ def config_hash(cfg: DictConfig, budget: int, prints: dict) -> str:
         "max_new_tokens": container["max_new_tokens"],
         "seed": container["seed"],
     }
+    if cfg.get("budget_ratio") is not None:  # only then: every count-budget run keeps its hash
+        identity["budget_ratio"] = float(cfg.budget_ratio)
     if prints.get("method_weights") is not None:  # only then: the hashes of other runs stay as they were
         identity["method_weights_fingerprint"] = prints["method_weights"]
     if prints.get("device_type", "cpu") != "cpu":  # a GPU's kernels round (and break ties) otherwise: a CPU
@@ -98,7 +106,8 @@ def run_folder(cfg: DictConfig, budget: int, prints: dict) -> tuple[Path, str]:
     defaults to k<budget>-<model>-<first 10 hex digits of the hash>. ``budget`` is the effective one
     (the model's patch count for vanilla); ``prints`` are the run's :func:`fingerprints`."""
     digest = config_hash(cfg, budget, prints)
-    run_name = str(cfg.get("run_name") or f"k{budget}-{cfg.model.name}-{digest[:10]}")
+    label = budget_label(budget, cfg.get("budget_ratio"))
+    run_name = str(cfg.get("run_name") or f"{label}-{cfg.model.name}-{digest[:10]}")
     return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest
 
 
@@ -144,7 +153,9 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         lm = load_model(cfg.model, progress=progress)
     if method.kind == "none":
         budget = method.budget = lm.num_patches
-    if not 1 <= budget <= lm.num_patches:
+    elif settings.budget_ratio is not None:  # each image keeps its own share (svdprune/qwen25vl.py); no count
+        budget, method.budget_ratio = None, settings.budget_ratio
+    if budget is not None and not 1 <= budget <= lm.num_patches:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
     check_method(lm, method)  # a method the model family does not run, then the method's own checks
     check_images_readable(records)
@@ -182,7 +193,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
 
         generated_tokens, generation_seconds = 0, 0.0
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not cfg.get("progress", True),
-                   desc=f"{dataset.name}/{method_name}/k{budget}", unit="q")
+                   desc=f"{dataset.name}/{method_name}/{budget_label(budget, settings.budget_ratio)}", unit="q")
         with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
             for batch, out, seconds in answer_batches(
                     lm, method, todo, batch_size=batch_size, schedule=settings.schedule,
@@ -211,7 +222,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
         merged = _merge_if_complete(out_dir, records, digest, shard)
         if merged is None:
-            print(f"{dataset.name} {method_name} k={budget}: shard {shard} answered its {len(mine)} questions "
+            print(f"{dataset.name} {method_name} {budget_label(budget, settings.budget_ratio)}: shard {shard} answered its {len(mine)} questions "
                   f"({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
                   f"-> {out_dir}")
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
@@ -241,7 +252,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{dataset.name} {method_name} k={budget}: accuracy {accuracy} on {this['n']} questions "
+    print(f"{dataset.name} {method_name} {budget_label(budget, settings.budget_ratio)}: accuracy {accuracy} on {this['n']} questions "
           f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
 
@@ -359,6 +370,7 @@ def run_metrics(dataset, records: list[Record], finished: dict, settings: Settin
         "scorer": dataset.scorer, "dataset": dataset.name, "dataset_revision": dataset.revision,
         "dataset_info": dataset.info, "dataset_questions": len(dataset.records), "seed": cfg.seed,
         "method": cfg.method.name, "method_kind": method.kind, "method_params": params, "budget": budget,
+        **({"budget_ratio": settings.budget_ratio} if settings.budget_ratio is not None else {}),
         "method_info": method.describe() if hasattr(method, "describe") else {},
         "kept_tokens_mean": sum(r["kept_tokens"] for r in answered_rows) / n,
         "image_tokens_per_layer_mean": [sum(r["image_tokens_per_layer"][l] for r in answered_rows) / n

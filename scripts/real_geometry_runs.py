@@ -60,8 +60,44 @@ def expected_kept(method: str, budget: int, patches: int = 576) -> int | None:
     return None if method in ("pyramiddrop", "sparsevlm") else budget
 
 
+QWEN_METHODS = ["vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart"]  # svdprune.qwen25vl.SUPPORTED
+QWEN_IMAGES = [(448, 448), (1000, 700)]  # width x height: 256 and 900 tokens at the model card's max_pixels
+
+
+def write_qwen_fixture(folder: Path) -> Path:
+    """One question on each of a 448 x 448 and a 1000 x 700 image (the flops script's probe images)."""
+    from flops import qwen_probe_image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with (folder / "questions.jsonl").open("w") as f:
+        for i, (width, height) in enumerate(QWEN_IMAGES):
+            qwen_probe_image(width, height, seed=i).save(folder / "images" / f"img{i}.png")
+            f.write(json.dumps({"question_id": f"q{i}", "image": f"img{i}.png", "answer": "red",
+                                "question": "What color is the largest circle?"}) + "\n")
+    return folder
+
+
+def qwen_image_rows(row: dict, folder: Path) -> list[dict]:
+    """Per question (= per image) of a Qwen2.5-VL run: its tokens before the cut, kept and averaged over layers."""
+    out = []
+    for line in (folder / "predictions.jsonl").read_text().splitlines():
+        pred = json.loads(line)
+        per_layer = pred["image_tokens_per_layer"]
+        width, height = QWEN_IMAGES[int(pred["question_id"][1:])]
+        want = pred["image_tokens_unpruned"] if row["method"] == "vanilla" else expected_kept(
+            row["method"], row["budget"], pred["image_tokens_unpruned"])
+        out.append({**{k: row[k] for k in ("method", "budget", "exit", "wall_s", "peak_rss_gb") if k in row},
+                    "generation_s": row.get("generation_s"), "image": f"{width}x{height}",
+                    "image_tokens": pred["image_tokens_unpruned"], "kept_tokens_mean": pred["kept_tokens"],
+                    "image_tokens_mean_over_layers": round(sum(per_layer) / len(per_layer), 2),
+                    "kept_ok": pred["kept_tokens"] == min(want, pred["image_tokens_unpruned"]), "dtype": row.get("dtype")})
+    return out
+
+
 def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
-    command = [sys.executable, "run.py", f"model.path={args.model}", f"model.dtype={args.dtype}", "model.device=cpu",
+    qwen = args.family == "qwen25vl"
+    model = ["model=qwen25vl_7b"] if qwen else []
+    command = [sys.executable, "run.py", *model, f"model.path={args.model}", f"model.dtype={args.dtype}", "model.device=cpu",
                "dataset=local", f"dataset.path={fixture}", f"limit={args.limit}",
                f"max_new_tokens={args.max_new_tokens}", f"method={method}", f"budget={budget}",
                f"output_dir={runs}", "progress=false"]
@@ -73,7 +109,7 @@ def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
     seconds = time.perf_counter() - started
     wall, rss = time_v(done.stderr)
     row = dict(method=method, budget=budget, exit=done.returncode, wall_s=wall or seconds, peak_rss_gb=rss)
-    folder_budget = 576 if method == "vanilla" else budget
+    folder_budget = (16384 if qwen else 576) if method == "vanilla" else budget
     metrics_files = sorted((runs / "local" / method).glob(f"k{folder_budget}-*/metrics.json"))
     if done.returncode == 0 and metrics_files:
         metrics = json.loads(metrics_files[-1].read_text())
@@ -82,6 +118,9 @@ def run_one(args, method: str, budget: int, fixture: Path, runs: Path) -> dict:
                    generation_s=round(metrics["generation_time_s"], 2), run_wall_s=round(metrics["wall_time_s"], 2), dtype=metrics["dtype"])
         want = expected_kept(method, budget)
         row["kept_ok"] = metrics["kept_tokens_mean"] == want if want is not None else None
+        if qwen:  # per image: the budget applies to each image's own tokens
+            row["per_image"] = qwen_image_rows(row, metrics_files[-1].parent)
+            row["kept_ok"] = all(image["kept_ok"] for image in row["per_image"])
     else:
         tail = (done.stdout + done.stderr).strip().splitlines()
         row["error"] = next((l for l in reversed(tail) if l.startswith(("error:", "Traceback")) or "Error" in l),
@@ -118,8 +157,37 @@ def ok_text(row: dict) -> str:
     return {True: "yes", False: "NO (kept != budget)", None: "ran (schedule: see README)"}[row.get("kept_ok")]
 
 
+def write_qwen(out: Path, tag: str, rows: list[dict], args) -> None:
+    """runs_<tag>.csv / .md of a Qwen2.5-VL sweep: one line per (run, image)."""
+    lines_rows = [image_row for r in rows for image_row in (r.get("per_image") or [
+        {**{k: v for k, v in r.items() if k != "per_image"}, "image": "-"}])]
+    columns = list(dict.fromkeys(c for r in lines_rows for c in r))
+    with (out / f"runs_{tag}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(lines_rows)
+    lines = [f"# Qwen2.5-VL methods through run.py at Qwen2.5-VL-7B geometry on CPU {cpu_model()}", "",
+             f"Generated by `scripts/real_geometry_runs.py --family qwen25vl` on `{args.model}` ({args.dtype}, CPU, "
+             f"one question on a 448 x 448 and one on a 1000 x 700 image, max_new_tokens={args.max_new_tokens}); each "
+             "run is one `python run.py model=qwen25vl_7b ...` process under `/usr/bin/time -v` (wall time and peak "
+             "RSS of the whole process, loading the 7B weights included; `generation s` covers both images). "
+             "`tokens` = the image's LLM tokens before any cut, `kept` = after the first cut, `avg` = image tokens "
+             "averaged over the 28 LLM layers (predictions.jsonl).", "",
+             "| method | k | image | tokens | exit | wall s | generation s | peak RSS GB | kept | avg over layers | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in lines_rows:
+        ok = ok_text(r) if r.get("image") == "-" else ("yes" if r.get("kept_ok") else "NO (kept != budget)")
+        budget = "all" if r["method"] == "vanilla" else r["budget"]
+        lines.append(f"| {r['method']} | {budget} | {r['image']} | {r.get('image_tokens', '-')} | {r['exit']} | "
+                     f"{r['wall_s']:.0f} | {r.get('generation_s', '-')} | {(r.get('peak_rss_gb') or 0):.1f} | "
+                     f"{r.get('kept_tokens_mean', '-')} | {r.get('image_tokens_mean_over_layers', '-')} | {ok} |")
+    (out / f"runs_{tag}.md").write_text("\n".join(lines) + "\n")
+
+
 def write(out: Path, tag: str, rows: list[dict], args) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if args.family == "qwen25vl":
+        return write_qwen(out, tag, rows, args)
     columns = []
     for r in rows:
         columns += [c for c in r if c not in columns]
@@ -145,9 +213,12 @@ def write(out: Path, tag: str, rows: list[dict], args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="llava-hf folder (scripts/make_random_llava.py)")
+    parser.add_argument("--model", required=True, help="llava-hf folder (scripts/make_random_llava.py), or with "
+                        "--family qwen25vl a Qwen2.5-VL folder (scripts/make_random_qwen25vl.py)")
+    parser.add_argument("--family", choices=("llava15", "qwen25vl"), default="llava15",
+                        help="qwen25vl: its methods, a 448 x 448 and a 1000 x 700 image, one row per image")
     parser.add_argument("--clip", default=None, help="TRIM's and CDPruner's CLIP folder (make_random_llava.py --clip)")
-    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--methods", nargs="*", default=None, help="default: every method of the family")
     parser.add_argument("--budgets", nargs="*", type=int, default=[192, 16])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--limit", type=int, default=2)
@@ -161,7 +232,13 @@ def main(argv=None) -> int:
     from eval.fixtures import write_local_fixture
 
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
-    fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
+    if args.family == "qwen25vl":
+        args.methods = args.methods or QWEN_METHODS
+        args.limit = len(QWEN_IMAGES)
+        fixture = write_qwen_fixture(runs / "fixture")
+    else:
+        args.methods = args.methods or METHODS
+        fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
     out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
     rows = read_rows(out / f"runs_{args.tag}.csv") if args.append else []
     for method in args.methods:
@@ -169,7 +246,8 @@ def main(argv=None) -> int:
             rows.append(run_one(args, method, budget, fixture, runs))
             write(out, args.tag, rows, args)  # after every run: a stopped sweep keeps its rows
     print(f"wrote {out / f'runs_{args.tag}.csv'} and .md")
-    return 0 if all(r["exit"] == 0 and r.get("kept_ok") is not False for r in rows) else 1
+    image_rows = [i for r in rows for i in r.get("per_image", [])]
+    return 0 if all(r["exit"] == 0 and r.get("kept_ok") is not False for r in rows + image_rows) else 1
 
 
 if __name__ == "__main__":

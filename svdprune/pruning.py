@@ -16,6 +16,7 @@ Algorithms stay pure (tensors in, indices out) in their own files; this module h
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from collections import defaultdict
@@ -51,6 +52,8 @@ class PruneContext:
         # True when the features reduce() gets are already the LLM-input embeddings (Qwen2.5-VL: its vision tower
         # ends in the patch merger); False for LLaVA, whose projector runs after the cut
         self.features_are_llm_inputs = False
+        # (h, w) of the token grid reduce() sees when it is the image's own shape (Qwen2.5-VL); None: a square grid
+        self.token_grid: tuple[int, int] | None = None
         # (B, k) bool set by a reduce() whose released code puts zero vectors in some LLM-input slots (HoloV's
         # padding): the engine zeroes those slots after the projector
         self.zero_slots: torch.Tensor | None = None
@@ -62,7 +65,22 @@ class PruneContext:
             self.stats[key] = values
 
 
-class EncoderPruner:
+class BudgetMixin:
+    """Per-image budgets (Qwen2.5-VL, whose images have their own token counts)."""
+
+    budget: int
+    #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/qwen25vl.py)
+    budget_ratio: float | None = None
+
+    def with_budget(self, budget: int):
+        """This method with another budget and every other setting the same (a shallow copy). A method that derives
+        state from its budget at construction recomputes it here."""
+        clone = copy.copy(self)
+        clone.budget = budget
+        return clone
+
+
+class EncoderPruner(BudgetMixin):
     """Base class of encoder-side methods."""
 
     kind = "encoder"
@@ -161,7 +179,7 @@ class LayerView:
     context: PruneContext = field(repr=False)
 
 
-class DecoderPruner:
+class DecoderPruner(BudgetMixin):
     """Base class of decoder-side methods."""
 
     kind = "decoder"

@@ -19,8 +19,9 @@ What differs from LLaVA-1.5, and how this file meets the engine (:mod:`svdprune.
 
 The engine's LLM part (the decoder loop with decoder-side cuts, KV cache, greedy decoding) is the same code for both
 families (``surgery.prefill`` / ``surgery._greedy``); only the front (pixels, vision tower, prompt rows, positions) is
-this file's. Budgets are token counts, as the paper's (their 576-token meaning carries over as "k tokens reach the
-LLM"); an image with at most ``budget`` tokens keeps them all.
+this file's. Budgets are token counts by default, as the paper's (their 576-token meaning carries over as "k tokens
+reach the LLM"), or with ``budget_ratio`` a share of each image's own tokens (:func:`image_budget`); an image with at
+most its budget of tokens keeps them all.
 
 Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run (:data:`SUPPORTED`); the
 others are refused with the reason (:data:`UNSUPPORTED`).
@@ -44,7 +45,7 @@ TOKEN_PIXELS = 28 * 28  # pixels per LLM token: 14 px patches, 2 x 2 merged
 # the model card's preprocessor_config.json (Qwen/Qwen2.5-VL-7B-Instruct)
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = 3136, 12845056
 
-SUPPORTED = ("vanilla", "svd", "random", "divprune", "fastv", "dart")
+SUPPORTED = ("vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart")
 _CLS = "reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] token"
 UNSUPPORTED = {
     "visionzip": _CLS, "fastervlm": _CLS, "vispruner": _CLS,
@@ -54,12 +55,11 @@ UNSUPPORTED = {
     "tome": "merges inside the CLIP tower's layers; no Qwen2.5-VL version is published by its authors or ported here",
     "trim": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
     "cdpruner": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
-    "pyramiddrop": "its released LLaVA code renumbers 1-D positions after each drop; its Qwen2.5-VL form (M-RoPE "
-                   "positions) is not ported here yet",
+    "pyramiddrop": "its released LLaVA code renumbers 1-D positions after each drop and its budget schedules are "
+                   "fitted to 576 tokens over 32 layers; its Qwen2.5-VL form is not ported here yet",
     "sparsevlm": "its released LLaVA code renumbers 1-D positions and recycles tokens; its Qwen2.5-VL form is not "
                  "ported here yet",
     "tokencarve": "not ported to Qwen2.5-VL yet (no Qwen version is published by its authors)",
-    "pooling": "not ported to Qwen2.5-VL yet (pooled cells need a position rule on the merged grid)",
 }
 
 
@@ -127,16 +127,21 @@ def prompt_ids(lm: LoadedModel, question: str, instruction: str | None, k: int) 
     return ids[:at] + [lm.image_token_id] * k + ids[at + 1:]
 
 
-def mrope_positions(before: int, token_grid: tuple[int, int], kept: torch.Tensor, after: int) -> torch.Tensor:
-    """3-D positions (3, before + k + after) of one prompt: ``before`` text tokens, the kept cells ``kept`` (k,) (raster
-    indices into the h x w merged grid, in the order they are placed) and ``after`` text tokens. Every token keeps the
-    position it has in the unpruned prompt (``get_rope_index``): text t on all axes, cell (i, j) at
-    (before, before + i, before + j), the text after the image from before + max(h, w) on."""
+def raster_cells(index: torch.Tensor, width: int) -> torch.Tensor:
+    """(k,) raster indices into a grid ``width`` cells wide -> (k, 2) (row, column)."""
+    return torch.stack([index // width, index % width], dim=1)
+
+
+def mrope_positions(before: int, token_grid: tuple[int, int], cells: torch.Tensor, after: int) -> torch.Tensor:
+    """3-D positions (3, before + k + after) of one prompt: ``before`` text tokens, image tokens at the grid cells
+    ``cells`` (k, 2) (row, column of the h x w merged grid, in the order they are placed) and ``after`` text tokens.
+    Every token keeps the position it has in the unpruned prompt (``get_rope_index``): text t on all axes, cell (i, j)
+    at (before, before + i, before + j), the text after the image from before + max(h, w) on."""
     h, w = token_grid
     head = torch.arange(before).expand(3, -1)
-    cells = torch.stack([torch.full_like(kept, before), before + kept // w, before + kept % w])
+    image = torch.stack([torch.full_like(cells[:, 0], before), before + cells[:, 0], before + cells[:, 1]])
     tail = before + max(h, w) + torch.arange(after).expand(3, -1)
-    return torch.cat([head, cells, tail], dim=1)
+    return torch.cat([head, image, tail], dim=1)
 
 
 # ---------------------------------------------------------------- vision side
@@ -150,25 +155,40 @@ def vision_tokens(lm: LoadedModel, images: list[QwenImage]) -> list[torch.Tensor
     return list(torch.split(merged, [image.num_tokens for image in images]))
 
 
+def image_budget(method, num_tokens: int) -> int:
+    """The tokens an image of ``num_tokens`` keeps: ``budget``, or with ``budget_ratio`` set, that share of its own
+    tokens rounded down (at least 1)."""
+    if method.budget_ratio is None:
+        return method.budget
+    return max(1, int(method.budget_ratio * num_tokens))
+
+
 def select(lm: LoadedModel, method, tokens: torch.Tensor, image: QwenImage, seed: int,
            instruction: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One image's encoder-side cut: (kept embeddings (k, d), their raster indices (k,), the method's stats for the
-    image). Vanilla, decoder-side methods and an image with at most ``budget`` tokens keep every token."""
+    """One image's encoder-side cut: (kept embeddings (k, d), the grid cell (row, column) each takes its 3-D position
+    from (k, 2), the method's stats for the image). A selection keeps its tokens' own cells (``kept_indices``, checked
+    to name the tokens returned); pooling puts each pooled token at the first cell of its bin (``pool_cells``). Vanilla,
+    decoder-side methods and an image with at most its budget of tokens keep every token."""
     n = tokens.shape[0]
-    everything = torch.arange(n, device=tokens.device)
-    if method.kind != "encoder" or n <= method.budget:
-        return tokens, everything, {}
+    h, w = image.token_grid
+    if method.kind != "encoder" or n <= image_budget(method, n):
+        return tokens, raster_cells(torch.arange(n), w), {}
+    if method.budget_ratio is not None:
+        method = method.with_budget(image_budget(method, n))
     context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
     context.pixels_float32 = image.patches[None]  # what per-image randomness derives from (random-k)
     context.features_are_llm_inputs = True  # the merger ran: DivPrune measures distances on these as they are
+    context.token_grid = (h, w)  # the image's own grid shape (pooling)
     kept = method.reduce(tokens[None], context)[0]  # (k, d)
     stats = {key: values[0] for key, values in context.stats.items()}
+    if "pool_cells" in stats:  # merged tokens: the cell each one's position comes from, as the method says
+        return kept, torch.tensor(stats["pool_cells"]), stats
     if "kept_indices" not in stats:
         raise ValueError(f"{type(method).__name__} records no kept_indices: their positions are unknown")
     index = torch.tensor(stats["kept_indices"], device=tokens.device)
     if not torch.equal(tokens.index_select(0, index), kept):  # the positions given are those of the tokens kept
         raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
-    return kept, index, stats
+    return kept, raster_cells(index.cpu(), w), stats
 
 
 # ---------------------------------------------------------------- generation
@@ -191,8 +211,11 @@ def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, image
         embeds, kept, stats = cut[key]
         ids = prompt_ids(lm, question, instruction, len(kept))
         before = ids.index(lm.image_token_id)
-        positions = mrope_positions(before, images[key].token_grid, kept.cpu(), len(ids) - before - len(kept))
-        rows.append(_Row(ids, positions, embeds, {"image_tokens_unpruned": images[key].num_tokens, **stats}))
+        positions = mrope_positions(before, images[key].token_grid, kept, len(ids) - before - len(kept))
+        per_image = {"image_tokens_unpruned": images[key].num_tokens}
+        if method.budget_ratio is not None:
+            per_image["image_budget"] = image_budget(method, images[key].num_tokens)
+        rows.append(_Row(ids, positions, embeds, {**per_image, **stats}))
     return rows
 
 
@@ -230,7 +253,8 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
         groups: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(len(row.embeds), []).append(i)
-        parts = [(members, method if n > method.budget else Vanilla()) for n, members in groups.items()]
+        parts = [(members, method.with_budget(image_budget(method, n)) if n > image_budget(method, n) else Vanilla())
+                 for n, members in groups.items()]
     else:
         parts = [(list(range(len(rows))), method)]
     out: list = [None] * len(rows)
@@ -293,7 +317,7 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *,
     import os
     from pathlib import Path
 
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     path = in_project(path)
@@ -304,6 +328,9 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *,
     if hide_bar:
         hf_logging.disable_progress_bar()
     try:
+        model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
+        if model_type != "qwen2_5_vl":  # before any weight is read
+            raise UserError(f"model.path={path!r} holds a {model_type!r} model; family qwen25vl needs 'qwen2_5_vl'")
         on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
@@ -316,9 +343,6 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *,
     finally:
         if hide_bar:
             hf_logging.enable_progress_bar()
-    if model.config.model_type != "qwen2_5_vl":
-        raise UserError(f"model.path={path!r} holds a {model.config.model_type!r} model; family qwen25vl needs "
-                        "'qwen2_5_vl'")
     check_chat_template(tokenizer)
     model.to(device=torch_device).eval()
     return _describe(model, tokenizer, processor, path, revision, torch_device, torch_dtype, max_pixels)

@@ -65,8 +65,8 @@ def test_positions_equal_hf_rope_index(qwen, inputs):
     for row, image in enumerate(image_list):
         ids = qwen25vl.prompt_ids(qwen, QUESTIONS[row], None, image.num_tokens)
         before = ids.index(qwen.image_token_id)
-        got = qwen25vl.mrope_positions(before, image.token_grid, torch.arange(image.num_tokens),
-                                       len(ids) - before - image.num_tokens)
+        cells = qwen25vl.raster_cells(torch.arange(image.num_tokens), image.token_grid[1])
+        got = qwen25vl.mrope_positions(before, image.token_grid, cells, len(ids) - before - image.num_tokens)
         assert torch.equal(got, want[:, row, -len(ids):])
 
 
@@ -126,9 +126,10 @@ def test_encoder_cut_keeps_the_cells_positions(qwen, inputs, name):
 
 def test_divprune_measures_diversity_on_the_merged_tokens(qwen, inputs):
     tokens = qwen25vl.vision_tokens(qwen, [inputs[0]])[0]  # (165, d): already LLM-input embeddings
-    _, kept, _ = qwen25vl.select(qwen, build_method("divprune", 20, {}), tokens, inputs[0], 0, None)
+    _, cells, stats = qwen25vl.select(qwen, build_method("divprune", 20, {}), tokens, inputs[0], 0, None)
     want = max_min_select(cosine_distance(tokens[None]), 20).sort(dim=-1).values[0]
-    assert torch.equal(kept, want)
+    assert stats["kept_indices"] == want.tolist()
+    assert torch.equal(cells, qwen25vl.raster_cells(want, inputs[0].token_grid[1]))
 
 
 def test_decoder_cut_keeps_3d_positions():
@@ -219,3 +220,141 @@ def test_run_py_on_the_tiny_qwen(shapes_folder, tmp_path):
     with pytest.raises(UserError, match=r"budget=300 is outside 1\.\.256"):
         runner.run(make_cfg([*base, "method=svd", "budget=300"]))
     assert not list(tmp_path.glob("local/visionzip/*")) and not list(tmp_path.glob("local/svd/*"))
+
+
+# ------------------------------------------------------------------------------------------ compute counts
+
+@pytest.mark.parametrize("grid", [(11, 15), (8, 8), (16, 11), (2, 2), (5, 4)])
+def test_vision_count_equals_torch_counter(qwen, grid):
+    from svdprune.flops import QwenGeometry, count_qwen_vision_flops, exact_qwen_vision_flops
+
+    geometry = QwenGeometry.from_config(qwen.model.config)
+    assert exact_qwen_vision_flops(grid, geometry) == count_qwen_vision_flops(qwen.model, grid)
+
+
+def test_llm_layer_count_equals_torch_counter(qwen):
+    """Qwen2.5-VL's decoder layer (grouped-query attention, q/k/v biases) counts as the Llama formula says."""
+    from svdprune.flops import QwenGeometry, exact_llm_layer_flops, flop_counter
+
+    geometry = QwenGeometry.from_config(qwen.model.config).text
+    llm = qwen.language_model
+    for n in (7, 40):
+        hidden = torch.zeros(1, n, llm.config.hidden_size)
+        positions = torch.arange(n)[None].expand(3, 1, n)
+        counter = flop_counter()
+        with counter, torch.no_grad():
+            llm.layers[0](hidden, attention_mask=None, position_embeddings=llm.rotary_emb(hidden, positions),
+                          cache=None, use_cache=False)
+        assert counter.get_total_flops() == exact_llm_layer_flops(n, geometry)
+
+
+# ------------------------------------------------------------------------------------------ loading a folder
+
+def test_a_saved_folder_loads_and_answers_as_the_model(qwen, inputs, tmp_path):
+    """The real loading code (from_pretrained of the model, tokenizer and image processor of a local folder, with
+    min/max pixels from the settings) gives the same answers as the model it was saved from."""
+    from omegaconf import OmegaConf
+
+    from svdprune.models import load_model
+
+    qwen.model.save_pretrained(tmp_path)
+    qwen.tokenizer.save_pretrained(tmp_path)
+    qwen.image_processor.save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"family": "qwen25vl", "kind": "pretrained", "path": str(tmp_path), "revision": None,
+                            "dtype": "float32", "device": "cpu", "min_pixels": 3136, "max_pixels": 448 * 448})
+    loaded = load_model(cfg, progress=False)
+    assert loaded.family == "qwen25vl" and loaded.num_patches == 256 and set(loaded.stop_ids) == set(qwen.stop_ids)
+    assert qwen25vl.preprocess(loaded, Image.new("RGB", (300, 420))).grid.tolist() == [1, 30, 22]
+    want = generate_by_image(qwen, Vanilla(), QUESTIONS, [0, 1, 2, 3], inputs, instruction=None, max_new_tokens=4)
+    got = generate_by_image(loaded, Vanilla(), QUESTIONS, [0, 1, 2, 3], inputs, instruction=None, max_new_tokens=4)
+    assert got.token_ids == want.token_ids
+    smaller = load_model(OmegaConf.merge(cfg, {"max_pixels": 224 * 224}), progress=False)
+    assert qwen25vl.preprocess(smaller, Image.new("RGB", (300, 420))).num_tokens <= 64  # the setting is applied
+
+
+def test_a_llava_folder_is_not_loaded_as_qwen(tmp_path):
+    from omegaconf import OmegaConf
+
+    from svdprune.models import build_tiny, load_model
+
+    llava = build_tiny(vision_layers=1, text_layers=1)
+    llava.model.save_pretrained(tmp_path)
+    llava.tokenizer.save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"family": "qwen25vl", "kind": "pretrained", "path": str(tmp_path), "revision": None,
+                            "dtype": "float32", "device": "cpu"})
+    with pytest.raises(UserError, match="holds a 'llava' model; family qwen25vl needs 'qwen2_5_vl'"):
+        load_model(cfg, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ ratio budgets
+
+@pytest.mark.parametrize("name", ["svd", "fastv", "dart"])
+def test_budget_ratio_keeps_a_share_of_each_image(qwen, inputs, name):
+    method = build_method(name, 64, default_params(name))
+    method.budget_ratio = 0.25
+    out = generate_by_image(qwen, method, QUESTIONS, [0, 1, 2, 3], inputs, instruction=None, max_new_tokens=2)
+    assert out.stats["image_budget"] == [41, 16, 44, 4]  # floor(0.25 x 165, 64, 176, 16)
+    after = [counts[-1] for counts in out.image_tokens_per_layer]
+    if name == "dart":  # 4 image pivots + 8 pivots x (k // 8)
+        assert after == [4 + 8 * (k // 8) for k in (41, 16, 44, 4)]
+    else:
+        assert after == [41, 16, 44, 4]
+    alone = [generate_by_image(qwen, method, [q], [k], inputs, instruction=None, max_new_tokens=2).token_ids[0]
+             for q, k in zip(QUESTIONS, [0, 1, 2, 3])]
+    assert out.token_ids == alone
+
+
+def test_run_py_budget_ratio(shapes_folder, tmp_path):
+    import harness.runner as runner
+
+    base = ["model=qwen25vl_tiny", "model.text_layers=4", "dataset=local", f"dataset.path={shapes_folder}",
+            f"output_dir={tmp_path}", "max_new_tokens=2", "progress=false", "limit=4", "method=svd"]
+    metrics = runner.run(make_cfg([*base, "budget_ratio=0.5"]))
+    assert metrics["budget"] is None and metrics["budget_ratio"] == 0.5
+    [folder] = list(tmp_path.glob("local/svd/*"))
+    assert folder.name.startswith("r0.5-qwen25vl-tiny-")
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["kept_tokens"] == max(1, r["image_tokens_unpruned"] // 2) for r in rows)
+    runner.run(make_cfg([*base, "budget_ratio=0.5", "budget=17"]))  # budget is not part of a ratio run
+    assert len(list(tmp_path.glob("local/svd/*"))) == 1
+    with pytest.raises(UserError, match=r"budget_ratio=1.5; allowed: a share in \(0, 1\]"):
+        runner.run(make_cfg([*base, "budget_ratio=1.5"]))
+    with pytest.raises(UserError, match="budget_ratio=0.5 is for models whose images have their own token counts"):
+        runner.run(make_cfg(["model=tiny", *base[1:], "budget_ratio=0.5"]))
+
+
+# ------------------------------------------------------------------------------------------ pooling on the merged grid
+
+def test_fitted_grid_shapes():
+    from baselines.pooling import fitted_grid_shape
+
+    assert fitted_grid_shape(32, (11, 15)) == (4, 8)  # aspect 0.5, closest to 11 / 15 among 32's factorisations
+    assert fitted_grid_shape(32, (16, 11)) == (8, 4)
+    assert fitted_grid_shape(64, (8, 8)) == (8, 8)
+    assert fitted_grid_shape(37, (11, 15)) == (6, 6)  # 37 is prime: the largest count below with a fitting shape
+    assert fitted_grid_shape(300, (11, 15)) == (11, 15)  # at most the grid
+
+
+def test_pooling_pools_the_merged_grid_and_places_cells_at_their_bins(qwen, inputs):
+    import torch.nn.functional as F
+
+    tokens = qwen25vl.vision_tokens(qwen, [inputs[0]])[0]  # (165, d) on an 11 x 15 grid
+    embeds, cells, stats = qwen25vl.select(qwen, build_method("pooling", 32, {}), tokens, inputs[0], 0, None)
+    assert stats["pool_grid"] == [4, 8]
+    grid = tokens.float().T.reshape(1, -1, 11, 15)
+    want = F.adaptive_avg_pool2d(grid, (4, 8)).flatten(2).transpose(1, 2)[0]
+    torch.testing.assert_close(embeds, want, rtol=0, atol=0)
+    rows, cols = [0, 2, 5, 8], [0, 1, 3, 5, 7, 9, 11, 13]  # floor(i * 11 / 4), floor(j * 15 / 8)
+    assert cells.tolist() == [[r, c] for r in rows for c in cols]
+
+
+def test_the_memory_model_says_it_covers_llava_only():
+    import torch as _torch
+
+    from svdprune.memory import auto_batch_size, main
+
+    with pytest.raises(UserError, match="model.family=qwen25vl: the memory model covers LLaVA-1.5 only"):
+        main(["model=qwen25vl_tiny", "method=svd", "budget=16", "batch_size=1"])
+    config = qwen25vl.tiny_config(qwen25vl.build_tiny_tokenizer(), text_layers=2, vision_layers=2)
+    with pytest.raises(UserError, match="batch_size=auto: the memory model covers LLaVA-1.5 only"):
+        auto_batch_size(config, build_method("svd", 16, {}), _torch.float16, 8, _torch.device("cuda"), free_bytes=10**10)
