@@ -20,6 +20,16 @@ Checked against Cooperx521/PyramidDrop ``llava/model/modeling_llama_pdrop.py`` (
   from the new length and, when decoding, shifts them by the number of dropped tokens): layer group s
   decodes at position (its prompt length) + step.
 
+On Qwen2.5-VL (svdprune/qwen25vl.py; the authors published no Qwen version, nor does llmc run its PyramidDrop on one):
+the same ranking and stages, with two differences the model forces. (1) Positions: M-RoPE gives image tokens 3-D
+positions that have no "renumbered" form, so the kept tokens keep their own (as DART's and FlowCut's Qwen code do);
+a 1-D LLaVA run renumbers as released. (2) Schedule: each image has its own token count N and the LLM 28 layers, so
+the table's rule is applied to them (:func:`fit_keep_counts`, per group of equal N): layers ``fit_layers``
+([2, 8, 16]) and lambda on a 1e-4 grid so that the n-layer average is closest to the image's budget, or, when that
+average is out of reach, lambda = budget / N. On N = 576 and 32 layers the rule gives exactly the table's keep counts
+for all five budgets (tests/test_baselines_decoder.py). ``layers``/``ratios`` set by the user are used as given
+(fractions of N, as the released code). Every image records its ``stage_keep_counts``.
+
 Batches: the official inference code is batch size 1 (right padding); here rows are left-padded, the
 last slot is every row's last prompt token, and renumbering skips the padding.
 
@@ -47,6 +57,31 @@ from .attention import (attention_rows, check_depth, image_positions, keep_indic
                         renumber, top_k)
 
 
+def _layer_average(image_tokens: int, n_layers: int, stage_layers: list[int], keeps: list[int]) -> float:
+    """Image tokens per layer averaged over the LLM: layers before the first stage see all, stage s sees keeps[s]."""
+    bounds = list(stage_layers) + [n_layers]
+    total = stage_layers[0] * image_tokens + sum((bounds[s + 1] - bounds[s]) * keeps[s] for s in range(len(keeps)))
+    return total / n_layers
+
+
+def fit_keep_counts(image_tokens: int, n_layers: int, stage_layers: list[int], budget: int) -> list[int]:
+    """The schedule table's rule for any image size and depth: keep counts ``int(N * lambda^s)``, s = 1, 2, ..., with
+    lambda = i / 10000 (i = 1..10000) whose ``n_layers`` average is closest to ``budget`` (ties: the smaller lambda).
+    When the budget is below the smallest reachable average (layers before the first stage see all N), the first stage
+    keeps the budget: lambda = budget / N, keeps ``budget^s // N^(s-1)``."""
+    reachable = stage_layers[0] * image_tokens / n_layers
+    if budget < reachable:
+        return [budget ** s // image_tokens ** (s - 1) for s in range(1, len(stage_layers) + 1)]
+    best = None
+    for i in range(1, 10_001):
+        lam = i / 10_000
+        keeps = [int(image_tokens * lam ** s) for s in range(1, len(stage_layers) + 1)]
+        distance = abs(_layer_average(image_tokens, n_layers, stage_layers, keeps) - budget)
+        if best is None or distance < best[0]:
+            best = (distance, keeps)
+    return best[1]
+
+
 def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]]:
     if not isinstance(layers, (list, tuple)) or not layers:
         raise UserError(f"pyramiddrop: {source} layers={layers!r}; allowed: a non-empty list of layer indices")
@@ -68,27 +103,44 @@ class PyramidDrop(DecoderPruner):
     """Multi-stage drop of image tokens ranked by the last instruction token's attention."""
 
     def __init__(self, budget: int, schedules: dict | None = None, layers: list[int] | None = None,
-                 ratios: list[float] | None = None):
+                 ratios: list[float] | None = None, fit_layers: list[int] = (2, 8, 16)):
         self.budget = check_int("budget", budget, 1)
-        if layers is not None or ratios is not None:
+        if not isinstance(fit_layers, (list, tuple)) or not fit_layers:
+            raise UserError(f"pyramiddrop: method.params.fit_layers={fit_layers!r}; allowed: a non-empty list of "
+                            "layer indices")
+        self.fit_layers, _ = _check_schedule(fit_layers, [1.0] * len(fit_layers), "method.params.fit_")
+        self.user_schedule = layers is not None or ratios is not None
+        self.fitted_keeps: list[int] | None = None  # set by for_image_tokens (Qwen2.5-VL): the image's own schedule
+        self._no_schedule: str | None = None  # a budget without a table entry: an error on LLaVA (check)
+        if self.user_schedule:
             self.layers, self.ratios = _check_schedule(layers, ratios, "method.params")
         else:
             table = {int(k): v for k, v in (schedules or {}).items()}
             if budget not in table:
-                raise UserError(f"pyramiddrop: budget={budget} has no schedule; allowed budgets: "
-                                f"{', '.join(map(str, sorted(table)))} (or set method.params.layers and ratios)")
-            entry = table[budget]
-            if not isinstance(entry, dict) or set(entry) != {"layers", "ratios"}:
-                raise UserError(f"pyramiddrop: schedules[{budget}]={entry!r}; allowed: {{layers: [...], ratios: [...]}}")
-            self.layers, self.ratios = _check_schedule(entry["layers"], entry["ratios"], f"schedules[{budget}]")
+                self._no_schedule = (f"pyramiddrop: budget={budget} has no schedule; allowed budgets: "
+                                     f"{', '.join(map(str, sorted(table)))} (or set method.params.layers and ratios)")
+                self.layers, self.ratios = list(self.fit_layers), None
+            else:
+                entry = table[budget]
+                if not isinstance(entry, dict) or set(entry) != {"layers", "ratios"}:
+                    raise UserError(f"pyramiddrop: schedules[{budget}]={entry!r}; allowed: "
+                                    "{layers: [...], ratios: [...]}")
+                self.layers, self.ratios = _check_schedule(entry["layers"], entry["ratios"], f"schedules[{budget}]")
         self._initial_images = 0
 
     def keep_counts(self, initial_images: int = 576) -> list[int]:
-        """Image tokens kept at each stage, ``int(initial * ratio)`` as the official code."""
+        """Image tokens kept at each stage, ``int(initial * ratio)`` as the official code (or the fitted counts)."""
+        if self.fitted_keeps is not None:
+            return list(self.fitted_keeps)
+        if self.ratios is None:
+            return []
         return [int(initial_images * ratio) for ratio in self.ratios]
 
     def describe(self) -> dict:
-        return {"stage_layers": list(self.layers), "ratios": list(self.ratios), "keep_counts": self.keep_counts()}
+        if self.ratios is None and self.fitted_keeps is None:
+            return {"stage_layers": list(self.layers), "schedule": "fitted per image token count (fit_keep_counts)"}
+        return {"stage_layers": list(self.layers), "ratios": self.ratios and list(self.ratios),
+                "keep_counts": self.keep_counts()}
 
     def full_layers(self) -> int:
         return self.layers[0]
@@ -97,9 +149,21 @@ class PyramidDrop(DecoderPruner):
         return max(self.keep_counts(num_patches), default=num_patches)
 
     def check(self, lm) -> None:
+        if self._no_schedule is not None and getattr(lm, "family", "llava15") != "qwen25vl":
+            raise UserError(self._no_schedule)
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("pyramiddrop", "layers", self.layers, n_layers, 1, n_layers - 1,
                     "allowed stage layers, each the first layer that sees the dropped set")
+
+    def for_image_tokens(self, image_tokens: int, budget: int, n_layers: int) -> "PyramidDrop":
+        """The schedule for images of ``image_tokens`` tokens (Qwen2.5-VL): the table's rule refitted
+        (:func:`fit_keep_counts`), or the user's layers and ratios as given."""
+        clone = self.with_budget(budget)
+        if not self.user_schedule:
+            clone.layers, clone.ratios = list(self.fit_layers), None
+            clone.fitted_keeps = fit_keep_counts(image_tokens, n_layers, clone.layers, budget)
+            clone._no_schedule = None
+        return clone
 
     def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:
         state = view.state
@@ -109,13 +173,16 @@ class PyramidDrop(DecoderPruner):
             return None
         stage = self.layers.index(layer_idx + 1)
         image_pos = image_positions(state.is_image)
-        keep = min(int(self._initial_images * self.ratios[stage]), image_pos.shape[1])
+        keep = min(self.keep_counts(self._initial_images)[stage], image_pos.shape[1])
         probs = attention_rows(view.layers[layer_idx + 1], state.hidden, view.position_embeddings,
                                view.attention_mask, last_token_index(state), scale="divide")
         scores = probs.mean(dim=1)[:, 0]  # (B, L): head mean in float32 (official: model dtype; attention_rows)
         keep_local = top_k(scores.gather(1, image_pos), keep)
         if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
             view.context.record(kept_indices=keep_local.sort(dim=1).values.tolist())
+            if self.fitted_keeps is not None:
+                view.context.record(stage_keep_counts=[list(self.fitted_keeps)] * len(keep_local))
         dropped = state.gather(keep_indices(state.is_image, image_pos, keep_local))
-        dropped.position_ids = renumber(dropped.padding)
+        if dropped.position_ids.dim() == 2:  # LLaVA's 1-D positions: renumbered as released; M-RoPE's 3-D: kept
+            dropped.position_ids = renumber(dropped.padding)
         return dropped

@@ -43,7 +43,7 @@ class RandomK(EncoderPruner):
         if not self.per_image:
             return [int(context.seed)] * batch
         if context.pixels_float32 is None:
-            raise ValueError(f"{NAME}: per_image seeds need context.pixels_float32 (set by surgery.to_model)")
+            raise ValueError(f"{NAME}: per_image seeds need context.pixels_float32 (set by llava15.to_model)")
         return image_seeds(context.pixels_float32, context.seed)
 
     def reduce(self, features, context):

@@ -30,6 +30,20 @@ candidates) with :func:`attention.top_k` (ties to the lower index) instead of th
 fp16 ranking has exact ties at the k-th place that CUDA's topk breaks arbitrarily; where it has none, the two
 agree unless fp16 rounding reorders near-equal scores).
 
+On Qwen2.5-VL (svdprune/qwen25vl.py; the authors published LLaVA and Video-LLaVA code only, and llmc runs its
+SparseVLM on LLaVA): the same raters, scores, keep rule and recycling, with two differences the model forces.
+(1) Positions: M-RoPE's 3-D positions have no "renumbered" form, so kept tokens keep their own (as DART's and
+FlowCut's Qwen code do) and each cluster token takes the position of its cluster's centre (the density peak, itself a
+deleted image token); a 1-D LLaVA run renumbers as released. (2) Keep counts: each image has its own token count N
+and the LLM 28 layers, so the counts are fitted per group of equal N (:func:`fit_keep`): the table entry whose share
+(budget / 576) is nearest the image's (budget / N) gives the shape, scaled by c = i / 1000 so that the official-rule
+average (:func:`official_mean`) is closest to the budget; when even keep counts of 1 stay above the budget, the
+first stage keeps the budget (the shape scaled by budget / its first count: the table's rule for 32 and 16). On N =
+576 and 32 layers this gives the official 192 counts exactly, and [300, 109, 36] (127.97) for 128 and [64, 29, 16]
+(63.75) for 64, whose averages are closer than the official ones (128.6, 64.8): the official counts are hand-set, so
+no rule reproduces all of them; on LLaVA the table is used as it is. ``keep`` set by the user is used as given.
+Every image records its ``stage_keep_counts``.
+
 Batching (the official code is batch size 1): rows are left-padded; every row has the same number of
 image tokens, so keep counts and cluster counts are equal across rows. Raters differ per row. The
 clustering noise comes from a generator seeded with (``seed``, stage) and is the same for every row, so
@@ -85,9 +99,62 @@ def select_raters(embeds: torch.Tensor, is_image: torch.Tensor) -> list[torch.Te
     return raters
 
 
+def stage_counts(image_tokens: int, keep: list[int], recycle: bool = True) -> list[int]:
+    """Image tokens after each pruning stage (kept plus cluster tokens), as :meth:`SparseVLM._prune` counts them."""
+    counts, current = [], image_tokens
+    for count in keep:
+        if current > 0:
+            kept = min(count, current - 1)
+            if recycle and current - kept > 0:
+                kept += int((int((current - kept) * RECYCLE_FRACTION) + 1) / CLUSTER_DIVISOR) + 1
+            current = kept
+        counts.append(current)
+    return counts
+
+
+def official_mean(image_tokens: int, n_layers: int, layers: list[int], keep: list[int], recycle: bool = True) -> float:
+    """The official log's budget: image tokens per layer averaged over the LLM, a pruning layer counted at its
+    post-prune size (``image_tokens_mean_official``)."""
+    after = stage_counts(image_tokens, keep, recycle)
+    per_layer, current = [], image_tokens
+    for layer in range(n_layers):
+        if layer in layers:
+            current = after[layers.index(layer)]
+        per_layer.append(current)
+    return sum(per_layer) / n_layers
+
+
+def fit_keep(image_tokens: int, n_layers: int, layers: list[int], budget: int, table: dict[int, list[int]],
+             recycle: bool = True) -> list[int]:
+    """Keep counts for images of ``image_tokens`` tokens whose official-rule average is closest to ``budget``: the
+    ``table`` entry whose share (its budget / 576) is nearest budget / image_tokens (ties: the larger), scaled by c =
+    i / 1000 (ties: the smaller c), each count at least 1; when counts of 1 already average above the budget, the
+    shape scaled so that its first count is the budget."""
+    share = budget / image_tokens
+    shape = table[min(table, key=lambda key: (abs(key / 576 - share), -key))]
+
+    def scaled(c: float) -> list[int]:
+        return [max(1, round(c * count)) for count in shape]
+
+    if official_mean(image_tokens, n_layers, layers, [1] * len(shape), recycle) > budget:
+        return scaled(budget / shape[0])
+    best = None
+    for i in range(1, int(1000 * image_tokens / shape[0]) + 1):
+        keep = scaled(i / 1000)
+        distance = abs(official_mean(image_tokens, n_layers, layers, keep, recycle) - budget)
+        if best is None or distance < best[0]:
+            best = (distance, keep)
+    return best[1]
+
+
 def dpc_knn_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> torch.Tensor:
     """Density-peak kNN clustering of x (B, N, C) into ``clusters`` tokens (B, clusters, C), ordered by
     centre score (highest first). noise: (N,) uniform [0, 1) tie-breaking noise for the densities."""
+    return dpc_knn(x, clusters, noise)[0]
+
+
+def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dpc_knn_merge` and the centres: (merged (B, clusters, C), centre index in x (B, clusters))."""
     batch, n, channels = x.shape
     dist = torch.cdist(x.float(), x.float(), compute_mode="donot_use_mm_for_euclid_dist").to(x.dtype)
     dist = dist / (channels ** 0.5)  # (B, N, N)
@@ -105,7 +172,7 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> torch.
     counts = counts.scatter_add(1, assign, torch.ones_like(assign, dtype=x.dtype)) + 1e-6  # whole numbers: exact
     weights = 1.0 / counts.gather(1, assign)  # (B, N)
     merged = torch.zeros(batch, clusters, channels, dtype=x.dtype, device=x.device)
-    return scatter_sum_in_order(merged, assign, x * weights[..., None])  # scatter_add, deterministic on CUDA
+    return scatter_sum_in_order(merged, assign, x * weights[..., None]), centres  # deterministic scatter_add on CUDA
 
 
 class SparseVLM(DecoderPruner):
@@ -119,25 +186,41 @@ class SparseVLM(DecoderPruner):
         self.layers = [check_int(f"sparsevlm method.params.layers[{i}]", l, 0) for i, l in enumerate(layers)]
         if any(b <= a for a, b in zip(self.layers, self.layers[1:])):
             raise UserError(f"sparsevlm: method.params.layers={self.layers}; allowed: strictly increasing")
-        if keep is None:
-            table = {int(k): v for k, v in (keep_counts or {}).items()}
-            if budget not in table:
-                raise UserError(f"sparsevlm: budget={budget} has no keep counts; allowed budgets: "
-                                f"{', '.join(map(str, sorted(table)))} (or set method.params.keep)")
-            keep, source = table[budget], f"keep_counts[{budget}]"
+        self.table = {int(k): v for k, v in (keep_counts or {}).items()}
+        self.user_keep = keep is not None
+        self._no_keep: str | None = None  # a budget without keep counts: an error on LLaVA (check)
+        if keep is None and budget not in self.table:
+            self._no_keep = (f"sparsevlm: budget={budget} has no keep counts; allowed budgets: "
+                             f"{', '.join(map(str, sorted(self.table)))} (or set method.params.keep)")
+            keep, source = None, None
+        elif keep is None:
+            keep, source = self.table[budget], f"keep_counts[{budget}]"
         else:
             source = "method.params.keep"
-        if not isinstance(keep, (list, tuple)) or len(keep) != len(self.layers):
-            raise UserError(f"sparsevlm: {source}={keep!r}; allowed: one count per pruning layer ({len(self.layers)})")
-        self.keep = [check_int(f"sparsevlm {source}[{i}]", k, 1) for i, k in enumerate(keep)]
+        if keep is not None:
+            if not isinstance(keep, (list, tuple)) or len(keep) != len(self.layers):
+                raise UserError(f"sparsevlm: {source}={keep!r}; allowed: one count per pruning layer "
+                                f"({len(self.layers)})")
+            keep = [check_int(f"sparsevlm {source}[{i}]", k, 1) for i, k in enumerate(keep)]
+        self.keep = keep
         if not isinstance(recycle, bool):
             raise UserError(f"sparsevlm: method.params.recycle={recycle!r}; allowed: true, false")
         self.recycle = recycle
+        self.fitted = False  # set by for_image_tokens (Qwen2.5-VL): keep counts fitted to the image's own tokens
         self._raters: list[torch.Tensor] = []
         self._counts: list[int] = []
 
     def describe(self) -> dict:
-        return {"prune_layers": list(self.layers), "keep_counts": list(self.keep), "recycle": self.recycle}
+        keep = list(self.keep) if self.keep is not None else "fitted per image token count (fit_keep)"
+        return {"prune_layers": list(self.layers), "keep_counts": keep, "recycle": self.recycle}
+
+    def for_image_tokens(self, image_tokens: int, budget: int, n_layers: int) -> "SparseVLM":
+        """Keep counts for images of ``image_tokens`` tokens (Qwen2.5-VL): fitted (:func:`fit_keep`), or the user's."""
+        clone = self.with_budget(budget)
+        if not self.user_keep:
+            clone.keep = fit_keep(image_tokens, n_layers, self.layers, budget, self.table, self.recycle)
+            clone.fitted, clone._no_keep = True, None
+        return clone
 
     def full_layers(self) -> int:
         return self.layers[0] + 1  # layer l runs on every token; its output is cut
@@ -148,6 +231,8 @@ class SparseVLM(DecoderPruner):
         return keep + (int(candidates / CLUSTER_DIVISOR) + 1 if candidates else 0)
 
     def check(self, lm) -> None:
+        if self._no_keep is not None and getattr(lm, "family", "llava15") != "qwen25vl":
+            raise UserError(self._no_keep)
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,
                     "allowed pruning layers, whose output is cut (not the last layer)")
@@ -195,6 +280,8 @@ class SparseVLM(DecoderPruner):
         pruned = state.gather(keep_indices(state.is_image, image_pos, kept_local))
         if stage == 0:  # all image tokens still there (raster order): local indices are patch indices
             view.context.record(kept_indices=kept_local.sort(dim=1).values.tolist())
+            if self.fitted:
+                view.context.record(stage_keep_counts=[list(self.keep)] * len(kept_local))
         if self.recycle and n_image - keep > 0:
             deleted = torch.ones_like(scores, dtype=torch.bool).scatter(1, kept_local, False)
             deleted_local = true_positions(deleted, n_image - keep)  # index order, as policy == 0
@@ -208,20 +295,30 @@ class SparseVLM(DecoderPruner):
             generator = torch.Generator().manual_seed(view.context.seed * 1000 + stage)
             noise = torch.rand(n_candidates, generator=generator)
             # the kept image tokens are contiguous from the image start: the clusters go right after them
-            pruned = self._insert(pruned, dpc_knn_merge(x, clusters, noise), image_pos[:, :1] + keep)
+            merged, centres = dpc_knn(x, clusters, noise)
+            centre_positions = None
+            if state.position_ids.dim() == 3:  # M-RoPE: a cluster token sits at its centre's 3-D position
+                slots = candidates.gather(1, centres)  # (B, clusters)
+                centre_positions = state.position_ids.gather(2, slots[None].expand(3, -1, -1))
+            pruned = self._insert(pruned, merged, image_pos[:, :1] + keep, centre_positions)
             keep += clusters
-        pruned.position_ids = renumber(pruned.padding)
+        if pruned.position_ids.dim() == 2:  # LLaVA's 1-D positions: renumbered as released; M-RoPE's 3-D: kept
+            pruned.position_ids = renumber(pruned.padding)
         return pruned, keep
 
     @staticmethod
-    def _insert(state: TokenState, extra: torch.Tensor, insert_at: torch.Tensor) -> TokenState:
-        """Place the tokens ``extra`` (B, c, d), as image tokens, at slot ``insert_at`` (B, 1) of each row."""
+    def _insert(state: TokenState, extra: torch.Tensor, insert_at: torch.Tensor,
+                extra_positions: torch.Tensor | None = None) -> TokenState:
+        """Place the tokens ``extra`` (B, c, d), as image tokens, at slot ``insert_at`` (B, 1) of each row, with
+        positions ``extra_positions`` ((3, B, c) M-RoPE; None: zeros, renumbered afterwards)."""
         batch, length = state.is_image.shape
         count = extra.shape[1]
         device = extra.device
+        if extra_positions is None:
+            extra_positions = state.position_ids.new_zeros(*state.position_ids.shape[:-1], count)
         joined = TokenState(
             hidden=torch.cat([state.hidden, extra.to(state.hidden.dtype)], dim=1),
-            position_ids=torch.cat([state.position_ids, state.position_ids.new_zeros(batch, count)], dim=1),
+            position_ids=torch.cat([state.position_ids, extra_positions], dim=-1),
             padding=torch.cat([state.padding, state.padding.new_zeros(batch, count)], dim=1),
             is_image=torch.cat([state.is_image, state.is_image.new_ones(batch, count)], dim=1),
         )

@@ -68,9 +68,14 @@ def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> di
 
 
 def budget_label(budget: int | None, ratio: float | None) -> str:
-    """How a run's budget is named in its folder and its printed lines: ``k64`` (tokens) or ``r0.25`` (a share of
-    each image's own tokens, ``budget_ratio``)."""
+    """How a run's budget is named in its folder and progress bar: ``k64`` (tokens) or ``r0.25`` (a share of each
+    image's own tokens, ``budget_ratio``)."""
     return f"r{ratio:g}" if ratio is not None else f"k{budget}"
+
+
+def budget_text(budget: int | None, ratio: float | None) -> str:
+    """The budget in a run's printed lines: ``k=64`` or ``budget_ratio=0.25``."""
+    return f"budget_ratio={ratio:g}" if ratio is not None else f"k={budget}"
 
 
 def config_hash(cfg: DictConfig, budget: int | None, prints: dict) -> str:
@@ -222,7 +227,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
         merged = _merge_if_complete(out_dir, records, digest, shard)
         if merged is None:
-            print(f"{dataset.name} {method_name} {budget_label(budget, settings.budget_ratio)}: shard {shard} answered its {len(mine)} questions "
+            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: shard {shard} answered its {len(mine)} questions "
                   f"({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
                   f"-> {out_dir}")
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
@@ -252,7 +257,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{dataset.name} {method_name} {budget_label(budget, settings.budget_ratio)}: accuracy {accuracy} on {this['n']} questions "
+    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: accuracy {accuracy} on {this['n']} questions "
           f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
 

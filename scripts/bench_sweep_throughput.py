@@ -126,8 +126,8 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
     token over ``records``, smallest top-1 minus top-2 logit margin). Rows batched in dataset order."""
     from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
     from svdprune.pruning import PruneContext
-    from svdprune.surgery import (_new_cache, build_inputs, encode_images, prefill, prefill_prefixes,
-                                  prefill_suffixes, split_prompt, to_model)
+    from svdprune.surgery import _new_cache, prefill
+    from svdprune.llava15 import build_inputs, encode_images, prefill_prefixes, prefill_suffixes, split_prompt, to_model
     from eval.datasets import load_image
     from svdprune.prompts import preprocess_image
 

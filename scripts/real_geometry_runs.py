@@ -60,7 +60,6 @@ def expected_kept(method: str, budget: int, patches: int = 576) -> int | None:
     return None if method in ("pyramiddrop", "sparsevlm") else budget
 
 
-QWEN_METHODS = ["vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart"]  # svdprune.qwen25vl.SUPPORTED
 QWEN_IMAGES = [(448, 448), (1000, 700)]  # width x height: 256 and 900 tokens at the model card's max_pixels
 
 
@@ -77,6 +76,27 @@ def write_qwen_fixture(folder: Path) -> Path:
     return folder
 
 
+def qwen_first_stage(method: str, budget: int, pred: dict) -> int:
+    """Image tokens after the first cut of PyramidDrop / SparseVLM on Qwen2.5-VL (count budgets): those of the fit
+    rule for this image's own tokens and the 28 layers (baselines/pyramiddrop.py, baselines/sparsevlm.py); -1 when
+    the recorded keep counts are not the rule's."""
+    from svdprune.pruning import build_method, default_params
+
+    n, keeps = pred["image_tokens_unpruned"], pred.get("stage_keep_counts")
+    if keeps is None:  # an image at or under its budget keeps every token
+        return n
+    params = default_params(method)
+    if method == "pyramiddrop":
+        from baselines.pyramiddrop import fit_keep_counts
+
+        fit_layers = build_method(method, budget, params).fit_layers
+        return keeps[0] if keeps == fit_keep_counts(n, 28, fit_layers, budget) else -1
+    from baselines.sparsevlm import fit_keep, stage_counts
+
+    table = {int(k): v for k, v in params["keep_counts"].items()}
+    return stage_counts(n, keeps)[0] if keeps == fit_keep(n, 28, params["layers"], budget, table) else -1
+
+
 def qwen_image_rows(row: dict, folder: Path) -> list[dict]:
     """Per question (= per image) of a Qwen2.5-VL run: its tokens before the cut, kept and averaged over layers."""
     out = []
@@ -86,6 +106,8 @@ def qwen_image_rows(row: dict, folder: Path) -> list[dict]:
         width, height = QWEN_IMAGES[int(pred["question_id"][1:])]
         want = pred["image_tokens_unpruned"] if row["method"] == "vanilla" else expected_kept(
             row["method"], row["budget"], pred["image_tokens_unpruned"])
+        if want is None:  # schedules fitted to the image's own tokens: the first stage of the recorded fit
+            want = qwen_first_stage(row["method"], row["budget"], pred)
         out.append({**{k: row[k] for k in ("method", "budget", "exit", "wall_s", "peak_rss_gb") if k in row},
                     "generation_s": row.get("generation_s"), "image": f"{width}x{height}",
                     "image_tokens": pred["image_tokens_unpruned"], "kept_tokens_mean": pred["kept_tokens"],
@@ -233,7 +255,9 @@ def main(argv=None) -> int:
 
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
     if args.family == "qwen25vl":
-        args.methods = args.methods or QWEN_METHODS
+        from svdprune.qwen25vl import SUPPORTED
+
+        args.methods = args.methods or list(SUPPORTED)
         args.limit = len(QWEN_IMAGES)
         fixture = write_qwen_fixture(runs / "fixture")
     else:

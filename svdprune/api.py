@@ -9,12 +9,13 @@ After :func:`prune`, the user's own code runs unchanged::
     handle.remove()       # the unpruned model, exactly
 
 How: ``prune`` puts a forward on the model *instance* (the class is untouched; ``remove`` takes it away). That
-forward is a thin adapter from HF's calling convention to the project's engine (:mod:`svdprune.surgery`), the same
-functions run.py's per-question path calls, so the runner and the API are one mechanism with two loop owners:
+forward is a thin adapter from HF's calling convention to the project's engine (:mod:`svdprune.surgery` and LLaVA-1.5's
+front, :mod:`svdprune.llava15`), the same functions run.py's per-question path calls, so the runner and the API are
+one mechanism with two loop owners:
 
 * prefill (a call with ``pixel_values``): each row's real tokens (``attention_mask``) are taken as the user gave
   them; the row's one run of image tokens (576 after a llava-hf processor, or 1 from a legacy one) is replaced by
-  the k tokens the method keeps (:func:`surgery.encode_images`: vision tower, encoder-side cut, projector); the rows
+  the k tokens the method keeps (:func:`llava15.encode_images`: vision tower, encoder-side cut, projector); the rows
   are left-padded again and run through :func:`surgery.prefill_states`, whose decoder-side cuts fill the cache
   layer by layer. The cache HF ``generate`` handed in is the one filled; the decoding groups (each layer's padding
   and next RoPE position) are remembered for it.
@@ -156,7 +157,8 @@ class PruneHandle:
         return type(self.model).forward(self.model, *args, **kwargs)
 
     def _prefill(self, input_ids, attention_mask, pixel_values, cache, values: dict, extra: dict):
-        from .surgery import _new_cache, build_inputs_from_ids, encode_images, prefill_states, to_model
+        from .surgery import _new_cache, prefill_states
+        from .llava15 import build_inputs_from_ids, encode_images, to_model
 
         lm, method = self._lm, self.method
         rows = _split_rows(input_ids, attention_mask, lm.image_token_id)

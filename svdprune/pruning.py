@@ -216,6 +216,12 @@ class DecoderPruner(BudgetMixin):
         """An upper bound on the image tokens any layer after the first cut sees (for :mod:`svdprune.memory`)."""
         return min(self.budget, num_patches)
 
+    def for_image_tokens(self, image_tokens: int, budget: int, n_layers: int):
+        """This method for a batch whose images have ``image_tokens`` tokens each, to keep ``budget`` of them, in an LLM
+        of ``n_layers`` layers (Qwen2.5-VL, whose images have their own token counts: svdprune/qwen25vl.py). Default:
+        the same method with that budget. A method whose schedule was fitted to 576 tokens and 32 layers refits it."""
+        return self.with_budget(budget)
+
 
 def reads_question_text(method) -> bool:
     """Whether the method's encoder-side selection reads the question text (``context.questions``; TRIM). Decoder-

@@ -45,7 +45,7 @@ TOKEN_PIXELS = 28 * 28  # pixels per LLM token: 14 px patches, 2 x 2 merged
 # the model card's preprocessor_config.json (Qwen/Qwen2.5-VL-7B-Instruct)
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = 3136, 12845056
 
-SUPPORTED = ("vanilla", "svd", "random", "divprune", "pooling", "fastv", "dart")
+SUPPORTED = ("vanilla", "svd", "random", "divprune", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart")
 _CLS = "reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] token"
 UNSUPPORTED = {
     "visionzip": _CLS, "fastervlm": _CLS, "vispruner": _CLS,
@@ -55,10 +55,6 @@ UNSUPPORTED = {
     "tome": "merges inside the CLIP tower's layers; no Qwen2.5-VL version is published by its authors or ported here",
     "trim": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
     "cdpruner": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
-    "pyramiddrop": "its released LLaVA code renumbers 1-D positions after each drop and its budget schedules are "
-                   "fitted to 576 tokens over 32 layers; its Qwen2.5-VL form is not ported here yet",
-    "sparsevlm": "its released LLaVA code renumbers 1-D positions and recycles tokens; its Qwen2.5-VL form is not "
-                 "ported here yet",
     "tokencarve": "not ported to Qwen2.5-VL yet (no Qwen version is published by its authors)",
 }
 
@@ -238,6 +234,16 @@ def _state(lm: LoadedModel, rows: list[_Row]):
 
 
 @torch.inference_mode()
+def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *, instruction: str | None,
+             max_new_tokens: int = 128, seed: int = 0):
+    """:func:`svdprune.surgery.generate` on Qwen2.5-VL: every row its own image, through :func:`generate_by_image`
+    (whose vision side is per image already)."""
+    return generate_by_image(lm, method, questions, list(range(len(images))),
+                             {i: preprocess(lm, image) for i, image in enumerate(images)}, instruction=instruction,
+                             max_new_tokens=max_new_tokens, seed=seed)
+
+
+@torch.inference_mode()
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes=None):
     """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract; ``images``:
@@ -253,8 +259,9 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
         groups: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(len(row.embeds), []).append(i)
-        parts = [(members, method.with_budget(image_budget(method, n)) if n > image_budget(method, n) else Vanilla())
-                 for n, members in groups.items()]
+        n_layers = lm.language_model.config.num_hidden_layers
+        parts = [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
+                  if n > image_budget(method, n) else Vanilla()) for n, members in groups.items()]
     else:
         parts = [(list(range(len(rows))), method)]
     out: list = [None] * len(rows)

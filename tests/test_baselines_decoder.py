@@ -22,7 +22,8 @@ from svdprune.errors import UserError
 from svdprune.models import build_tiny
 from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import LayerView, PruneContext, TokenState, Vanilla, build_method
-from svdprune.surgery import _attention_mask, build_inputs, decode_step, encode_images, generate, prefill
+from svdprune.surgery import _attention_mask, decode_step, generate, prefill
+from svdprune.llava15 import build_inputs, encode_images
 from tests.conftest import QUESTIONS
 
 INSTRUCTION = "Answer the question using a single word or phrase."
@@ -383,9 +384,39 @@ def test_schedules_that_do_not_fit_the_model_are_clear_errors(tiny, random_image
             run(tiny, method, QUESTIONS[:1], random_images[:1], steps=1)
 
 
+@pytest.mark.parametrize("name,match", [
+    ("pyramiddrop", "budget=100 has no schedule; allowed budgets: 16, 32, 64, 128, 192"),
+    ("sparsevlm", "budget=100 has no keep counts; allowed budgets: 16, 32, 64, 128, 192"),
+])
+def test_budgets_without_a_schedule_are_refused_on_llava(tiny, name, match):
+    """LLaVA runs the table as it is; a budget without an entry is refused before anything runs (Qwen2.5-VL fits the
+    schedule per image instead: tests/test_qwen25vl.py)."""
+    method = build_method(name, 100, config_params(name))
+    with pytest.raises(UserError, match=match):
+        method.check(tiny)
+
+
+def test_pyramiddrop_fit_rule_gives_the_table_on_llava_geometry():
+    from baselines.pyramiddrop import fit_keep_counts
+
+    for budget in (192, 128, 64, 32, 16):
+        method = build_method("pyramiddrop", budget, config_params("pyramiddrop"))
+        assert fit_keep_counts(576, 32, method.layers, budget) == method.keep_counts()
+    assert fit_keep_counts(900, 28, [2, 8, 16], 64) == [64, 4, 0]  # out of reach (2 x 900 / 28 > 64): first stage
+
+
+def test_sparsevlm_official_mean_and_fit():
+    from baselines.sparsevlm import fit_keep, official_mean
+
+    table = {int(k): v for k, v in config_params("sparsevlm")["keep_counts"].items()}
+    means = {budget: official_mean(576, 32, [2, 6, 15], table[budget]) for budget in table}
+    assert means == {192: 192.03125, 128: 128.625, 64: 64.8125, 32: 51.6875, 16: 45.03125}  # the official log's rule
+    fitted = {budget: fit_keep(576, 32, [2, 6, 15], budget, table) for budget in table}
+    # 192, 32, 16: the table; 128 and 64: closer averages than the hand-set official counts (127.97, 63.75)
+    assert fitted == {192: [300, 200, 110], 128: [300, 109, 36], 64: [64, 29, 16], 32: [32, 15, 8], 16: [16, 7, 4]}
+
+
 @pytest.mark.parametrize("name,budget,params,match", [
-    ("pyramiddrop", 100, None, "budget=100 has no schedule; allowed budgets: 16, 32, 64, 128, 192"),
-    ("sparsevlm", 100, None, "budget=100 has no keep counts"),
     ("fastv", 0, None, "budget=0"),
     ("fastv", 64, {"agg_layer": 0}, "agg_layer=0"),
     ("pyramiddrop", 64, {"layers": [8, 4], "ratios": [0.5, 0.25]}, "strictly increasing"),

@@ -11,7 +11,7 @@ from baselines.pooling import SpatialPooling, grid_shape
 from baselines.random_k import RandomK
 from svdprune.errors import UserError
 from svdprune.pruning import PruneContext, build_method
-from svdprune.surgery import encode_images
+from svdprune.llava15 import encode_images
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -75,7 +75,7 @@ def documented_seed(image: torch.Tensor, seed: int) -> int:
 def test_random_matches_documented_draw(tiny, pixels):
     method = RandomK(budget=16)
     context = PruneContext(["q"] * 3, seed=3, model=tiny.model)
-    context.pixels_float32 = pixels  # as surgery.to_model hands them over
+    context.pixels_float32 = pixels  # as llava15.to_model hands them over
     features = method.encode(tiny.vision_tower, pixels, -2, context)
     out = method.reduce(features, context)
     for i in range(3):

@@ -10,7 +10,7 @@ from svdprune.errors import UserError
 from svdprune.models import build_tiny_clip
 from svdprune.pruning import PruneContext, build_method
 from svdprune.prompts import ANSWER_INSTRUCTION
-from svdprune.surgery import encode_images
+from svdprune.llava15 import encode_images
 
 QUESTIONS = ["What color is the shape?", "How many circles are there in the image?\nReference OCR token: A, b"]
 

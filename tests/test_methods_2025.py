@@ -239,7 +239,7 @@ def test_holov_zero_slots_reach_the_llm_as_zero_embeddings(tiny, random_images):
     from baselines._encoder_common import stash
     from svdprune.prompts import preprocess_image
     from svdprune.pruning import PruneContext
-    from svdprune.surgery import encode_images, to_model
+    from svdprune.llava15 import encode_images, to_model
 
     class SinkHoloV(HoloV):  # the tower's attention replaced by one with sinks in the third chunk (as CLIP-L has)
         def encode(self, vision_tower, pixel_values, feature_layer, context):
@@ -311,7 +311,8 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
     the KV an uncut prefill computed at those slots."""
     from svdprune.prompts import preprocess_image, vicuna_prompt
     from svdprune.pruning import PruneContext, Vanilla
-    from svdprune.surgery import _new_cache, build_inputs, encode_images, prefill_states, to_model
+    from svdprune.surgery import _new_cache, prefill_states
+    from svdprune.llava15 import build_inputs, encode_images, to_model
 
     questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
     pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)

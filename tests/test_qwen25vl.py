@@ -103,8 +103,73 @@ def test_methods_batched_equal_one_question_at_a_time(qwen, images, inputs, name
     assert batched.image_tokens_per_layer == [a.image_tokens_per_layer[0] for a in alone]
     assert batched.stats["image_tokens_unpruned"] == [165, 64, 176, 16, 165]
     after = [counts[-1] for counts in batched.image_tokens_per_layer]
+    if name in ("pyramiddrop", "sparsevlm"):  # schedules fitted per image size: test_fitted_schedules_per_image
+        assert after[3] == 16 and batched.stats["stage_keep_counts"][3] is None
+        return
     kept = 36 if name == "dart" else 32  # DART: 4 image pivots + 8 pivots x 32 // 8
     assert after == [kept, kept, kept, 16, kept]  # the 16-token image keeps all of its tokens
+
+
+def test_fitted_schedules_per_image(qwen, inputs):
+    """PyramidDrop and SparseVLM refit their schedules to each image's own token count and the 28 layers; every layer
+    sees what the fitted schedule says, and the kept and recycled tokens keep (take) real cells' 3-D positions."""
+    from baselines.pyramiddrop import fit_keep_counts
+    from baselines.sparsevlm import fit_keep, official_mean, stage_counts
+
+    keys, sizes = [0, 1, 2], [165, 64, 176]
+    pdrop = generate_by_image(qwen, build_method("pyramiddrop", 32, default_params("pyramiddrop")), QUESTIONS[:3],
+                              keys, inputs, instruction=None, max_new_tokens=2)
+    for n, per_layer, keeps in zip(sizes, pdrop.image_tokens_per_layer, pdrop.stats["stage_keep_counts"]):
+        assert keeps == fit_keep_counts(n, 28, [2, 8, 16], 32)
+        assert per_layer == [n] * 2 + [keeps[0]] * 6 + [keeps[1]] * 8 + [keeps[2]] * 12
+        assert abs(sum(per_layer) / 28 - 32) <= 0.5  # the budget is the 28-layer average
+    params = default_params("sparsevlm")
+    table = {int(k): v for k, v in params["keep_counts"].items()}
+    sparse = generate_by_image(qwen, build_method("sparsevlm", 32, params), QUESTIONS[:3], keys, inputs,
+                               instruction=None, max_new_tokens=2)
+    for i, n in enumerate(sizes):
+        keep = fit_keep(n, 28, [2, 6, 15], 32, table)
+        assert sparse.stats["stage_keep_counts"][i] == keep
+        after = stage_counts(n, keep)
+        assert sparse.image_tokens_per_layer[i] == [n] * 3 + [after[0]] * 4 + [after[1]] * 9 + [after[2]] * 12
+        assert sparse.stats["image_tokens_mean_official"][i] == official_mean(n, 28, [2, 6, 15], keep)
+
+
+def test_sparsevlm_cluster_tokens_take_their_centres_positions(qwen, inputs):
+    """One stage with recycling on a batch of two: every image token after the cut, kept or recycled, has the 3-D
+    position of an image cell of its row (no renumbering), and the text keeps its positions."""
+    method = build_method("sparsevlm", 32, {**default_params("sparsevlm"), "layers": [2], "keep": [20]})
+    rows = qwen25vl._rows(qwen, method, QUESTIONS[:2], [0, 0], inputs, instruction=None, seed=0)
+    state = qwen25vl._state(qwen, rows)
+    seen = {}
+
+    class Spy(type(method)):
+        def after_layer(self, layer_idx, view):
+            out = super().after_layer(layer_idx, view)
+            if out is not None:
+                seen["before"], seen["after"] = view.state, out
+            return out
+
+    spy = Spy.__new__(Spy)
+    spy.__dict__.update(method.__dict__)
+    with torch.inference_mode():
+        prefill(qwen, state, spy, PruneContext(QUESTIONS[:2]), _new_cache(qwen))
+    before, after = seen["before"], seen["after"]
+    n_kept = int(after.is_image[0].sum())
+    assert n_kept == stage_counts_of(165, [20])
+    for row in range(2):
+        cells = {tuple(p) for p in before.position_ids[:, row][:, before.is_image[row]].T.tolist()}
+        image = after.position_ids[:, row][:, after.is_image[row]].T.tolist()
+        assert all(tuple(p) in cells for p in image) and len({tuple(p) for p in image}) == n_kept
+        text_before = before.position_ids[:, row][:, ~before.is_image[row] & ~before.padding[row]]
+        text_after = after.position_ids[:, row][:, ~after.is_image[row] & ~after.padding[row]]
+        assert torch.equal(text_before, text_after)
+
+
+def stage_counts_of(n, keep):
+    from baselines.sparsevlm import stage_counts
+
+    return stage_counts(n, keep)[-1]
 
 
 @pytest.mark.parametrize("name", ["svd", "random", "divprune"])
