@@ -128,8 +128,9 @@ def fit_keep(image_tokens: int, n_layers: int, layers: list[int], budget: int, t
              recycle: bool = True) -> list[int]:
     """Keep counts for images of ``image_tokens`` tokens whose official-rule average is closest to ``budget``: the
     ``table`` entry whose share (its budget / 576) is nearest budget / image_tokens (ties: the larger), scaled by c =
-    i / 1000 (ties: the smaller c), each count at least 1; when counts of 1 already average above the budget, the
-    shape scaled so that its first count is the budget."""
+    i / 1000 (ties: the smaller c; c up to where the last count reaches the image's tokens, a stage keeping at most
+    all but one as the released rule clips), each count at least 1; when counts of 1 already average above the budget,
+    the shape scaled so that its first count is the budget."""
     share = budget / image_tokens
     shape = table[min(table, key=lambda key: (abs(key / 576 - share), -key))]
 
@@ -139,7 +140,7 @@ def fit_keep(image_tokens: int, n_layers: int, layers: list[int], budget: int, t
     if official_mean(image_tokens, n_layers, layers, [1] * len(shape), recycle) > budget:
         return scaled(budget / shape[0])
     best = None
-    for i in range(1, int(1000 * image_tokens / shape[0]) + 1):
+    for i in range(1, int(1000 * image_tokens / shape[-1]) + 1):  # up to the last stage keeping all (counts clip)
         keep = scaled(i / 1000)
         distance = abs(official_mean(image_tokens, n_layers, layers, keep, recycle) - budget)
         if best is None or distance < best[0]:

@@ -94,7 +94,10 @@ def qwen_first_stage(method: str, budget: int, pred: dict) -> int:
     from baselines.sparsevlm import fit_keep, stage_counts
 
     table = {int(k): v for k, v in params["keep_counts"].items()}
-    return stage_counts(n, keeps)[0] if keeps == fit_keep(n, 28, params["layers"], budget, table) else -1
+    if keeps != fit_keep(n, 28, params["layers"], budget, table):
+        return -1
+    # kept_tokens is the first per-layer count that differs from n (a stage that keeps n - 1 plus a cluster: none)
+    return next((count for count in stage_counts(n, keeps) if count != n), n)
 
 
 def qwen_image_rows(row: dict, folder: Path) -> list[dict]:
@@ -112,7 +115,10 @@ def qwen_image_rows(row: dict, folder: Path) -> list[dict]:
                     "generation_s": row.get("generation_s"), "image": f"{width}x{height}",
                     "image_tokens": pred["image_tokens_unpruned"], "kept_tokens_mean": pred["kept_tokens"],
                     "image_tokens_mean_over_layers": round(sum(per_layer) / len(per_layer), 2),
-                    "kept_ok": pred["kept_tokens"] == min(want, pred["image_tokens_unpruned"]), "dtype": row.get("dtype")})
+                    "kept_ok": pred["kept_tokens"] == min(want, pred["image_tokens_unpruned"]), "dtype": row.get("dtype"),
+                    **({"stage_keep_counts": " / ".join(map(str, pred["stage_keep_counts"])) + (
+                        f" (official-rule mean {pred['image_tokens_mean_official']:.2f})"
+                        if "image_tokens_mean_official" in pred else "")} if pred.get("stage_keep_counts") else {})})
     return out
 
 
@@ -165,7 +171,7 @@ def read_rows(path: Path) -> list[dict]:
                 continue
             if key == "kept_ok":
                 row[key] = {"True": True, "False": False}.get(value)
-            elif key in ("method", "error", "dtype"):
+            elif key in ("method", "error", "dtype", "image", "stage_keep_counts"):
                 row[key] = value
             else:
                 row[key] = float(value) if "." in value else int(value)
@@ -181,8 +187,8 @@ def ok_text(row: dict) -> str:
 
 def write_qwen(out: Path, tag: str, rows: list[dict], args) -> None:
     """runs_<tag>.csv / .md of a Qwen2.5-VL sweep: one line per (run, image)."""
-    lines_rows = [image_row for r in rows for image_row in (r.get("per_image") or [
-        {**{k: v for k, v in r.items() if k != "per_image"}, "image": "-"}])]
+    lines_rows = [image_row for r in rows for image_row in (r.get("per_image") or [  # a line read back: as it is
+        r if "image" in r else {**{k: v for k, v in r.items() if k != "per_image"}, "image": "-"}])]
     columns = list(dict.fromkeys(c for r in lines_rows for c in r))
     with (out / f"runs_{tag}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -194,15 +200,18 @@ def write_qwen(out: Path, tag: str, rows: list[dict], args) -> None:
              "run is one `python run.py model=qwen25vl_7b ...` process under `/usr/bin/time -v` (wall time and peak "
              "RSS of the whole process, loading the 7B weights included; `generation s` covers both images). "
              "`tokens` = the image's LLM tokens before any cut, `kept` = after the first cut, `avg` = image tokens "
-             "averaged over the 28 LLM layers (predictions.jsonl).", "",
-             "| method | k | image | tokens | exit | wall s | generation s | peak RSS GB | kept | avg over layers | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "averaged over the 28 LLM layers (predictions.jsonl); `stages` = PyramidDrop's / SparseVLM's keep counts "
+             "as fitted to the image's tokens and the 28 layers (`ok` checks them against the fit rule).", "",
+             "| method | k | image | tokens | exit | wall s | generation s | peak RSS GB | kept | avg over layers | stages "
+             "| ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in lines_rows:
         ok = ok_text(r) if r.get("image") == "-" else ("yes" if r.get("kept_ok") else "NO (kept != budget)")
         budget = "all" if r["method"] == "vanilla" else r["budget"]
         lines.append(f"| {r['method']} | {budget} | {r['image']} | {r.get('image_tokens', '-')} | {r['exit']} | "
                      f"{r['wall_s']:.0f} | {r.get('generation_s', '-')} | {(r.get('peak_rss_gb') or 0):.1f} | "
-                     f"{r.get('kept_tokens_mean', '-')} | {r.get('image_tokens_mean_over_layers', '-')} | {ok} |")
+                     f"{r.get('kept_tokens_mean', '-')} | {r.get('image_tokens_mean_over_layers', '-')} | "
+                     f"{r.get('stage_keep_counts') or '-'} | {ok} |")
     (out / f"runs_{tag}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -248,7 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default=None, help="run.py output_dir (default: a temp folder)")
     parser.add_argument("--output-dir", default=None, help="table folder (default: scratch, not results/)")
     parser.add_argument("--tag", default="cpu-7b")
-    parser.add_argument("--append", action="store_true", help="keep the rows already in runs_<tag>.csv")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in runs_<tag>.csv (those of the (method, budget) pairs run again "
+                             "are replaced)")
     args = parser.parse_args(argv)
 
     from eval.fixtures import write_local_fixture
@@ -264,7 +275,9 @@ def main(argv=None) -> int:
         args.methods = args.methods or METHODS
         fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
     out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
-    rows = read_rows(out / f"runs_{args.tag}.csv") if args.append else []
+    planned = {(m, b) for m in args.methods for b in ([192] if m == "vanilla" else args.budgets)}
+    rows = [r for r in read_rows(out / f"runs_{args.tag}.csv")  # a rerun replaces its (method, budget) rows
+            if (r["method"], r["budget"]) not in planned] if args.append else []
     for method in args.methods:
         for budget in ([192] if method == "vanilla" else args.budgets):
             rows.append(run_one(args, method, budget, fixture, runs))

@@ -123,6 +123,13 @@ def test_fitted_schedules_per_image(qwen, inputs):
         assert keeps == fit_keep_counts(n, 28, [2, 8, 16], 32)
         assert per_layer == [n] * 2 + [keeps[0]] * 6 + [keeps[1]] * 8 + [keeps[2]] * 12
         assert abs(sum(per_layer) / 28 - 32) <= 0.5  # the budget is the 28-layer average
+    # a budget without a table entry and a ratio budget: fitted the same way (on LLaVA the first is refused)
+    odd = build_method("pyramiddrop", 100, default_params("pyramiddrop"))
+    odd.check(qwen)
+    ratio = build_method("pyramiddrop", 64, default_params("pyramiddrop"))
+    ratio.budget_ratio = 0.5
+    out = generate_by_image(qwen, ratio, QUESTIONS[:3], keys, inputs, instruction=None, max_new_tokens=1)
+    assert out.stats["stage_keep_counts"] == [fit_keep_counts(n, 28, [2, 8, 16], n // 2) for n in sizes]
     params = default_params("sparsevlm")
     table = {int(k): v for k, v in params["keep_counts"].items()}
     sparse = generate_by_image(qwen, build_method("sparsevlm", 32, params), QUESTIONS[:3], keys, inputs,
