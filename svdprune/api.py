@@ -1,4 +1,4 @@
-"""Any method on a transformers LLaVA the user loaded themselves: ``svdprune.prune(model, "svd", 32)``.
+"""Any method on a transformers LLaVA-1.5 or Qwen2.5-VL the user loaded: ``svdprune.prune(model, "svd", 32)``.
 
 After :func:`prune`, the user's own code runs unchanged::
 
@@ -26,6 +26,12 @@ full forward (``model(**inputs)``, e.g. log-likelihood scoring) the logits are a
 ``input_ids``: every text position gets its logits; image positions (the pruned sequence has k or fewer image
 tokens, some merged, none of them the user's 576) and padding get zeros. ``labels`` give HF's shifted
 cross-entropy over those logits (LLaVA's labels are -100 at image positions).
+
+Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``, the model card's processor): the same adapter with that family's
+front (svdprune/qwen25vl.py): ``pixel_values`` are split per image by ``image_grid_thw``, each row's run of
+``<|image_pad|>`` is replaced by its image's kept tokens at their own 3-D positions (the positions HF's
+``get_rope_index`` gives the unpruned prompt), decoding continues at the last prompt position + 1. Images only (no
+video); a decoder-side method needs the images of one call to have one size (as run.py groups them).
 
 Not supported (one-line errors): ``inputs_embeds``, more or fewer than one image per row when an image is given,
 continuing a pruned cache with more than one new token per call (assisted decoding, a second chat turn),
@@ -87,7 +93,9 @@ class PruneHandle:
         if not 1 <= budget <= self._lm.num_patches:
             raise UserError(f"budget={budget} is outside 1..{self._lm.num_patches} (vision tokens of this model)")
         self.budget = budget
-        self.method.check(self._lm)
+        from .surgery import check_method
+
+        check_method(self._lm, self.method)  # a method the family does not run (Qwen2.5-VL), then its own checks
         self._decoding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._previous_forward = model.__dict__.get("forward")  # an instance forward (e.g. accelerate's hook)
         self._signature = _public_signature(model)
@@ -102,7 +110,7 @@ class PruneHandle:
             return handle._forward(*args, **kwargs)
 
         forward.__signature__ = self._signature  # generate() reads forward's parameters (pixel_values, logits_to_keep)
-        forward.__doc__ = f"LlavaForConditionalGeneration.forward pruned by svdprune ({self.method_name}, k={self.budget})"
+        forward.__doc__ = f"{type(self.model).__name__}.forward pruned by svdprune ({self.method_name}, k={self.budget})"
         self.model.forward = forward
         setattr(self.model, _HANDLE_ATTRIBUTE, self)
         self.active = True
@@ -149,6 +157,10 @@ class PruneHandle:
                          ("vision_feature_select_strategy", "default")):
             if values.get(key) is not None and values[key] != own:
                 raise UserError(f"svdprune: {key}={values[key]!r}; allowed: the model's own ({own!r})")
+        for key in ("pixel_values_videos", "video_grid_thw"):
+            if values.get(key) is not None:
+                raise UserError(f"svdprune: {key} given; a pruned Qwen2.5-VL takes images only (pixel_values, "
+                                "image_grid_thw)")
         return self._prefill(input_ids, values.get("attention_mask"), pixel_values, cache, values, extra)
 
     def _unpruned(self, *args, **kwargs):
@@ -158,29 +170,22 @@ class PruneHandle:
 
     def _prefill(self, input_ids, attention_mask, pixel_values, cache, values: dict, extra: dict):
         from .surgery import _new_cache, prefill_states
-        from .llava15 import build_inputs_from_ids, encode_images, to_model
 
-        lm, method = self._lm, self.method
+        lm = self._lm
         rows = _split_rows(input_ids, attention_mask, lm.image_token_id)
-        if pixel_values is None or pixel_values.shape[0] != len(rows):
-            got = "none" if pixel_values is None else pixel_values.shape[0]
-            raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images in pixel_values "
-                            f"(one per prompt, LLaVA-1.5); got {got}")
         if cache is None:
             cache = _new_cache(lm)
         elif cache.get_seq_length() != 0:
             raise UserError("svdprune: prefill into a cache that already holds tokens is not supported; start "
                             "from an empty cache (generate() does)")
-        questions = self._question_texts(rows) if reads_question_text(method) else None
-        context = PruneContext(questions=questions, seed=self.seed, model=lm.model, instruction=None)
-        # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
-        embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
-        k = embeds.shape[1]
-        token_rows = [prefix + [lm.image_token_id] * k + suffix for prefix, suffix in rows]
-        state = build_inputs_from_ids(lm, token_rows, embeds)
+        if lm.family == "qwen25vl":
+            state, method, context, token_rows, row_stats = self._qwen_inputs(
+                rows, input_ids, attention_mask, pixel_values, values.get("image_grid_thw"))
+        else:
+            state, method, context, token_rows, row_stats = self._llava_inputs(rows, pixel_values)
         final, image_counts, groups = prefill_states(lm, state, method, context, cache)
         self._decoding[cache] = _Decoding(groups)
-        self._record(token_rows, image_counts, context.stats)
+        self._record(token_rows, image_counts, {**row_stats, **context.stats})
 
         logits = self._prefill_logits(final, input_ids, attention_mask, values.get("logits_to_keep") or 0,
                                       values.get("labels") is not None)
@@ -189,7 +194,58 @@ class PruneHandle:
             loss = lm.model.loss_function(logits=logits, labels=values["labels"],
                                           vocab_size=logits.shape[-1], **extra)
         use_cache = extra.get("use_cache", values.get("use_cache"))
-        return _output(logits, loss, cache if use_cache is not False else None, extra)
+        return _output(lm.family, logits, loss, cache if use_cache is not False else None, extra)
+
+    def _llava_inputs(self, rows, pixel_values):
+        """LLaVA-1.5 (svdprune/llava15.py): vision tower, cut and projector over the batch's images, each row's image
+        run replaced by the k kept tokens, left-padded."""
+        from .llava15 import build_inputs_from_ids, encode_images, to_model
+
+        lm, method = self._lm, self.method
+        if pixel_values is None or pixel_values.shape[0] != len(rows):
+            got = "none" if pixel_values is None else pixel_values.shape[0]
+            raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images in pixel_values "
+                            f"(one per prompt, LLaVA-1.5); got {got}")
+        questions = self._question_texts(rows) if reads_question_text(method) else None
+        context = PruneContext(questions=questions, seed=self.seed, model=lm.model, instruction=None)
+        # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
+        embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
+        k = embeds.shape[1]
+        token_rows = [prefix + [lm.image_token_id] * k + suffix for prefix, suffix in rows]
+        return build_inputs_from_ids(lm, token_rows, embeds), method, context, token_rows, {}
+
+    def _qwen_inputs(self, rows, input_ids, attention_mask, pixel_values, image_grid_thw):
+        """Qwen2.5-VL (svdprune/qwen25vl.py): the user's pixel_values split per image by ``image_grid_thw``, vision
+        tower + merger and the cut per image, each row's image run replaced by its kept tokens at their 3-D
+        positions, left-padded. A decoder-side cut needs images of one size in the batch (as run.py's groups)."""
+        from . import qwen25vl
+
+        lm = self._lm
+        if pixel_values is None or image_grid_thw is None or image_grid_thw.shape[0] != len(rows):
+            got = "none" if pixel_values is None or image_grid_thw is None else image_grid_thw.shape[0]
+            raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images (pixel_values and "
+                            f"image_grid_thw, one image per prompt); got {got}")
+        grid = image_grid_thw.cpu()
+        patches = torch.split(pixel_values.to(torch.float32), [int(g.prod()) for g in grid])
+        images = [qwen25vl.QwenImage(p, g) for p, g in zip(patches, grid)]
+        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        pads = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
+        for b, (count, image) in enumerate(zip(pads, images)):
+            if count != image.num_tokens:
+                raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_grid_thw "
+                                f"{grid[b].tolist()} makes {image.num_tokens}")
+        cuts = qwen25vl.cut_images(lm, self.method, images, seed=self.seed, instruction=None)
+        q_rows = [qwen25vl.make_row(lm, self.method, before, after, image, cut)
+                  for (before, after), image, cut in zip(rows, images, cuts)]
+        parts = qwen25vl.decoder_parts(lm, self.method, q_rows)
+        if len(parts) != 1:
+            sizes = sorted({image.num_tokens for image in images})
+            raise UserError(f"svdprune: {self.method_name} cuts inside the LLM, which needs the images of one call to "
+                            f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
+        context = PruneContext(questions=None, seed=self.seed, model=lm.model, instruction=None)
+        keys = list(dict.fromkeys(key for row in q_rows for key in row.stats))
+        row_stats = {key: [row.stats.get(key) for row in q_rows] for key in keys}
+        return qwen25vl._state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows], row_stats
 
     def _prefill_logits(self, final, input_ids, attention_mask, logits_to_keep, has_labels: bool) -> torch.Tensor:
         """Logits of the prefill: (B, 1, V) of each row's last real token when only the last is asked for; else
@@ -220,7 +276,7 @@ class PruneHandle:
         hidden = decode_step(self._lm, input_ids[:, 0].to(self._lm.device), decoding.step, decoding.groups, cache)
         decoding.step += 1
         logits = self._lm.model.lm_head(hidden)[:, None]  # (B, 1, V)
-        return _output(logits, None, cache, extra)
+        return _output(self._lm.family, logits, None, cache, extra)
 
     # ------------------------------------------------------------------ per-prompt facts
 
@@ -278,16 +334,20 @@ def _split_rows(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | N
     return rows
 
 
-def _output(logits, loss, cache, extra: dict):
-    from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
-
-    output = LlavaCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+def _output(family: str, logits, loss, cache, extra: dict):
+    if family == "qwen25vl":
+        from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast as Output
+    else:
+        from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast as Output
+    output = Output(loss=loss, logits=logits, cache=cache)
     return output if extra.get("return_dict", True) is not False else output.to_tuple()
 
 
 def prune(model, method: str = "svd", budget: int = 64, *, seed: int = 0, tokenizer=None,
           **params) -> PruneHandle:
-    """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration``.
+    """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration`` or
+    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL: ``svdprune.qwen25vl.SUPPORTED``; a
+    decoder-side method there takes images of one size per call).
 
     params: the method's parameters as in ``configs/method/<method>.yaml`` (its defaults are used for the rest),
     e.g. ``tau=0.9`` for svd, ``agg_layer=1`` for fastv. seed: as run.py's ``seed`` (random-k).

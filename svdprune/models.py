@@ -157,15 +157,20 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
 
 
 def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
-    """The engine's view of a ``LlavaForConditionalGeneration`` someone else loaded (any dtype, any device; used by
+    """The engine's view of a ``LlavaForConditionalGeneration`` (or a Qwen2.5-VL model: svdprune/qwen25vl.py) someone
+    else loaded (any dtype, any device; used by
     :func:`svdprune.prune`). Nothing is moved or cast: the device and dtype are those of the model's own
     parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's LLaVA does).
     A model of another class, or a LLaVA config the engine does not handle, is a one-line UserError."""
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
+    if isinstance(model, Qwen2_5_VLForConditionalGeneration):
+        from .qwen25vl import from_model as qwen_from_model
+
+        return qwen_from_model(model, tokenizer)
     if not isinstance(model, LlavaForConditionalGeneration):
-        raise UserError(f"svdprune.prune() needs a transformers LlavaForConditionalGeneration (LLaVA-1.5); got "
-                        f"{type(model).__name__}")
+        raise UserError(f"svdprune.prune() needs a transformers LlavaForConditionalGeneration (LLaVA-1.5) or "
+                        f"Qwen2_5_VLForConditionalGeneration (Qwen2.5-VL); got {type(model).__name__}")
     embed = model.model.language_model.embed_tokens.weight
     tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
     return _describe(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__, None,

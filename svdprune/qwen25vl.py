@@ -35,6 +35,7 @@ from PIL import Image
 
 from .errors import UserError
 from .models import LoadedModel, _dtype, in_project, resolve_device
+from .prompts import CLIP_MEAN, CLIP_STD
 from .pruning import PruneContext, Vanilla
 
 FAMILY = "qwen25vl"
@@ -197,22 +198,51 @@ class _Row:
     stats: dict
 
 
+def cut_images(lm: LoadedModel, method, images: list[QwenImage], *, seed: int, instruction: str | None) -> list:
+    """The vision tower over the images together, then each image's encoder-side cut: per image :func:`select`'s
+    (kept embeddings, cells, stats)."""
+    tokens = vision_tokens(lm, images)
+    return [select(lm, method, t, image, seed, instruction) for t, image in zip(tokens, images)]
+
+
+def make_row(lm: LoadedModel, method, before: list[int], after: list[int], image: QwenImage, cut) -> _Row:
+    """One prompt row: the ids ``before`` the image, its kept tokens (``cut``, from :func:`cut_images`) and the ids
+    ``after`` it, each at the position it has in the unpruned prompt."""
+    embeds, cells, stats = cut
+    ids = before + [lm.image_token_id] * len(cells) + after
+    positions = mrope_positions(len(before), image.token_grid, cells, len(after))
+    per_image = {"image_tokens_unpruned": image.num_tokens}
+    if method.budget_ratio is not None:
+        per_image["image_budget"] = image_budget(method, image.num_tokens)
+    return _Row(ids, positions, embeds, {**per_image, **stats})
+
+
 def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
           instruction: str | None, seed: int) -> list[_Row]:
     distinct = list(dict.fromkeys(image_keys))
-    tokens = vision_tokens(lm, [images[key] for key in distinct])
-    cut = {key: select(lm, method, t, images[key], seed, instruction) for key, t in zip(distinct, tokens)}
+    cuts = dict(zip(distinct, cut_images(lm, method, [images[key] for key in distinct], seed=seed,
+                                         instruction=instruction)))
     rows = []
     for question, key in zip(questions, image_keys):
-        embeds, kept, stats = cut[key]
-        ids = prompt_ids(lm, question, instruction, len(kept))
-        before = ids.index(lm.image_token_id)
-        positions = mrope_positions(before, images[key].token_grid, kept, len(ids) - before - len(kept))
-        per_image = {"image_tokens_unpruned": images[key].num_tokens}
-        if method.budget_ratio is not None:
-            per_image["image_budget"] = image_budget(method, images[key].num_tokens)
-        rows.append(_Row(ids, positions, embeds, {**per_image, **stats}))
+        ids = prompt_ids(lm, question, instruction, 1)
+        at = ids.index(lm.image_token_id)
+        rows.append(make_row(lm, method, ids[:at], ids[at + 1:], images[key], cuts[key]))
     return rows
+
+
+def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[int], object]]:
+    """(row indices, the method for them) groups of one prefill each: an encoder-side method or vanilla runs all rows
+    together; a decoder-side cut needs the same number of image tokens in every row, so its rows go in groups of
+    equal image size, each with the method fitted to that size (``for_image_tokens``; an image at or under its
+    budget without a cut)."""
+    if method.kind != "decoder":
+        return [(list(range(len(rows))), method)]
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(len(row.embeds), []).append(i)
+    n_layers = lm.language_model.config.num_hidden_layers
+    return [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
+             if n > image_budget(method, n) else Vanilla()) for n, members in groups.items()]
 
 
 def _state(lm: LoadedModel, rows: list[_Row]):
@@ -255,17 +285,8 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     del prefixes  # the prefix cache of the LLaVA path; not used here
     check_method(method_name(method))
     rows = _rows(lm, method, questions, image_keys, images, instruction=instruction, seed=seed)
-    if method.kind == "decoder":
-        groups: dict[int, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(len(row.embeds), []).append(i)
-        n_layers = lm.language_model.config.num_hidden_layers
-        parts = [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
-                  if n > image_budget(method, n) else Vanilla()) for n, members in groups.items()]
-    else:
-        parts = [(list(range(len(rows))), method)]
     out: list = [None] * len(rows)
-    for members, part_method in parts:
+    for members, part_method in decoder_parts(lm, method, rows):
         group = [rows[i] for i in members]
         state = _state(lm, group)
         context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model,
@@ -294,13 +315,25 @@ def _describe(model, tokenizer, processor, name: str, revision, device, dtype, m
     if generation is not None and generation.eos_token_id is not None:
         stops = generation.eos_token_id
     stops = [stops] if isinstance(stops, int) else list(stops or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
-        stops.append(tokenizer.eos_token_id)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and eos not in stops:
+        stops.append(eos)
+    mean, std = (processor.image_mean, processor.image_std) if processor is not None else (CLIP_MEAN, CLIP_STD)
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=0,
-        image_mean=tuple(processor.image_mean), image_std=tuple(processor.image_std),
+        image_mean=tuple(mean), image_std=tuple(std),
         image_token_id=config.image_token_id, feature_layer=-1, num_patches=int(max_pixels) // TOKEN_PIXELS,
         device=device, dtype=dtype, family=FAMILY, image_processor=processor, stop_token_ids=tuple(stops))
+
+
+def from_model(model, tokenizer=None) -> LoadedModel:
+    """The engine's view of a ``Qwen2_5_VLForConditionalGeneration`` someone else loaded (:func:`svdprune.prune`):
+    nothing moved or cast; the user's processor makes the pixels, so budgets are checked against the model card's
+    max_pixels (the most tokens an image can have)."""
+    embed = model.model.language_model.embed_tokens.weight
+    tower_dtype = next(p.dtype for p in model.model.visual.parameters() if p.is_floating_point())
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return _describe(model, tokenizer, None, name, None, embed.device, tower_dtype, DEFAULT_MAX_PIXELS)
 
 
 def check_chat_template(tokenizer) -> None:

@@ -430,3 +430,84 @@ def test_the_memory_model_says_it_covers_llava_only():
     config = qwen25vl.tiny_config(qwen25vl.build_tiny_tokenizer(), text_layers=2, vision_layers=2)
     with pytest.raises(UserError, match="batch_size=auto: the memory model covers LLaVA-1.5 only"):
         auto_batch_size(config, build_method("svd", 16, {}), _torch.float16, 8, _torch.device("cuda"), free_bytes=10**10)
+
+
+# ------------------------------------------------------------------------------------------ svdprune.prune()
+
+@pytest.mark.parametrize("name", qwen25vl.SUPPORTED)
+def test_prune_api_equals_the_engine(qwen, inputs, name):
+    """``svdprune.prune`` on a Qwen2_5_VLForConditionalGeneration + HF ``generate`` on the processor's inputs (pads,
+    patches, grids) gives the engine's answers and per-question records: one mechanism. Encoder-side methods: the
+    four image sizes in one left-padded call; decoder-side ones: one prompt per call (their cut needs one size)."""
+    import svdprune
+
+    keys = [0, 1, 2, 3]
+    want = generate_by_image(qwen, build_method(name, 32, default_params(name)), QUESTIONS, keys, inputs,
+                             instruction=None, max_new_tokens=4)
+    calls = [[k] for k in keys] if build_method(name, 32, default_params(name)).kind == "decoder" else [keys]
+    with svdprune.pruned(qwen.model, name, 32) as handle:
+        got = {}
+        for rows in calls:
+            hf = hf_inputs(qwen, [QUESTIONS[k] for k in rows], [inputs[k] for k in rows])
+            out = qwen.model.generate(**hf, max_new_tokens=4, do_sample=False)
+            got.update({k: out[j, hf["input_ids"].shape[1]:].tolist() for j, k in enumerate(rows)})
+        records = list(handle.records)
+    for k in keys:
+        answer = want.token_ids[k]
+        assert got[k][:len(answer)] == answer  # HF pads after an end token, the engine stops before it
+        if len(answer) < 4:
+            assert got[k][len(answer)] in qwen.stop_ids
+    assert [r["image_tokens_per_layer"] for r in records] == want.image_tokens_per_layer
+    for key, values in want.stats.items():
+        assert [r.get(key) for r in records] == values, key
+
+
+def test_prune_api_refusals_and_remove(qwen, inputs):
+    import svdprune
+
+    hf = hf_inputs(qwen, QUESTIONS[:2], [inputs[0], inputs[1]])
+    with torch.inference_mode():
+        before = qwen.model(**hf).logits
+    with svdprune.pruned(qwen.model, "vanilla", 32), torch.inference_mode():  # a full forward: logits aligned
+        logits = qwen.model(**hf).logits  # with the user's ids; text positions as the unpruned model's
+    text = hf["attention_mask"].bool() & (hf["input_ids"] != qwen.image_token_id)
+    torch.testing.assert_close(logits[text], before[text], rtol=1e-4, atol=1e-4)
+    assert not logits[~text].any()
+    with pytest.raises(UserError, match="method=visionzip does not run on Qwen2.5-VL"):
+        svdprune.prune(qwen.model, "visionzip", 32)
+    handle = svdprune.prune(qwen.model, "fastv", 32)
+    with pytest.raises(UserError, match=r"fastv cuts inside the LLM, .* \[64, 165\] tokens"):
+        qwen.model.generate(**hf, max_new_tokens=2, do_sample=False)
+    bad = dict(hf, image_grid_thw=hf["image_grid_thw"].flip(0))
+    with pytest.raises(UserError, match="prompt 0 has 165 image tokens but its image_grid_thw"):
+        qwen.model(**bad)
+    handle.remove()
+    with torch.inference_mode():
+        assert torch.equal(qwen.model(**hf).logits, before)  # the unpruned model, bit for bit
+
+
+def test_attention_rows_equal_the_qwen_layers_eager_attention(qwen, inputs):
+    """What FastV, PyramidDrop, SparseVLM and DART score with (baselines/attention.py) is a Qwen2.5-VL decoder layer's
+    own eager attention (M-RoPE cos/sin, q/k biases, GQA), on a left-padded batch of two image sizes."""
+    from baselines.attention import attention_rows
+    from svdprune.surgery import _attention_mask
+
+    rows = qwen25vl._rows(qwen, Vanilla(), QUESTIONS[:2], [0, 1], inputs, instruction=None, seed=0)
+    state = qwen25vl._state(qwen, rows)
+    llm = qwen.language_model
+    layer = llm.layers[1]
+    attn = layer.self_attn
+    saved = attn.config._attn_implementation
+    try:
+        attn.config._attn_implementation = "eager"
+        with torch.inference_mode():
+            position_embeddings = llm.rotary_emb(state.hidden, state.position_ids)
+            mask = _attention_mask(state.padding)
+            additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+            _, weights = attn(hidden_states=layer.input_layernorm(state.hidden), position_embeddings=position_embeddings,
+                              attention_mask=additive, position_ids=state.position_ids)
+            query = torch.arange(state.hidden.shape[1]).expand(2, -1)
+            ours = attention_rows(layer, state.hidden, position_embeddings, mask, query, scale="multiply")
+    finally:
+        attn.config._attn_implementation = saved
+    torch.testing.assert_close(ours, weights.float(), rtol=1e-5, atol=1e-6)
