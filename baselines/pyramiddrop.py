@@ -148,9 +148,13 @@ class PyramidDrop(DecoderPruner):
     def max_image_tokens_after_cut(self, num_patches: int) -> int:
         return max(self.keep_counts(num_patches), default=num_patches)
 
-    def check(self, lm) -> None:
-        if self._no_schedule is not None and getattr(lm, "family", "llava15") != "qwen25vl":
+    def check_family(self, family: str) -> None:
+        """A budget without a table entry runs on Qwen2.5-VL only (fitted per image there)."""
+        if self._no_schedule is not None and family != "qwen25vl":
             raise UserError(self._no_schedule)
+
+    def check(self, lm) -> None:
+        self.check_family(getattr(lm, "family", "llava15"))
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("pyramiddrop", "layers", self.layers, n_layers, 1, n_layers - 1,
                     "allowed stage layers, each the first layer that sees the dropped set")

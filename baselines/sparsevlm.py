@@ -231,9 +231,13 @@ class SparseVLM(DecoderPruner):
         candidates = int((num_patches - keep) * RECYCLE_FRACTION) + 1 if self.recycle else 0
         return keep + (int(candidates / CLUSTER_DIVISOR) + 1 if candidates else 0)
 
-    def check(self, lm) -> None:
-        if self._no_keep is not None and getattr(lm, "family", "llava15") != "qwen25vl":
+    def check_family(self, family: str) -> None:
+        """A budget without a table entry runs on Qwen2.5-VL only (fitted per image there)."""
+        if self._no_keep is not None and family != "qwen25vl":
             raise UserError(self._no_keep)
+
+    def check(self, lm) -> None:
+        self.check_family(getattr(lm, "family", "llava15"))
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,
                     "allowed pruning layers, whose output is cut (not the last layer)")

@@ -138,6 +138,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     method_name, budget, shard = cfg.method.name, settings.budget, settings.shard
     params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
+    method.check_family(cfg.model.get("family", "llava15"))  # e.g. a budget without a schedule, before loading
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:

@@ -127,7 +127,8 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
     from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
     from svdprune.pruning import PruneContext
     from svdprune.surgery import _new_cache, prefill
-    from svdprune.llava15 import build_inputs, encode_images, prefill_prefixes, prefill_suffixes, split_prompt, to_model
+    from svdprune.llava15 import build_inputs, encode_images, prefill_prefixes, split_prompt, to_model
+    from svdprune.surgery import prefill_suffixes
     from eval.datasets import load_image
     from svdprune.prompts import preprocess_image
 

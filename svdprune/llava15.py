@@ -17,8 +17,8 @@ from PIL import Image
 from .models import LoadedModel
 from .prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
 from .pruning import PruneContext, TokenState, reads_question_text
-from .surgery import (Generation, _attention_mask, _finish, _greedy, _LayerCache, _left_pad, _new_cache, _positions,
-                      prefill)
+from .surgery import (Generation, _finish, _greedy, _left_pad, _new_cache, _positions, prefill, prefill_suffixes,
+                      shares_prefix)
 
 
 def preprocess(lm: LoadedModel, image: Image.Image) -> torch.Tensor:
@@ -125,13 +125,6 @@ class ImagePrefix:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-def shares_prefix(method) -> bool:
-    """Whether the LLM prefill of the image prefix can be shared by the image's questions: only when every
-    layer sees the same image tokens whatever the question (no question-dependent selection, no cut between
-    LLM layers)."""
-    return method.kind != "decoder" and not method.question_dependent
-
-
 def split_prompt(lm: LoadedModel, prompt: str, k: int) -> tuple[list[int], list[int]]:
     """(prefix, suffix) ids of one prompt with k image positions: the prefix ends with the last image token.
     Their concatenation is exactly ``tokenizer_image_token(prompt, ..., k)``."""
@@ -157,34 +150,6 @@ def prefill_prefixes(lm: LoadedModel, prefix_ids: list[int], image_embeds: torch
         hidden = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, position_ids=positions,
                        cache=cache, use_cache=True)
     return [(cache.layers[i].keys, cache.layers[i].values) for i in range(len(llm.layers))]
-
-
-def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list[list[int]], cache):
-    """Prefill only the question suffixes of B rows whose prefix is already in the KV cache.
-
-    prefix_kv: per layer (keys, values), each (B, H_kv, P, head_dim), one row per question; consumed (the list
-    is emptied once its tensors are in ``cache``);
-    suffixes: B token lists (the text after the image tokens). The suffixes are left-padded *after* the
-    prefix ([prefix][padding][suffix]), so the last slot is still every row's last token; each suffix
-    token sits at RoPE position P + its index, as in the whole-prompt prefill.
-    Returns (last hidden states (B, d), one layer group for decoding).
-    """
-    llm = lm.language_model
-    ids, padding = _left_pad(lm, suffixes)  # (B, S)
-    hidden = llm.embed_tokens(ids)  # (B, S, d)
-    positions = _positions(padding, prefix_len)
-    full_padding = torch.cat([padding.new_zeros(padding.shape[0], prefix_len), padding], dim=1)  # (B, P + S)
-    mask = _attention_mask(full_padding)[:, :, prefix_len:]  # (B, 1, S, P + S): the suffix rows
-    for layer_idx, (keys, values) in enumerate(prefix_kv):
-        cache.update(keys, values, layer_idx)
-    del keys, values
-    prefix_kv.clear()  # consumed: from here the cache holds the only reference to the prefix KV
-    position_embeddings = llm.rotary_emb(hidden, positions)
-    for layer in llm.layers:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, position_ids=positions,
-                       cache=cache, use_cache=True)
-    group = _LayerCache(range(len(llm.layers)), full_padding, positions[:, -1] + 1)
-    return llm.norm(hidden[:, -1]), group
 
 
 def _per_image_stats(stats: dict, n: int) -> list[dict]:

@@ -66,11 +66,16 @@ class PruneContext:
 
 
 class BudgetMixin:
-    """Per-image budgets (Qwen2.5-VL, whose images have their own token counts)."""
+    """What every method has: a budget (per image on Qwen2.5-VL, whose images have their own token counts) and a check
+    of its settings against the model family."""
 
     budget: int
     #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/qwen25vl.py)
     budget_ratio: float | None = None
+
+    def check_family(self, family: str) -> None:
+        """Raise UserError if the method's settings cannot run on model family ``family`` (``llava15``, ``qwen25vl``);
+        called by the runner before the model loads (e.g. a budget without a schedule on LLaVA-1.5)."""
 
     def with_budget(self, budget: int):
         """This method with another budget and every other setting the same (a shallow copy). A method that derives

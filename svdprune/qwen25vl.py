@@ -23,6 +23,10 @@ this file's. Budgets are token counts by default, as the paper's (their 576-toke
 reach the LLM"), or with ``budget_ratio`` a share of each image's own tokens (:func:`image_budget`); an image with at
 most its budget of tokens keeps them all.
 
+Batches: the vision tower runs once per distinct image; vanilla and encoder-side methods also prefill each image's
+prompt prefix once (:class:`QwenPrefix`) and each question only its suffix, as LLaVA-1.5's by-image path does;
+decoder-side methods prefill whole prompts, in groups of equal image size (:func:`decoder_parts`).
+
 Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run (:data:`SUPPORTED`); the
 others are refused with the reason (:data:`UNSUPPORTED`).
 """
@@ -266,24 +270,49 @@ def _state(lm: LoadedModel, rows: list[_Row]):
 @torch.inference_mode()
 def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *, instruction: str | None,
              max_new_tokens: int = 128, seed: int = 0):
-    """:func:`svdprune.surgery.generate` on Qwen2.5-VL: every row its own image, through :func:`generate_by_image`
-    (whose vision side is per image already)."""
-    return generate_by_image(lm, method, questions, list(range(len(images))),
-                             {i: preprocess(lm, image) for i, image in enumerate(images)}, instruction=instruction,
-                             max_new_tokens=max_new_tokens, seed=seed)
+    """:func:`svdprune.surgery.generate` on Qwen2.5-VL (the caller has checked the method): every row its own image
+    and its whole prompt prefilled; the reference :func:`generate_by_image` is tested against."""
+    keys = list(range(len(images)))
+    return _generate_whole(lm, method, questions, keys, {i: preprocess(lm, image) for i, image in enumerate(images)},
+                           instruction=instruction, max_new_tokens=max_new_tokens, seed=seed)
 
 
 @torch.inference_mode()
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
-                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes=None):
+                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
     """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract; ``images``:
-    key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image; every question
-    is prefilled whole (no prefix sharing yet). A decoder-side method's cut needs the same number of image tokens in
-    every row, so its rows run in groups of equal image size (an image at or under the budget: without a cut)."""
-    from .surgery import Generation, _finish, _greedy, _new_cache, method_name, prefill
+    key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image. Vanilla and
+    encoder-side methods also prefill the prompt up to and including the image tokens once per image
+    (:class:`QwenPrefix`, carried to the next batch in ``prefixes``) and only the question suffixes per question;
+    decoder-side cuts depend on the question, so their prompts are prefilled whole, in groups of equal image size
+    (:func:`decoder_parts`)."""
+    from .surgery import method_name, shares_prefix
 
-    del prefixes  # the prefix cache of the LLaVA path; not used here
     check_method(method_name(method))
+    if shares_prefix(method):
+        return _generate_shared_prefix(lm, method, questions, image_keys, images, instruction=instruction,
+                                       max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)
+    return _generate_whole(lm, method, questions, image_keys, images, instruction=instruction,
+                           max_new_tokens=max_new_tokens, seed=seed)
+
+
+def _collect(lm: LoadedModel, questions: list[str], instruction: str | None, out: list):
+    """The batch's :class:`~svdprune.surgery.Generation` from per-row (generated ids, per-layer image counts, prompt
+    length, stats)."""
+    from .surgery import _finish
+
+    keys = list(dict.fromkeys(key for *_, stats in out for key in stats))
+    stats = {key: [row_stats.get(key) for *_, row_stats in out] for key in keys}
+    prompts = [chat_prompt(q, instruction) for q in questions]
+    return _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out], stats)
+
+
+def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                    instruction: str | None, max_new_tokens: int, seed: int):
+    """Every question's whole prompt prefilled (with the method's decoder-side cuts), the vision side once per
+    distinct image."""
+    from .surgery import _greedy, _new_cache, prefill
+
     rows = _rows(lm, method, questions, image_keys, images, instruction=instruction, seed=seed)
     out: list = [None] * len(rows)
     for members, part_method in decoder_parts(lm, method, rows):
@@ -298,12 +327,84 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
         for j, i in enumerate(members):
             stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
             out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
-    keys = list(dict.fromkeys(key for *_, stats in out for key in stats))
-    stats = {key: [row_stats.get(key) for *_, row_stats in out] for key in keys}
-    prompts = [chat_prompt(q, instruction) for q in questions]
-    result = _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out], stats)
-    assert isinstance(result, Generation)
-    return result
+    return _collect(lm, questions, instruction, out)
+
+
+@dataclass
+class QwenPrefix:
+    """One image's question-independent prompt part: the ids before the image (system turn, user turn up to
+    ``<|vision_start|>``) and its kept tokens, prefilled once and shared by the image's questions.
+
+    row: the prefix as a :class:`_Row` (ids, 3-D positions, kept embeddings, per-image stats);
+    kv: per LLM layer (keys, values), each (H_kv, P, head_dim), P = len(row.ids);
+    text_start: the position the text after the image continues at (its start + max(h, w)).
+    """
+
+    row: _Row
+    kv: list
+    text_start: int
+
+
+def encode_prefixes(lm: LoadedModel, method, images: list[QwenImage], *, instruction: str | None,
+                    seed: int) -> list[QwenPrefix]:
+    """Vision tower, cut and the prefix prefill of n distinct images; images whose prefixes have the same length
+    are prefilled together (no padding)."""
+    from .surgery import _new_cache, prefill
+
+    ids = prompt_ids(lm, "", instruction, 1)
+    before = ids[:ids.index(lm.image_token_id)]
+    cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
+    rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
+    kv: list = [None] * len(rows)
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_length.setdefault(len(row.ids), []).append(i)
+    for members in by_length.values():
+        cache = _new_cache(lm)
+        prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
+        for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
+            kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
+        del cache
+    return [QwenPrefix(row, kv[i], len(before) + max(image.token_grid))
+            for i, (row, image) in enumerate(zip(rows, images))]
+
+
+def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                            instruction: str | None, max_new_tokens: int, seed: int, prefixes: dict | None):
+    """Vanilla and encoder-side methods: each image's prefix prefilled once (or taken from ``prefixes``), each
+    question's suffix after it; rows whose prefixes have one length share a suffix prefill."""
+    from .surgery import _greedy, _new_cache, prefill_suffixes
+
+    prefixes = {} if prefixes is None else prefixes
+    distinct = list(dict.fromkeys(image_keys))
+    missing = [key for key in distinct if key not in prefixes]
+    if missing:
+        new = encode_prefixes(lm, method, [images[key] for key in missing], instruction=instruction, seed=seed)
+        prefixes.update(zip(missing, new))
+    suffixes = []
+    for question, key in zip(questions, image_keys):
+        ids = prompt_ids(lm, question, instruction, 1)
+        at = ids.index(lm.image_token_id)
+        assert ids[:at] == prefixes[key].row.ids[:at], "prompts do not share the prefix"
+        suffixes.append(ids[at + 1:])
+    by_length: dict[int, list[int]] = {}
+    for i, key in enumerate(image_keys):
+        by_length.setdefault(len(prefixes[key].row.ids), []).append(i)
+    n_layers = len(lm.language_model.layers)
+    out: list = [None] * len(questions)
+    for length, members in by_length.items():
+        rows = [prefixes[image_keys[i]] for i in members]
+        cache = _new_cache(lm)
+        # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
+        last_hidden, group = prefill_suffixes(
+            lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
+                 for layer in range(n_layers)], length, [suffixes[i] for i in members], cache,
+            text_start=torch.tensor([row.text_start for row in rows]), axes=3)
+        generated = _greedy(lm, last_hidden, [group], cache, max_new_tokens)
+        for j, (i, row) in enumerate(zip(members, rows)):
+            k = len(row.row.embeds)
+            out[i] = (generated[j], [k] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
+    return _collect(lm, questions, instruction, out)
 
 
 # ---------------------------------------------------------------- loading

@@ -143,6 +143,48 @@ def prefill_states(lm: LoadedModel, state: TokenState, method, context: PruneCon
     return state, torch.stack(image_counts, dim=1), groups
 
 
+def shares_prefix(method) -> bool:
+    """Whether the LLM prefill of the image prefix can be shared by the image's questions: only when every
+    layer sees the same image tokens whatever the question (no question-dependent selection, no cut between
+    LLM layers)."""
+    return method.kind != "decoder" and not method.question_dependent
+
+
+def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list[list[int]], cache, *,
+                     text_start: torch.Tensor | None = None, axes: int = 1):
+    """Prefill only the question suffixes of B rows whose prefix is already in the KV cache.
+
+    prefix_kv: per layer (keys, values), each (B, H_kv, P, head_dim), one row per question; consumed (the list
+    is emptied once its tensors are in ``cache``);
+    suffixes: B token lists (the text after the image tokens). The suffixes are left-padded *after* the
+    prefix ([prefix][padding][suffix]), so the last slot is still every row's last token; each suffix
+    token sits at RoPE position P + its index, as in the whole-prompt prefill; ``text_start`` (B,) moves each row's
+    first suffix position elsewhere (Qwen2.5-VL: the text after an image continues at its start + max(h, w)) and
+    ``axes=3`` gives the (3, B, S) positions of M-RoPE (text: the same position on all three axes).
+    Returns (last hidden states (B, d), one layer group for decoding).
+    """
+    llm = lm.language_model
+    ids, padding = _left_pad(lm, suffixes)  # (B, S)
+    hidden = llm.embed_tokens(ids)  # (B, S, d)
+    positions = _positions(padding, prefix_len)
+    if text_start is not None:
+        positions = positions - prefix_len + text_start.to(positions.device)[:, None]
+    if axes != 1:
+        positions = positions[None].expand(axes, -1, -1)
+    full_padding = torch.cat([padding.new_zeros(padding.shape[0], prefix_len), padding], dim=1)  # (B, P + S)
+    mask = _attention_mask(full_padding)[:, :, prefix_len:]  # (B, 1, S, P + S): the suffix rows
+    for layer_idx, (keys, values) in enumerate(prefix_kv):
+        cache.update(keys, values, layer_idx)
+    del keys, values
+    prefix_kv.clear()  # consumed: from here the cache holds the only reference to the prefix KV
+    position_embeddings = llm.rotary_emb(hidden, positions)
+    for layer in llm.layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, position_ids=positions,
+                       cache=cache, use_cache=True)
+    group = _LayerCache(range(len(llm.layers)), full_padding, positions[..., -1] + 1)
+    return llm.norm(hidden[:, -1]), group
+
+
 def _cut_caches(cache, layers: range, keep: torch.Tensor) -> None:
     """Keep only the slots ``keep`` (B, L') of the KV caches of ``layers`` (each (B, H_kv, L, head_dim))."""
     for layer_idx in layers:

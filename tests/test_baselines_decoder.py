@@ -394,6 +394,9 @@ def test_budgets_without_a_schedule_are_refused_on_llava(tiny, name, match):
     method = build_method(name, 100, config_params(name))
     with pytest.raises(UserError, match=match):
         method.check(tiny)
+    with pytest.raises(UserError, match=match):  # what the runner asks before loading the model
+        method.check_family("llava15")
+    method.check_family("qwen25vl")
 
 
 def test_pyramiddrop_fit_rule_gives_the_table_on_llava_geometry():

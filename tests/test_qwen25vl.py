@@ -511,3 +511,41 @@ def test_attention_rows_equal_the_qwen_layers_eager_attention(qwen, inputs):
     finally:
         attn.config._attn_implementation = saved
     torch.testing.assert_close(ours, weights.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "svd", "pooling"])
+def test_shared_prefix_equals_the_whole_prompt(qwen, inputs, name):
+    """Vanilla and encoder-side methods prefill each image's prefix once (the runner carries it to the next batch) and
+    only the question suffixes per question: the same answers, prompt lengths and records as the whole prompt, the
+    suffix's last hidden state to 1e-4, and a second batch on a carried prefix runs no vision tower."""
+    from svdprune.surgery import _new_cache as new_cache
+    from svdprune.surgery import prefill_suffixes
+
+    method = build_method(name, 24, default_params(name))
+    keys, questions = [0, 1, 2, 3, 0, 2], QUESTIONS + ["Is it red?", "Is it blue?"]
+    whole = qwen25vl._generate_whole(qwen, method, questions, keys, inputs, instruction=None, max_new_tokens=4, seed=0)
+    prefixes: dict = {}
+    shared = generate_by_image(qwen, method, questions, keys, inputs, instruction=None, max_new_tokens=4,
+                               prefixes=prefixes)
+    assert shared.token_ids == whole.token_ids and shared.prompt_lengths == whole.prompt_lengths
+    assert shared.image_tokens_per_layer == whole.image_tokens_per_layer and shared.stats == whole.stats
+    assert set(prefixes) == {0, 1, 2, 3}
+    # the suffix prefill's last hidden state against the whole prompt's, one row
+    rows = qwen25vl._rows(qwen, method, questions[:1], [0], inputs, instruction=None, seed=0)
+    prefix = prefixes[0]
+    suffix = rows[0].ids[len(prefix.row.ids):]
+    with torch.inference_mode():
+        want, _, _ = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(questions[:1]), new_cache(qwen))
+        kv = [(k[None], v[None]) for k, v in prefix.kv]
+        got, group = prefill_suffixes(qwen, kv, len(prefix.row.ids), [suffix], new_cache(qwen),
+                                      text_start=torch.tensor([prefix.text_start]), axes=3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert group.next_position[:, 0].tolist() == [int(rows[0].positions.max()) + 1] * 3
+    calls = []
+    hook = qwen.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        again = generate_by_image(qwen, method, questions[:2], keys[:2], {}, instruction=None, max_new_tokens=4,
+                                  prefixes=prefixes)
+    finally:
+        hook.remove()
+    assert calls == [] and again.token_ids == whole.token_ids[:2]

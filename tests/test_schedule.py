@@ -17,7 +17,8 @@ from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import Vanilla
 from svdprune.surgery import _new_cache, generate, generate_by_image, prefill
 from svdprune.llava15 import build_inputs, encode_images
-from svdprune.llava15 import prefill_prefixes, prefill_suffixes, split_prompt
+from svdprune.llava15 import prefill_prefixes, split_prompt
+from svdprune.surgery import prefill_suffixes
 from svdprune.svd import SvdPrune
 from svdprune.pruning import PruneContext
 from tests.conftest import QUESTIONS
