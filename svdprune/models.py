@@ -5,6 +5,7 @@ its tokenizer and the preprocessing constants the engine needs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -177,29 +178,23 @@ def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
                      CLIP_MEAN, CLIP_STD, embed.device, tower_dtype)
 
 
-def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
-    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf).
-    ``progress=False`` hides transformers' "Loading weights" bar."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+def check_local_folder(path: str, what: str) -> None:
+    """A path that looks local (or exists) must be a folder with config.json (else it is taken as a hub id)."""
+    if (path.startswith((".", "/", "~")) or os.path.exists(path)) and not (Path(path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path={path!r}: no config.json there; point it at {what} or a hub id")
+
+
+@contextlib.contextmanager
+def hub_loading(path: str, revision: str | None, progress: bool):
+    """Around ``from_pretrained`` calls: transformers' "Loading weights" bar hidden unless ``progress``, and a failed
+    load (missing files, no network: ``OSError``) as one line that names the model and the offline way."""
     from transformers.utils import logging as hf_logging
 
-    path = in_project(path)
-    looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
-    if looks_local:
-        folder = Path(path).expanduser()
-        if not (folder / "config.json").is_file():
-            raise UserError(f"model.path={path!r}: no config.json there; point it at a llava-hf format folder "
-                            "(config.json, *.safetensors, tokenizer files) or a hub id")
-    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
     hide_bar = not progress and hf_logging.is_progress_bar_enabled()
     if hide_bar:
         hf_logging.disable_progress_bar()
     try:
-        # on a GPU the weights go straight to it (accelerate's device_map), never through host RAM first
-        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        yield
     except OSError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {path!r} (revision {revision}): {first_line}; for offline use "
@@ -207,6 +202,22 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, pr
     finally:
         if hide_bar:
             hf_logging.enable_progress_bar()
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
+    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf).
+    ``progress=False`` hides transformers' "Loading weights" bar."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    path = in_project(path)
+    check_local_folder(path, "a llava-hf format folder (config.json, *.safetensors, tokenizer files)")
+    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
+    with hub_loading(path, revision, progress):
+        # on a GPU the weights go straight to it (accelerate's device_map), never through host RAM first
+        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     image_mean, image_std = _preprocessor_stats(path, revision)
     return _finish(model, tokenizer, path, revision, image_mean, image_std, torch_device, torch_dtype)
 

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
-from .models import LoadedModel, _dtype, in_project, resolve_device
+from .models import LoadedModel, _dtype, check_local_folder, hub_loading, in_project, resolve_device
 from .prompts import CLIP_MEAN, CLIP_STD
 from .pruning import PruneContext, Vanilla
 
@@ -455,20 +455,12 @@ def check_chat_template(tokenizer) -> None:
 def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *, min_pixels: int, max_pixels: int,
                     progress: bool = True) -> LoadedModel:
     """Qwen2.5-VL from a hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local folder in that format."""
-    import os
-    from pathlib import Path
-
     from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     path = in_project(path)
-    if (path.startswith((".", "/", "~")) or os.path.exists(path)) and not (Path(path).expanduser() / "config.json").is_file():
-        raise UserError(f"model.path={path!r}: no config.json there; point it at a Qwen2.5-VL folder or a hub id")
+    check_local_folder(path, "a Qwen2.5-VL folder")
     torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
-    hide_bar = not progress and hf_logging.is_progress_bar_enabled()
-    if hide_bar:
-        hf_logging.disable_progress_bar()
-    try:
+    with hub_loading(path, revision, progress):
         model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
         if model_type != "qwen2_5_vl":  # before any weight is read
             raise UserError(f"model.path={path!r} holds a {model_type!r} model; family qwen25vl needs 'qwen2_5_vl'")
@@ -477,13 +469,6 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *,
             path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         processor = image_processor(min_pixels, max_pixels, path, revision)
-    except OSError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {path!r} (revision {revision}): {first_line}; for offline use "
-                        "download it once and set model.path=/local/folder") from None
-    finally:
-        if hide_bar:
-            hf_logging.enable_progress_bar()
     check_chat_template(tokenizer)
     model.to(device=torch_device).eval()
     return _describe(model, tokenizer, processor, path, revision, torch_device, torch_dtype, max_pixels)
