@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from svdprune.errors import UserError
+from svdprune.pruning import check_budget_ratio
 
 from .schedule import check_schedule
 from .shard import Shard, parse_shard
@@ -133,21 +134,6 @@ def check_config(cfg: DictConfig) -> Settings:
         on_bad_image=on_bad_image, shard=parse_shard(cfg.get("shard")),
         schedule=check_schedule(cfg.get("schedule", "by_image")), budget_ratio=budget_ratio,
     )
-
-
-def check_budget_ratio(value, family: str, method: str) -> float | None:
-    """``budget_ratio``: None, or a share in (0, 1] of each image's own tokens, for a model family whose images have
-    their own token counts (Qwen2.5-VL; LLaVA-1.5's are always 576: ``budget`` says it exactly)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise UserError(f"budget_ratio={value!r}; allowed: a share in (0, 1] of each image's tokens, or null")
-    if family != "qwen25vl":
-        raise UserError(f"budget_ratio={value} is for models whose images have their own token counts (model.family "
-                        "qwen25vl); LLaVA-1.5 has 576 per image: use budget=N")
-    if method == "vanilla":
-        raise UserError("budget_ratio with method=vanilla: vanilla keeps every token; leave budget_ratio unset")
-    return float(value)
 
 
 def check_run_name(value) -> None:

@@ -49,7 +49,7 @@ import torch
 
 from .errors import UserError
 from .models import from_model
-from .pruning import PruneContext, build_method, default_params, reads_question_text
+from .pruning import PruneContext, build_method, check_budget_ratio, default_params, reads_question_text
 
 __all__ = ["PruneHandle", "prune", "pruned"]
 
@@ -78,7 +78,8 @@ class PruneHandle:
         " ASSISTANT:"; exact when the tokenizer's decode inverts its encode).
     """
 
-    def __init__(self, model, method_name: str, budget: int, params: dict, *, seed: int, tokenizer):
+    def __init__(self, model, method_name: str, budget: int, params: dict, *, seed: int, tokenizer,
+                 budget_ratio: float | None = None):
         self.model = model
         self.method_name = method_name
         self.params = params
@@ -93,6 +94,8 @@ class PruneHandle:
         if not 1 <= budget <= self._lm.num_patches:
             raise UserError(f"budget={budget} is outside 1..{self._lm.num_patches} (vision tokens of this model)")
         self.budget = budget
+        # Qwen2.5-VL: each image keeps this share of its own tokens (svdprune/qwen25vl.py); budget is then unused
+        self.budget_ratio = self.method.budget_ratio = check_budget_ratio(budget_ratio, self._lm.family, method_name)
         from .surgery import check_method
 
         check_method(self._lm, self.method)  # a method the family does not run (Qwen2.5-VL), then its own checks
@@ -130,7 +133,8 @@ class PruneHandle:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
-        return f"PruneHandle({self.method_name!r}, budget={self.budget}, params={self.params}, {state})"
+        budget = f"budget_ratio={self.budget_ratio}" if self.budget_ratio is not None else f"budget={self.budget}"
+        return f"PruneHandle({self.method_name!r}, {budget}, params={self.params}, {state})"
 
     # ------------------------------------------------------------------ the forward
 
@@ -343,14 +347,16 @@ def _output(family: str, logits, loss, cache, extra: dict):
     return output if extra.get("return_dict", True) is not False else output.to_tuple()
 
 
-def prune(model, method: str = "svd", budget: int = 64, *, seed: int = 0, tokenizer=None,
-          **params) -> PruneHandle:
+def prune(model, method: str = "svd", budget: int = 64, *, budget_ratio: float | None = None, seed: int = 0,
+          tokenizer=None, **params) -> PruneHandle:
     """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration`` or
     ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL: ``svdprune.qwen25vl.SUPPORTED``; a
     decoder-side method there takes images of one size per call).
 
     params: the method's parameters as in ``configs/method/<method>.yaml`` (its defaults are used for the rest),
     e.g. ``tau=0.9`` for svd, ``agg_layer=1`` for fastv. seed: as run.py's ``seed`` (random-k).
+    budget_ratio: Qwen2.5-VL only, as run.py's: each image keeps this share (0, 1] of its own tokens instead of
+    ``budget`` tokens.
     tokenizer: only for a method that reads the question (TRIM; see :class:`PruneHandle`).
     Returns the :class:`PruneHandle`; ``handle.remove()`` restores the model. A model already pruned is refused.
     """
@@ -361,7 +367,7 @@ def prune(model, method: str = "svd", budget: int = 64, *, seed: int = 0, tokeni
     if isinstance(budget, bool) or not isinstance(budget, int):
         raise UserError(f"budget={budget!r}; allowed: an integer number of vision tokens")
     handle = PruneHandle(model, method, budget, {**default_params(method), **params}, seed=seed,
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer, budget_ratio=budget_ratio)
     handle._install()
     return handle
 

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 class PruneContext:
     """Per-batch inputs a method may need, and per-image statistics it may record.
@@ -83,6 +85,21 @@ class BudgetMixin:
         clone = copy.copy(self)
         clone.budget = budget
         return clone
+
+
+def check_budget_ratio(value, family: str, method: str) -> float | None:
+    """``budget_ratio``: None, or a share in (0, 1] of each image's own tokens, for a model family whose images have
+    their own token counts (Qwen2.5-VL; LLaVA-1.5's are always 576: ``budget`` says it exactly)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise UserError(f"budget_ratio={value!r}; allowed: a share in (0, 1] of each image's tokens, or null")
+    if family != "qwen25vl":
+        raise UserError(f"budget_ratio={value} is for models whose images have their own token counts (model.family "
+                        "qwen25vl); LLaVA-1.5 has 576 per image: use budget=N")
+    if method == "vanilla":
+        raise UserError("budget_ratio with method=vanilla: vanilla keeps every token; leave budget_ratio unset")
+    return float(value)
 
 
 class EncoderPruner(BudgetMixin):

@@ -549,3 +549,26 @@ def test_shared_prefix_equals_the_whole_prompt(qwen, inputs, name):
     finally:
         hook.remove()
     assert calls == [] and again.token_ids == whole.token_ids[:2]
+
+
+def test_prune_api_budget_ratio(qwen, inputs):
+    """``prune(..., budget_ratio=r)`` keeps floor(r N) of each image's tokens, as run.py's budget_ratio."""
+    import svdprune
+
+    method = build_method("svd", 64, default_params("svd"))
+    method.budget_ratio = 0.25
+    keys = [0, 1, 2, 3]
+    want = generate_by_image(qwen, method, QUESTIONS, keys, inputs, instruction=None, max_new_tokens=3)
+    with svdprune.pruned(qwen.model, "svd", budget_ratio=0.25) as handle:
+        hf = hf_inputs(qwen, QUESTIONS, [inputs[k] for k in keys])
+        out = qwen.model.generate(**hf, max_new_tokens=3, do_sample=False)
+        records = list(handle.records)
+        assert "budget_ratio=0.25" in repr(handle)
+    assert [r["image_budget"] for r in records] == [41, 16, 44, 4]
+    assert [r["kept_tokens"] for r in records] == [41, 16, 44, 4]
+    for j, answer in enumerate(want.token_ids):
+        assert out[j, hf["input_ids"].shape[1]:].tolist()[:len(answer)] == answer
+    with pytest.raises(UserError, match="budget_ratio=0.5 is for models whose images have their own token counts"):
+        from svdprune.models import build_tiny
+
+        svdprune.prune(build_tiny(vision_layers=1, text_layers=1).model, "svd", budget_ratio=0.5)
