@@ -1,8 +1,16 @@
-"""lmms-eval model ``svdprune_llava``: every svdprune method on any lmms-eval task, built on :func:`svdprune.prune`.
+"""lmms-eval models ``svdprune_llava`` and ``svdprune_qwen25vl``: every svdprune method on any lmms-eval task, built on
+:func:`svdprune.prune`.
 
     pip install -e ".[lmms]"
     lmms-eval --model svdprune_llava \\
         --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=svd,budget=32,tau=0.9 --tasks gqa,textvqa_val
+    lmms-eval --model svdprune_qwen25vl \\
+        --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,method=svd,budget=64 --tasks gqa
+
+``svdprune_qwen25vl`` feeds Qwen2.5-VL as run.py's ``model=qwen25vl_7b`` does: the model card's image processor at
+``min_pixels``..``max_pixels`` (model_args; the model card's by default) and chat prompt with the task's text as the
+question; loglikelihood scores the continuation as the assistant turn (``...assistant\\n{continuation}<|im_end|>``).
+The rest of this docstring is about ``svdprune_llava``.
 
 Registered through lmms-eval's ``lmms_eval.models`` entry point (pyproject.toml), not a fork of lmms-eval.
 
@@ -35,13 +43,21 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
 MODEL_ID = "svdprune_llava"
+QWEN_MODEL_ID = "svdprune_qwen25vl"
 
 
 def manifest():
-    """The ``lmms_eval.models`` entry point's payload."""
+    """The ``lmms_eval.models`` entry point's payload (LLaVA-1.5)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.SvdpruneLlava")
+
+
+def manifest_qwen25vl():
+    """The ``lmms_eval.models`` entry point's payload (Qwen2.5-VL)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=QWEN_MODEL_ID, simple_class_path=f"{__name__}.SvdpruneQwen25VL")
 
 
 def _method_param(value):
@@ -49,21 +65,22 @@ def _method_param(value):
     return yaml.safe_load(value) if isinstance(value, str) else value
 
 
-class SvdpruneLlava(lmms):
-    """LLaVA-1.5 with one svdprune method, for lmms-eval."""
+class _SvdpruneModel(lmms):
+    """One svdprune method on a model family, for lmms-eval: the loop over requests here, the family's prompt, token
+    ids and pixels in the subclass (what run.py feeds that family), the pruning through :func:`svdprune.prune`."""
 
-    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", revision: str | None = None,
-                 method: str = "vanilla", budget: int = 576, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 1, seed: int = 0, **method_params) -> None:
+    model_id = ""
+
+    def __init__(self, pretrained: str, revision: str | None, method: str, budget: int, device: str, dtype: str,
+                 batch_size: int, seed: int, method_params: dict, **load_kwargs) -> None:
         super().__init__()
         import svdprune
         from svdprune.errors import check_int
-        from svdprune.models import load_pretrained
         from svdprune.pruning import reads_question_text
 
         as_int = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
         self.batch_size_per_gpu = check_int("batch_size", as_int, 1)  # lmms-eval hands --batch_size over as text
-        self._lm = load_pretrained(str(pretrained), revision, dtype, device)
+        self._lm = self._load(str(pretrained), revision, dtype, device, **load_kwargs)
         params = {key: _method_param(value) for key, value in method_params.items()}
         self.handle = svdprune.prune(self._lm.model, str(method), int(budget), seed=int(seed),
                                      tokenizer=self._lm.tokenizer, **params)
@@ -85,19 +102,113 @@ class SvdpruneLlava(lmms):
     def batch_size(self):
         return self.batch_size_per_gpu
 
-    # ------------------------------------------------------------------ inputs as run.py builds them
+    # ------------------------------------------------------------------ the family's part
+
+    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
+        raise NotImplementedError
+
+    def _prompt(self, context: str) -> str:
+        """The prompt text of one task context (the question turn, the image placeholder where run.py puts it)."""
+        raise NotImplementedError
+
+    def _answer_text(self, prompt: str, continuation: str) -> str:
+        """The prompt followed by an assistant turn holding ``continuation`` (loglikelihood)."""
+        raise NotImplementedError
+
+    def _tokens(self, prompt: str, image) -> list[int]:
+        """The token ids of a prompt whose image placeholder is expanded to the image's unpruned token count (as the
+        family's HF processor expands it; the pruned forward replaces the run with the kept tokens)."""
+        raise NotImplementedError
+
+    def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
+        raise NotImplementedError
 
     def _image(self, request_args) -> "PIL.Image.Image":  # noqa: F821
         doc_to_visual, doc_id, task, split = request_args[2:6]
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         if len(visuals) != 1:
-            raise ValueError(f"{MODEL_ID}: LLaVA-1.5 takes one image per question; {task} doc {doc_id} has "
-                             f"{len(visuals)}")
+            raise ValueError(f"{self.model_id}: one image per question; {task} doc {doc_id} has {len(visuals)}")
         return visuals[0].convert("RGB")
 
-    def _tokens(self, prompt: str) -> list[int]:
-        """LLaVA's tokenisation of one prompt, ``<image>`` expanded to the tower's patch count (as a llava-hf
-        processor expands it; the pruned forward replaces the run with the kept tokens)."""
+    # ------------------------------------------------------------------ lmms-eval's interface
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        import torch
+
+        answers: list[str] = []
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_id} {self.handle.method_name}")
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start:start + self.batch_size]
+            contexts = [request.args[0] for request in chunk]
+            settings = dict(chunk[0].args[1])
+            until = settings.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            temperature = float(settings.get("temperature") or 0)
+            inputs = self._batch([self._prompt(context) for context in contexts],
+                                 [self._image(request.args) for request in chunk], contexts)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": settings.get("top_p")} \
+                if temperature > 0 else {"do_sample": False}
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, max_new_tokens=int(settings.get("max_new_tokens", 128)),
+                                          num_beams=int(settings.get("num_beams") or 1),
+                                          pad_token_id=self._lm.pad_token_id, **sampling)
+            for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
+                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                for stop in until:
+                    if stop and stop in text:
+                        text = text[:text.index(stop)]
+                answers.append(text)
+            bar.update(len(chunk))
+        bar.close()
+        return answers
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        import torch
+
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc=f"{self.model_id} loglikelihood"):
+            context, target = request.args[0], request.args[1]
+            continuation = target if isinstance(target, str) else target(
+                self.task_dict[request.args[4]][request.args[5]][request.args[3]])
+            prompt = self._prompt(context)
+            image = self._image(request.args)
+            context_len = len(self._tokens(prompt, image))
+            inputs = self._batch([self._answer_text(prompt, continuation)], [image], [context])
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits[0, context_len - 1:-1].float()  # predicts each continuation id
+            targets = inputs["input_ids"][0, context_len:]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+            results.append((float(logprobs.sum()), bool((logits.argmax(-1) == targets).all())))
+        return results
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError(f"{self.model_id}: multi-round generation is not supported (one image, one turn)")
+
+
+class SvdpruneLlava(_SvdpruneModel):
+    """LLaVA-1.5 with one svdprune method, for lmms-eval."""
+
+    model_id = MODEL_ID
+
+    def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", revision: str | None = None,
+                 method: str = "vanilla", budget: int = 576, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 1, seed: int = 0, **method_params) -> None:
+        super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params)
+
+    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
+        from svdprune.models import load_pretrained
+
+        return load_pretrained(pretrained, revision, dtype, device)
+
+    def _prompt(self, context: str) -> str:
+        from svdprune.prompts import vicuna_prompt
+
+        return vicuna_prompt(context.replace("<image>", "").strip(), None)
+
+    def _answer_text(self, prompt: str, continuation: str) -> str:
+        return f"{prompt} {continuation}{self.tokenizer.eos_token or '</s>'}"
+
+    def _tokens(self, prompt: str, image=None) -> list[int]:
         from svdprune.prompts import tokenizer_image_token
 
         lm = self._lm
@@ -116,60 +227,54 @@ class SvdpruneLlava(lmms):
             self.handle.questions = list(contexts)
         return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels}
 
-    # ------------------------------------------------------------------ lmms-eval's interface
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
+class SvdpruneQwen25VL(_SvdpruneModel):
+    """Qwen2.5-VL with one svdprune method (those of ``svdprune.qwen25vl.SUPPORTED``), for lmms-eval: the model card's
+    image processor at ``min_pixels``..``max_pixels`` and chat prompt, as run.py's ``model=qwen25vl_7b``."""
+
+    model_id = QWEN_MODEL_ID
+
+    def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", revision: str | None = None,
+                 method: str = "vanilla", budget: int = 64, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 1, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None,
+                 **method_params) -> None:
+        from svdprune import qwen25vl
+
+        pixels = {"min_pixels": int(min_pixels or qwen25vl.DEFAULT_MIN_PIXELS),
+                  "max_pixels": int(max_pixels or qwen25vl.DEFAULT_MAX_PIXELS)}
+        super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params,
+                         **pixels)
+
+    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
+        from svdprune import qwen25vl
+
+        return qwen25vl.load_pretrained(pretrained, revision, dtype, device, progress=False, **kwargs)
+
+    def _prompt(self, context: str) -> str:
+        from svdprune.qwen25vl import chat_prompt
+
+        return chat_prompt(context.replace("<image>", "").strip(), None)
+
+    def _answer_text(self, prompt: str, continuation: str) -> str:
+        from svdprune.qwen25vl import IM_END
+
+        return f"{prompt}{continuation}{IM_END}"
+
+    def _tokens(self, prompt: str, image) -> list[int]:
+        from svdprune import qwen25vl
+
+        return qwen25vl.text_ids(self._lm, prompt, qwen25vl.preprocess(self._lm, image).num_tokens)
+
+    def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
         import torch
 
-        from svdprune.prompts import vicuna_prompt
+        from svdprune import qwen25vl
+        from svdprune.surgery import _left_pad
 
-        answers: list[str] = []
-        bar = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{MODEL_ID} {self.handle.method_name}")
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
-            contexts = [request.args[0] for request in chunk]
-            settings = dict(chunk[0].args[1])
-            until = settings.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            temperature = float(settings.get("temperature") or 0)
-            inputs = self._batch([vicuna_prompt(context.replace("<image>", "").strip(), None) for context in contexts],
-                                 [self._image(request.args) for request in chunk], contexts)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": settings.get("top_p")} \
-                if temperature > 0 else {"do_sample": False}
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, max_new_tokens=int(settings.get("max_new_tokens", 128)),
-                                          num_beams=int(settings.get("num_beams") or 1),
-                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
-            for ids in out[:, inputs["input_ids"].shape[1]:].tolist():
-                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                for stop in until:
-                    if stop and stop in text:
-                        text = text[:text.index(stop)]
-                answers.append(text)
-            bar.update(len(chunk))
-        bar.close()
-        return answers
-
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        import torch
-
-        from svdprune.prompts import vicuna_prompt
-
-        results = []
-        for request in tqdm(requests, disable=self.rank != 0, desc=f"{MODEL_ID} loglikelihood"):
-            context, target = request.args[0], request.args[1]
-            continuation = target if isinstance(target, str) else target(
-                self.task_dict[request.args[4]][request.args[5]][request.args[3]])
-            prompt = vicuna_prompt(context.replace("<image>", "").strip(), None)
-            eos = self.tokenizer.eos_token or "</s>"
-            context_len = len(self._tokens(prompt))
-            inputs = self._batch([f"{prompt} {continuation}{eos}"], [self._image(request.args)], [context])
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits[0, context_len - 1:-1].float()  # predicts each continuation id
-            targets = inputs["input_ids"][0, context_len:]
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
-            results.append((float(logprobs.sum()), bool((logits.argmax(-1) == targets).all())))
-        return results
-
-    def generate_until_multi_round(self, requests) -> list[str]:
-        raise NotImplementedError(f"{MODEL_ID}: multi-round generation is not supported (one image, one turn)")
+        lm = self._lm
+        prepared = [qwen25vl.preprocess(lm, image) for image in images]
+        ids, padding = _left_pad(lm, [qwen25vl.text_ids(lm, p, image.num_tokens) for p, image in zip(prompts, prepared)])
+        return {"input_ids": ids, "attention_mask": (~padding).long(),
+                "pixel_values": torch.cat([image.patches for image in prepared]),
+                "image_grid_thw": torch.stack([image.grid for image in prepared]),
+                "mm_token_type_ids": (ids == lm.image_token_id).long()}

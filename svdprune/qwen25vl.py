@@ -119,9 +119,14 @@ def chat_prompt(question: str, instruction: str | None = None) -> str:
 
 
 def prompt_ids(lm: LoadedModel, question: str, instruction: str | None, k: int) -> list[int]:
-    """Token ids of :func:`chat_prompt` with its image pad repeated k times (what the processor's text expansion gives:
-    ``<|image_pad|>`` is a special token, so the text around it tokenises the same either way)."""
-    ids = lm.tokenizer(chat_prompt(question, instruction), add_special_tokens=False).input_ids
+    """Token ids of :func:`chat_prompt` with its image pad repeated k times."""
+    return text_ids(lm, chat_prompt(question, instruction), k)
+
+
+def text_ids(lm: LoadedModel, text: str, k: int) -> list[int]:
+    """Token ids of a prompt text holding one ``<|image_pad|>``, the pad repeated k times (what the processor's text
+    expansion gives: ``<|image_pad|>`` is a special token, so the text around it tokenises the same either way)."""
+    ids = lm.tokenizer(text, add_special_tokens=False).input_ids
     if ids.count(lm.image_token_id) != 1:
         raise ValueError(f"the prompt must hold one {IMAGE_PAD}, found {ids.count(lm.image_token_id)}")
     at = ids.index(lm.image_token_id)

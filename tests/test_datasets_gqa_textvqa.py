@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-import fixtures_eval as fx  # noqa: E402
+from tests import fixtures_eval as fx  # noqa: E402
 from eval import textvqa  # noqa: E402
 from eval.datasets import LOADERS, Record, load_dataset, load_image  # noqa: E402
 from eval.scoring import SCORERS  # noqa: E402

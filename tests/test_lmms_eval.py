@@ -166,3 +166,85 @@ def test_loglikelihood_is_the_summed_log_probability_of_the_continuation(method,
             assert logprob == pytest.approx(expected, abs=1e-4)
             assert greedy == expected_greedy
     assert any(greedy for _, greedy in results) and not all(greedy for _, greedy in results)
+
+
+@pytest.mark.parametrize("method, budget", [("svd", 8), ("fastv", 8)])
+def test_lmms_eval_qwen25vl_gives_run_py_answers(method, budget, tmp_path):
+    """The svdprune_qwen25vl model (a saved random tiny Qwen2.5-VL folder, the model card's processor and chat prompt)
+    answers a local task as run.py's ``model=qwen25vl_7b model.path=<folder>`` does on the same questions."""
+    from hydra import compose, initialize_config_dir
+
+    from eval.fixtures import write_local_fixture
+    from svdprune import qwen25vl
+
+    folder = tmp_path / "qwen"
+    lm = qwen25vl.build_tiny(seed=0, text_layers=4)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    lm.image_processor.save_pretrained(folder)
+    data = write_local_fixture(tmp_path / "data", questions=6, images=3, seed=0)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with initialize_config_dir(config_dir=os.path.join(root, "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=qwen25vl_7b", f"model.path={folder}", "model.dtype=float32", "model.device=cpu", "dataset=local",
+            f"dataset.path={data}", f"output_dir={tmp_path / 'runs'}", "max_new_tokens=3", "progress=false",
+            f"method={method}", f"budget={budget}", "batch_size=3"])
+    _, rows = run_and_read(cfg)
+    dataset = load_dataset(cfg.dataset)
+    records = dataset.records
+    _write_task(tmp_path / "task", records, dataset.instruction or "")
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "PYTHONPATH": str(tmp_path / "task") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "lmms_eval", "--model", "svdprune_qwen25vl",
+               "--model_args", f"pretrained={folder},method={method},budget={budget},device=cpu,dtype=float32",
+               "--tasks", TASK, "--include_path", str(tmp_path / "task"), "--batch_size", "1",
+               "--output_path", str(tmp_path / "out"), "--log_samples"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = [json.loads(line) for file in (tmp_path / "out").rglob(f"*{TASK}*.jsonl")
+               for line in file.read_text().splitlines() if line.strip()]
+    answers = {s["doc_id"]: s["filtered_resps"][0] if isinstance(s["filtered_resps"], list)
+               else s["filtered_resps"] for s in samples}
+    by_id = {row["question_id"]: row["prediction"] for row in rows}
+    assert len(answers) == len(records) == 6
+    assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
+    assert len(set(answers.values())) > 1  # the random model's answers are text, and differ between questions
+
+
+def test_qwen25vl_loglikelihood_is_the_summed_log_probability(tmp_path):
+    """svdprune_qwen25vl.loglikelihood (vanilla) against plain HF Qwen2.5-VL forwards on the same chat text: the
+    prompt, the continuation and ``<|im_end|>`` as the assistant turn."""
+    import torch
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from eval.lmms_model import SvdpruneQwen25VL
+    from svdprune import qwen25vl
+
+    folder = tmp_path / "qwen"
+    lm = qwen25vl.build_tiny(seed=0, text_layers=4)
+    for part in (lm.model, lm.tokenizer, lm.image_processor):
+        part.save_pretrained(folder)
+    images = [Image.new("RGB", (160, 224), (200, 30, 30)), Image.new("RGB", (96, 96), (20, 20, 220))]
+    contexts = ["Is it red?", "Is it blue?"]
+    lmm = SvdpruneQwen25VL(pretrained=str(folder), method="vanilla", device="cpu", dtype="float32")
+    lmm.task_dict = {"local": {"test": {i: {"image": image} for i, image in enumerate(images)}}}
+    requests = [Instance(request_type="loglikelihood", idx=0, metadata={"task": "local", "doc_id": i, "repeats": 1},
+                         arguments=(contexts[i], choice, lambda doc: [doc["image"]], i, "local", "test"))
+                for i in range(2) for choice in ("yes", "no")]
+    results = lmm.loglikelihood(requests)
+    lmm.handle.remove()
+    for request, (logprob, greedy) in zip(requests, results):
+        i, choice = request.args[3], request.args[1]
+        image = qwen25vl.preprocess(lm, images[i])
+        prompt = qwen25vl.chat_prompt(contexts[i])
+        n_context = len(qwen25vl.text_ids(lm, prompt, image.num_tokens))
+        ids = torch.tensor([qwen25vl.text_ids(lm, f"{prompt}{choice}<|im_end|>", image.num_tokens)])
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids, pixel_values=image.patches, image_grid_thw=image.grid[None],
+                              mm_token_type_ids=(ids == lm.image_token_id).long()).logits[0, n_context - 1:-1]
+        targets = ids[0, n_context:]
+        assert logprob == pytest.approx(float(torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum()),
+                                        abs=1e-4)
+        assert greedy == bool((logits.argmax(-1) == targets).all())

@@ -473,7 +473,7 @@ def test_eval_mini_small_runs_do_not_overwrite_committed_results():
 def test_image_tables_are_fingerprinted_by_content(tmp_path, fmt):
     """GQA's images read from arrow / parquet files: a copy elsewhere is the same question set, other image
     bytes are another one."""
-    import fixtures_eval as fx
+    from tests import fixtures_eval as fx
     from eval.datasets import load_dataset
     from harness.identity import dataset_fingerprint
 
