@@ -1,10 +1,12 @@
 """The pruning interface every method implements, and the method registry.
 
-Two kinds of method, one engine (``svdprune.surgery``):
+Two kinds of method, one engine (``svdprune.surgery`` with the model family's front, ``svdprune.llava15`` or
+``svdprune.qwen25vl``):
 
 * **Encoder-side** (``kind = "encoder"``): ``reduce(features, context)`` receives the patch features of
-  the vision layer LLaVA uses, before the projector, ``(B, N, D)``, and returns the features the LLM
-  should see, ``(B, k, D)``, in the order it should see them. A method that must run inside the vision
+  the vision layer LLaVA uses, before the projector, ``(B, N, D)`` (on Qwen2.5-VL: one image's merged tokens,
+  already LLM-input embeddings, ``(1, N, d)``), and returns the features the LLM should see, ``(B, k, D)``, in the
+  order it should see them. A method that must run inside the vision
   tower (ToMe) overrides ``encode`` instead. Only the k surviving tokens reach the LLM: the prompt holds
   k image positions, so projector and LLM cost really shrink.
 * **Decoder-side** (``kind = "decoder"``): ``after_layer(layer_idx, view)`` is called during prefill after
