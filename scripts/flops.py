@@ -435,7 +435,9 @@ def write_qwen_markdown(path: Path, rows: list[dict], n_text: list[int], source:
         f"them either). Text tokens: mean {statistics.fmean(n_text):.1f} over {len(n_text)} GQA-style prompts ({source}).",
         "The methods' own selection work is not in `total_T` (SVD-Prune's dense SVD of the N x 3584 tokens is in",
         "`svd_overhead_G`, Golub & Van Loan's count). DART keeps 4 image pivots + 8 pivots x (budget // 8) tokens, as",
-        "its released code (so 36 for 32).",
+        "its released code (so 36 for 32). PyramidDrop and SparseVLM cut in stages with schedules fitted to the image's",
+        "tokens and the 28 layers (baselines/pyramiddrop.py, baselines/sparsevlm.py): `kept` is their last stage's count,",
+        "the layer mean is what their budget means (out of reach at small budgets, as on LLaVA-1.5).",
         "",
         "| image | tokens | method | budget | kept | LLM image tokens (layer mean) | vision G | LLM T | total T | reduction % |"
         " SVD overhead G |",
@@ -479,8 +481,8 @@ def qwen_main(args) -> list[dict]:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=("llava15", "qwen25vl"), default="llava15",
-                        help="qwen25vl: Qwen2.5-VL-7B per image size -> flops_qwen25vl.{csv,md} (svd, random, divprune, "
-                             "fastv, dart)")
+                        help="qwen25vl: Qwen2.5-VL-7B per image size -> flops_qwen25vl.{csv,md} (every method of "
+                             "svdprune.qwen25vl.SUPPORTED)")
     parser.add_argument("--methods", nargs="*", default=None, help="default: the paper's methods + every registered one")
     parser.add_argument("--budgets", nargs="*", type=int, default=BUDGETS)
     parser.add_argument("--output-dir", default=str(ROOT / "results" / "efficiency"))
