@@ -110,6 +110,16 @@ def renumber(padding: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(~padding, dim=1) - 1).clamp_min(0)
 
 
+def layer_average(start: int, n_layers: int, layers: list[int], counts: list[int]) -> float:
+    """Image tokens per LLM layer averaged over ``n_layers`` layers: ``start`` in every layer before ``layers[0]``,
+    ``counts[s]`` from layer ``layers[s]`` (strictly increasing) up to the next one. PyramidDrop's schedule average
+    (a stage layer is the first that sees the dropped set) and SparseVLM's official one (a pruning layer counted at
+    its post-prune size) are both this."""
+    bounds = list(layers) + [n_layers]
+    total = bounds[0] * start + sum((bounds[s + 1] - bounds[s]) * count for s, count in enumerate(counts))
+    return total / n_layers
+
+
 def check_depth(method: str, name: str, layers, n_layers: int, low: int, high: int, meaning: str) -> None:
     """Schedules are given for LLaVA-1.5-7B (32 layers). On another depth an out-of-range layer is an
     error (never silently rescaled): the user passes a schedule for that model."""

@@ -54,14 +54,7 @@ from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from .attention import (attention_rows, check_depth, image_positions, keep_indices, last_token_index,
-                        renumber, top_k)
-
-
-def _layer_average(image_tokens: int, n_layers: int, stage_layers: list[int], keeps: list[int]) -> float:
-    """Image tokens per layer averaged over the LLM: layers before the first stage see all, stage s sees keeps[s]."""
-    bounds = list(stage_layers) + [n_layers]
-    total = stage_layers[0] * image_tokens + sum((bounds[s + 1] - bounds[s]) * keeps[s] for s in range(len(keeps)))
-    return total / n_layers
+                        layer_average, renumber, top_k)
 
 
 def fit_keep_counts(image_tokens: int, n_layers: int, stage_layers: list[int], budget: int) -> list[int]:
@@ -76,7 +69,7 @@ def fit_keep_counts(image_tokens: int, n_layers: int, stage_layers: list[int], b
     for i in range(1, 10_001):
         lam = i / 10_000
         keeps = [int(image_tokens * lam ** s) for s in range(1, len(stage_layers) + 1)]
-        distance = abs(_layer_average(image_tokens, n_layers, stage_layers, keeps) - budget)
+        distance = abs(layer_average(image_tokens, n_layers, stage_layers, keeps) - budget)
         if best is None or distance < best[0]:
             best = (distance, keeps)
     return best[1]

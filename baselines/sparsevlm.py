@@ -74,8 +74,8 @@ from svdprune.errors import UserError, check_int
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from ._scatter import scatter_sum_in_order
-from .attention import (attention_rows, check_depth, image_positions, keep_indices, renumber, top_k,
-                        true_positions)
+from .attention import (attention_rows, check_depth, image_positions, keep_indices, layer_average, renumber,
+                        top_k, true_positions)
 
 RECYCLE_FRACTION = 0.3  # of the deleted image tokens, the top 30% by score are clustered
 CLUSTER_DIVISOR = 10  # clusters = int(candidates / 10) + 1
@@ -115,13 +115,7 @@ def stage_counts(image_tokens: int, keep: list[int], recycle: bool = True) -> li
 def official_mean(image_tokens: int, n_layers: int, layers: list[int], keep: list[int], recycle: bool = True) -> float:
     """The official log's budget: image tokens per layer averaged over the LLM, a pruning layer counted at its
     post-prune size (``image_tokens_mean_official``)."""
-    after = stage_counts(image_tokens, keep, recycle)
-    per_layer, current = [], image_tokens
-    for layer in range(n_layers):
-        if layer in layers:
-            current = after[layers.index(layer)]
-        per_layer.append(current)
-    return sum(per_layer) / n_layers
+    return layer_average(image_tokens, n_layers, layers, stage_counts(image_tokens, keep, recycle))
 
 
 def fit_keep(image_tokens: int, n_layers: int, layers: list[int], budget: int, table: dict[int, list[int]],
@@ -139,9 +133,12 @@ def fit_keep(image_tokens: int, n_layers: int, layers: list[int], budget: int, t
 
     if official_mean(image_tokens, n_layers, layers, [1] * len(shape), recycle) > budget:
         return scaled(budget / shape[0])
-    best = None
+    best, previous = None, None
     for i in range(1, int(1000 * image_tokens / shape[-1]) + 1):  # up to the last stage keeping all (counts clip)
         keep = scaled(i / 1000)
+        if keep == previous:  # neighbouring c round to the same counts: the smaller c was scored already
+            continue
+        previous = keep
         distance = abs(official_mean(image_tokens, n_layers, layers, keep, recycle) - budget)
         if best is None or distance < best[0]:
             best = (distance, keep)
