@@ -75,12 +75,18 @@ def fit_keep_counts(image_tokens: int, n_layers: int, stage_layers: list[int], b
     return best[1]
 
 
-def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]]:
+def _check_layers(layers, name: str) -> list[int]:
+    """Stage layers: a non-empty, strictly increasing list of layer indices >= 1 (``name`` for the messages)."""
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise UserError(f"pyramiddrop: {source} layers={layers!r}; allowed: a non-empty list of layer indices")
-    layers = [check_int(f"pyramiddrop {source} layers[{i}]", layer, 1) for i, layer in enumerate(layers)]
+        raise UserError(f"pyramiddrop: {name}={layers!r}; allowed: a non-empty list of layer indices")
+    layers = [check_int(f"pyramiddrop {name}[{i}]", layer, 1) for i, layer in enumerate(layers)]
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise UserError(f"pyramiddrop: {source} layers={layers}; allowed: strictly increasing layer indices")
+        raise UserError(f"pyramiddrop: {name}={layers}; allowed: strictly increasing layer indices")
+    return layers
+
+
+def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]]:
+    layers = _check_layers(layers, f"{source} layers")
     if not isinstance(ratios, (list, tuple)) or len(ratios) != len(layers):
         raise UserError(f"pyramiddrop: {source} ratios={ratios!r}; allowed: one keep ratio per layer ({len(layers)})")
     for i, ratio in enumerate(ratios):
@@ -98,10 +104,7 @@ class PyramidDrop(DecoderPruner):
     def __init__(self, budget: int, schedules: dict | None = None, layers: list[int] | None = None,
                  ratios: list[float] | None = None, fit_layers: list[int] = (2, 8, 16)):
         self.budget = check_int("budget", budget, 1)
-        if not isinstance(fit_layers, (list, tuple)) or not fit_layers:
-            raise UserError(f"pyramiddrop: method.params.fit_layers={fit_layers!r}; allowed: a non-empty list of "
-                            "layer indices")
-        self.fit_layers, _ = _check_schedule(fit_layers, [1.0] * len(fit_layers), "method.params.fit_")
+        self.fit_layers = _check_layers(fit_layers, "method.params.fit_layers")
         self.user_schedule = layers is not None or ratios is not None
         self.fitted_keeps: list[int] | None = None  # set by for_image_tokens (Qwen2.5-VL): the image's own schedule
         self._no_schedule: str | None = None  # a budget without a table entry: an error on LLaVA (check)
