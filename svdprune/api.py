@@ -247,9 +247,8 @@ class PruneHandle:
             raise UserError(f"svdprune: {self.method_name} cuts inside the LLM, which needs the images of one call to "
                             f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
         context = PruneContext(questions=None, seed=self.seed, model=lm.model, instruction=None)
-        keys = list(dict.fromkeys(key for row in q_rows for key in row.stats))
-        row_stats = {key: [row.stats.get(key) for row in q_rows] for key in keys}
-        return qwen25vl._state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows], row_stats
+        return (qwen25vl._state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows],
+                qwen25vl.stat_columns([row.stats for row in q_rows]))
 
     def _prefill_logits(self, final, input_ids, attention_mask, logits_to_keep, has_labels: bool) -> torch.Tensor:
         """Logits of the prefill: (B, 1, V) of each row's last real token when only the last is asked for; else

@@ -123,6 +123,14 @@ def prompt_ids(lm: LoadedModel, question: str, instruction: str | None, k: int) 
     return text_ids(lm, chat_prompt(question, instruction), k)
 
 
+def question_parts(lm: LoadedModel, question: str, instruction: str | None) -> tuple[list[int], list[int]]:
+    """(ids before the image, ids after it) of one question's :func:`chat_prompt`; the part before is the same for
+    every question (system turn, user turn up to ``<|vision_start|>``)."""
+    ids = prompt_ids(lm, question, instruction, 1)
+    at = ids.index(lm.image_token_id)
+    return ids[:at], ids[at + 1:]
+
+
 def text_ids(lm: LoadedModel, text: str, k: int) -> list[int]:
     """Token ids of a prompt text holding one ``<|image_pad|>``, the pad repeated k times (what the processor's text
     expansion gives: ``<|image_pad|>`` is a special token, so the text around it tokenises the same either way)."""
@@ -231,12 +239,22 @@ def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, image
     distinct = list(dict.fromkeys(image_keys))
     cuts = dict(zip(distinct, cut_images(lm, method, [images[key] for key in distinct], seed=seed,
                                          instruction=instruction)))
-    rows = []
-    for question, key in zip(questions, image_keys):
-        ids = prompt_ids(lm, question, instruction, 1)
-        at = ids.index(lm.image_token_id)
-        rows.append(make_row(lm, method, ids[:at], ids[at + 1:], images[key], cuts[key]))
-    return rows
+    return [make_row(lm, method, *question_parts(lm, question, instruction), images[key], cuts[key])
+            for question, key in zip(questions, image_keys)]
+
+
+def _group_indices(values: list) -> dict:
+    """value -> the indices that have it, in first-seen order (rows that can share one prefill)."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        groups.setdefault(value, []).append(i)
+    return groups
+
+
+def stat_columns(per_row: list[dict]) -> dict[str, list]:
+    """Per-row stat dicts -> {key: one value per row (None where a row lacks it)}, keys in first-seen order."""
+    keys = list(dict.fromkeys(key for stats in per_row for key in stats))
+    return {key: [stats.get(key) for stats in per_row] for key in keys}
 
 
 def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[int], object]]:
@@ -246,12 +264,10 @@ def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[
     budget without a cut)."""
     if method.kind != "decoder":
         return [(list(range(len(rows))), method)]
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(len(row.embeds), []).append(i)
     n_layers = lm.language_model.config.num_hidden_layers
     return [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
-             if n > image_budget(method, n) else Vanilla()) for n, members in groups.items()]
+             if n > image_budget(method, n) else Vanilla())
+            for n, members in _group_indices([len(row.embeds) for row in rows]).items()]
 
 
 def _state(lm: LoadedModel, rows: list[_Row]):
@@ -306,10 +322,9 @@ def _collect(lm: LoadedModel, questions: list[str], instruction: str | None, out
     length, stats)."""
     from .surgery import _finish
 
-    keys = list(dict.fromkeys(key for *_, stats in out for key in stats))
-    stats = {key: [row_stats.get(key) for *_, row_stats in out] for key in keys}
     prompts = [chat_prompt(q, instruction) for q in questions]
-    return _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out], stats)
+    return _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
+                   stat_columns([o[3] for o in out]))
 
 
 def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
@@ -356,15 +371,11 @@ def encode_prefixes(lm: LoadedModel, method, images: list[QwenImage], *, instruc
     are prefilled together (no padding)."""
     from .surgery import _new_cache, prefill
 
-    ids = prompt_ids(lm, "", instruction, 1)
-    before = ids[:ids.index(lm.image_token_id)]
+    before, _ = question_parts(lm, "", instruction)
     cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
     rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
     kv: list = [None] * len(rows)
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_length.setdefault(len(row.ids), []).append(i)
-    for members in by_length.values():
+    for members in _group_indices([len(row.ids) for row in rows]).values():
         cache = _new_cache(lm)
         prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
         for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
@@ -388,13 +399,10 @@ def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image
         prefixes.update(zip(missing, new))
     suffixes = []
     for question, key in zip(questions, image_keys):
-        ids = prompt_ids(lm, question, instruction, 1)
-        at = ids.index(lm.image_token_id)
-        assert ids[:at] == prefixes[key].row.ids[:at], "prompts do not share the prefix"
-        suffixes.append(ids[at + 1:])
-    by_length: dict[int, list[int]] = {}
-    for i, key in enumerate(image_keys):
-        by_length.setdefault(len(prefixes[key].row.ids), []).append(i)
+        before, after = question_parts(lm, question, instruction)
+        assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
+        suffixes.append(after)
+    by_length = _group_indices([len(prefixes[key].row.ids) for key in image_keys])
     n_layers = len(lm.language_model.layers)
     out: list = [None] * len(questions)
     for length, members in by_length.items():
