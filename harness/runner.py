@@ -228,8 +228,8 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
         merged = _merge_if_complete(out_dir, records, digest, shard)
         if merged is None:
-            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: shard {shard} answered its {len(mine)} questions "
-                  f"({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
+            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: shard {shard} "
+                  f"answered its {len(mine)} questions ({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
                   f"-> {out_dir}")
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
                     "run_folder": str(out_dir)}
@@ -258,8 +258,8 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: accuracy {accuracy} on {this['n']} questions "
-          f"({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
+    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: accuracy {accuracy} on "
+          f"{this['n']} questions ({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
 
 

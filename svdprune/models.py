@@ -159,8 +159,7 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
 
 def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
     """The engine's view of a ``LlavaForConditionalGeneration`` (or a Qwen2.5-VL model: svdprune/qwen25vl.py) someone
-    else loaded (any dtype, any device; used by
-    :func:`svdprune.prune`). Nothing is moved or cast: the device and dtype are those of the model's own
+    else loaded (any dtype, any device; used by :func:`svdprune.prune`). Nothing is moved or cast: the device and dtype are those of the model's own
     parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's LLaVA does).
     A model of another class, or a LLaVA config the engine does not handle, is a one-line UserError."""
     from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration

@@ -83,6 +83,25 @@ def _write_task(folder, records, instruction: str) -> None:
     """))
 
 
+def _run_lmms_eval(tmp_path, model: str, model_args: str, batch_size: int) -> list[dict]:
+    """``lmms-eval --model <model>`` on the local task in tmp_path/task, offline; its logged samples."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "PYTHONPATH": str(tmp_path / "task") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args,
+               "--tasks", TASK, "--include_path", str(tmp_path / "task"), "--batch_size", str(batch_size),
+               "--output_path", str(tmp_path / "out"), "--log_samples"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for file in (tmp_path / "out").rglob(f"*{TASK}*.jsonl")
+            for line in file.read_text().splitlines() if line.strip()]
+
+
+def _answers(samples: list[dict]) -> dict:
+    """doc_id (the line of data.jsonl) -> the answer lmms-eval logged."""
+    return {s["doc_id"]: s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]
+            for s in samples}
+
+
 @pytest.mark.parametrize("method, budget, params", [("svd", 32, ""), ("fastv", 16, ",agg_layer=1")])
 def test_lmms_eval_gives_run_py_answers_on_a_local_task(method, budget, params, tmp_path):
     cfg = scenes_config(method, budget, N_QUESTIONS, tmp_path / "runs", batch_size=8)
@@ -91,22 +110,11 @@ def test_lmms_eval_gives_run_py_answers_on_a_local_task(method, budget, params, 
     records = dataset.records[:N_QUESTIONS]
     _write_task(tmp_path / "task", records, dataset.instruction)
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": str(tmp_path / "task") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-m", "lmms_eval", "--model", "svdprune_llava",
-               "--model_args", f"pretrained={SCENES_MODEL},method={method},budget={budget},device=cpu,"
-                               f"dtype=float32{params}",
-               "--tasks", TASK, "--include_path", str(tmp_path / "task"), "--batch_size", "4",
-               "--output_path", str(tmp_path / "out"), "--log_samples"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    samples = [json.loads(line) for file in (tmp_path / "out").rglob(f"*{TASK}*.jsonl")
-               for line in file.read_text().splitlines() if line.strip()]
+    samples = _run_lmms_eval(tmp_path, "svdprune_llava", f"pretrained={SCENES_MODEL},method={method},"
+                             f"budget={budget},device=cpu,dtype=float32{params}", batch_size=4)
     assert len(samples) == N_QUESTIONS, [str(p) for p in (tmp_path / "out").rglob("*")]
     by_id = {row["question_id"]: row["prediction"] for row in rows}
-    answers = {s["doc_id"]: s["filtered_resps"][0] if isinstance(s["filtered_resps"], list)
-               else s["filtered_resps"] for s in samples}  # doc_id: the line of data.jsonl
+    answers = _answers(samples)
     assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
     results = json.loads(next((tmp_path / "out").rglob("*results.json")).read_text())["results"][TASK]
     assert results["accuracy,none"] == pytest.approx(metrics["this_run"]["accuracy"])
@@ -194,18 +202,8 @@ def test_lmms_eval_qwen25vl_gives_run_py_answers(method, budget, tmp_path):
     records = dataset.records
     _write_task(tmp_path / "task", records, dataset.instruction or "")
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": str(tmp_path / "task") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-m", "lmms_eval", "--model", "svdprune_qwen25vl",
-               "--model_args", f"pretrained={folder},method={method},budget={budget},device=cpu,dtype=float32",
-               "--tasks", TASK, "--include_path", str(tmp_path / "task"), "--batch_size", "1",
-               "--output_path", str(tmp_path / "out"), "--log_samples"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    samples = [json.loads(line) for file in (tmp_path / "out").rglob(f"*{TASK}*.jsonl")
-               for line in file.read_text().splitlines() if line.strip()]
-    answers = {s["doc_id"]: s["filtered_resps"][0] if isinstance(s["filtered_resps"], list)
-               else s["filtered_resps"] for s in samples}
+    answers = _answers(_run_lmms_eval(tmp_path, "svdprune_qwen25vl", f"pretrained={folder},method={method},"
+                                      f"budget={budget},device=cpu,dtype=float32", batch_size=1))
     by_id = {row["question_id"]: row["prediction"] for row in rows}
     assert len(answers) == len(records) == 6
     assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
