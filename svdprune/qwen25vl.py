@@ -301,15 +301,14 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
 @torch.inference_mode()
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
-    """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract; ``images``:
-    key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image. Vanilla and
+    """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract, whose caller
+    has checked the method; ``images``: key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image. Vanilla and
     encoder-side methods also prefill the prompt up to and including the image tokens once per image
     (:class:`QwenPrefix`, carried to the next batch in ``prefixes``) and only the question suffixes per question;
     decoder-side cuts depend on the question, so their prompts are prefilled whole, in groups of equal image size
     (:func:`decoder_parts`)."""
-    from .surgery import method_name, shares_prefix
+    from .surgery import shares_prefix
 
-    check_method(method_name(method))
     if shares_prefix(method):
         return _generate_shared_prefix(lm, method, questions, image_keys, images, instruction=instruction,
                                        max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)
