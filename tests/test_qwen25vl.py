@@ -572,3 +572,25 @@ def test_prune_api_budget_ratio(qwen, inputs):
         from svdprune.models import build_tiny
 
         svdprune.prune(build_tiny(vision_layers=1, text_layers=1).model, "svd", budget_ratio=0.5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_loading_equals_from_pretrained(qwen, inputs, tmp_path, dtype):
+    """The loader in half precision holds what plain ``from_pretrained(dtype=...)`` holds (every parameter and buffer,
+    values and dtypes: rotary ``inv_freq`` stays float32), so the two models' forwards are bit for bit the same."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    for part in (qwen.model, qwen.tokenizer, qwen.image_processor):
+        part.save_pretrained(tmp_path)
+    ours = qwen25vl.load_pretrained(str(tmp_path), None, dtype, "cpu", min_pixels=qwen25vl.DEFAULT_MIN_PIXELS,
+                                    max_pixels=qwen25vl.DEFAULT_MAX_PIXELS, progress=False).model
+    theirs = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=getattr(torch, dtype)).eval()
+    mine = {**dict(ours.named_parameters()), **dict(ours.named_buffers())}
+    ref = {**dict(theirs.named_parameters()), **dict(theirs.named_buffers())}
+    assert mine.keys() == ref.keys()
+    for name, tensor in ref.items():
+        assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), name
+    assert any(t.dtype == torch.float32 for name, t in ref.items() if "inv_freq" in name)
+    hf = hf_inputs(qwen, QUESTIONS[:2], [inputs[0], inputs[1]])
+    with torch.inference_mode():
+        assert torch.equal(ours(**hf).logits, theirs(**hf).logits)
