@@ -100,6 +100,10 @@ def cli() -> None:
         from harness.settings import check_overrides
 
         check_overrides(sys.argv[1:])  # method=nope: one line here, not Hydra's listing
+        if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+            from harness.sweeps import check_sweep
+
+            sys.argv.extend(check_sweep(sys.argv[1:]))  # every swept value, before the first job runs
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Text
 from svdprune.pruning import EncoderPruner
 
 from ._clip import ClipTextImage, check_clip_path
@@ -115,6 +116,9 @@ class CDPruner(EncoderPruner):
 
     kind = "encoder"
     question_dependent = True  # the relevance follows the instruction's CLIP text embedding
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"clip_path": Text(), "revision": Text(nullable=True)}
 
     def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
                  revision: str | None = None):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import repeat_kv
 
+from svdprune.params import Integer
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from .attention import _rope, check_depth, image_positions, keep_indices
@@ -90,6 +91,9 @@ def dart_retained(key_norms: torch.Tensor, states: torch.Tensor, image: list[int
 
 class Dart(DecoderPruner):
     """Keeps DART's pivots and, per pivot, the image tokens least similar to it, before layer ``pruning_loc``."""
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"pruning_loc": Integer(1), "pivot_image_token": Integer(1, 576), "pivot_text_token": Integer(1)}
 
     def __init__(self, budget: int, pruning_loc: int = 2, pivot_image_token: int = 4, pivot_text_token: int = 4):
         self.budget = check_int(NAME, "budget", budget, 1, 576)

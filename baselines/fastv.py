@@ -38,6 +38,7 @@ average is (K * 576 + (32 - K) * budget) / 32 and is in metrics.json (``image_to
 from __future__ import annotations
 
 from svdprune.errors import check_int
+from svdprune.params import Integer
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from .attention import attention_rows, check_depth, image_positions, keep_indices, last_token_index, top_k
@@ -45,6 +46,9 @@ from .attention import attention_rows, check_depth, image_positions, keep_indice
 
 class FastV(DecoderPruner):
     """Keep the ``budget`` image tokens the last prompt token attends to most in layer ``agg_layer - 1``."""
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"agg_layer": Integer(1)}
 
     def __init__(self, budget: int, agg_layer: int = 2):
         self.budget = check_int("budget", budget, 1, what=" (image tokens kept after layer agg_layer - 1)")

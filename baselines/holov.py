@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Integer, Number
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import (check_budget, check_int, check_runtime_budget, cls_patch_attention, gather_tokens,
@@ -102,6 +103,9 @@ class HoloV(EncoderPruner):
     """Spreads the budget over 16 chunks by attention + similarity spread; per chunk its top-attention tokens."""
 
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"chunks": Integer(1, 576), "alpha": Number(0)}
 
     def __init__(self, budget: int, chunks: int = 16, alpha: float = 0.09):
         self.budget = check_budget(NAME, budget)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from svdprune.errors import UserError
+from svdprune.params import Choice
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import LLAVA15_GRID, check_budget
@@ -76,6 +77,9 @@ def pool_tokens(features: torch.Tensor, shape: tuple[int, int], mode: str = "avg
 
 class SpatialPooling(EncoderPruner):
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"mode": Choice(*MODES)}
 
     def __init__(self, budget: int, mode: str = "avg"):
         self.budget = check_budget(NAME, budget)

@@ -51,6 +51,7 @@ Here the schedule is the budget-matched one above, so the two agree in the ranki
 from __future__ import annotations
 
 from svdprune.errors import UserError, check_int
+from svdprune.params import IntList, NumberList, Table
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from .attention import (attention_rows, check_depth, image_positions, keep_indices, last_token_index,
@@ -100,6 +101,10 @@ def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]
 
 class PyramidDrop(DecoderPruner):
     """Multi-stage drop of image tokens ranked by the last instruction token's attention."""
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"schedules": Table(nullable=True), "layers": IntList(low=1, nullable=True, min_items=1),
+              "ratios": NumberList(0, 1, nullable=True), "fit_layers": IntList(low=1, min_items=1)}
 
     def __init__(self, budget: int, schedules: dict | None = None, layers: list[int] | None = None,
                  ratios: list[float] | None = None, fit_layers: list[int] = (2, 8, 16)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Flag
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, image_seeds
@@ -30,6 +31,9 @@ def random_subset(num_tokens: int, k: int, seed: int) -> torch.Tensor:
 
 class RandomK(EncoderPruner):
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"per_image": Flag()}
 
     def __init__(self, budget: int, per_image: bool = True):
         self.budget = check_budget(NAME, budget)

@@ -71,6 +71,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError, check_int
+from svdprune.params import Flag, IntList, Table
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from ._scatter import scatter_sum_in_order
@@ -175,6 +176,10 @@ def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.
 
 class SparseVLM(DecoderPruner):
     """Text-rater scoring at ``layers`` with the ``keep`` counts per stage and DPC-kNN recycling."""
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"layers": IntList(low=0, min_items=1), "keep_counts": Table(nullable=True),
+              "keep": IntList(low=1, nullable=True), "recycle": Flag()}
 
     def __init__(self, budget: int, layers: list[int] = (2, 6, 15), keep_counts: dict | None = None,
                  keep: list[int] | None = None, recycle: bool = True):

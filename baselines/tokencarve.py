@@ -59,6 +59,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Integer, Number
 from svdprune.pruning import DecoderPruner, LayerView, TokenState
 
 from ._encoder_common import LLAVA15_PATCHES, check_int
@@ -134,6 +135,9 @@ class TokenCarve(DecoderPruner):
 
     #: the engine cuts the KV caches of the layers before the cut to the tokens the cut keeps (released code)
     cuts_earlier_caches = True
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"work_layer": Integer(1), "sv_av_weight": Number(0, 1)}
 
     def __init__(self, budget: int, work_layer: int = 2, sv_av_weight: float = 0.5):
         limit = LLAVA15_PATCHES * 2 // 3

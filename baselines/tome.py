@@ -70,6 +70,7 @@ import math
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Flag, IntList, Number
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, producing_layer, split_heads)
@@ -209,6 +210,9 @@ class ToMe(EncoderPruner):
     """Token merging inside the CLIP vision tower down to exactly ``budget`` patch tokens."""
 
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"inflect": Number(-1, 1), "schedule": IntList(low=0, nullable=True), "prop_attn": Flag()}
 
     def __init__(self, budget: int, inflect: float = -0.4, schedule: list[int] | None = None,
                  prop_attn: bool = True):

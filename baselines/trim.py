@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Choice, Text
 from svdprune.pruning import EncoderPruner
 
 from ._clip import ClipTextImage, check_clip_path
@@ -67,6 +68,10 @@ def trim_select(scores: torch.Tensor, features: torch.Tensor, budget: int) -> tu
 class Trim(EncoderPruner):
     kind = "encoder"
     question_dependent = True  # the kept tokens follow the question's CLIP text embedding
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"clip_path": Text(), "revision": Text(nullable=True), "sign": Choice(*SIGNS),
+              "text_suffix": Text(nullable=True)}
 
     def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
                  revision: str | None = None, sign: str = "official",

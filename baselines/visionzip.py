@@ -41,6 +41,7 @@ import math
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Number, Table
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, cls_attention_and_keys,
@@ -101,6 +102,9 @@ class VisionZip(EncoderPruner):
     """Keeps D dominant tokens (CLS included) and C contextual tokens; budget = D + C."""
 
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"splits": Table(nullable=True), "contextual_ratio": Number(0, 1, open_low=True, open_high=True)}
 
     def __init__(self, budget: int, splits: dict | None = None, contextual_ratio: float = 5 / 32):
         self.budget = check_budget(NAME, budget, low=2)

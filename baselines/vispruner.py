@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 
 from svdprune.errors import UserError
+from svdprune.params import Number
 from svdprune.pruning import EncoderPruner
 
 from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
@@ -101,6 +102,9 @@ class VisPruner(EncoderPruner):
     """Keeps int(T * r) patches by CLS attention and T - int(T * r) diverse ones; raster order."""
 
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"important_ratio": Number(0, 1)}
 
     def __init__(self, budget: int, important_ratio: float = 0.5):
         self.budget = check_budget(NAME, budget)

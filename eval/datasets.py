@@ -159,17 +159,33 @@ def load_local(cfg) -> Dataset:
         raise UserError(f"image folder {str(image_folder)!r} does not exist; set dataset.image_folder")
     records = []
     for line_no, item in read_jsonl(questions_file):
-        try:
-            question = item["question"] if "question" in item else item["text"]
-            answers = item.get("answers", [item["answer"]] if "answer" in item else [])
-            record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
-                            answers=[str(a) for a in answers], image=image_folder / item["image"],
-                            image_id=str(item["image"]), ocr_tokens=item.get("ocr_tokens"),
-                            question_type=item.get("question_type"),
-                            extra={"source": f"{questions_file}:{line_no}"})
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{questions_file}:{line_no}: bad question line ({type(exc).__name__}: {exc}); "
-                            "need question_id, image and question (or text)") from None
+        where = f"{questions_file}:{line_no}"
+        missing = [k for k in ("question_id", "image") if k not in item] + \
+            ([] if "question" in item or "text" in item else ["question (or text)"])
+        if missing:
+            raise UserError(f"{where}: bad question line (no {', '.join(missing)}); need question_id, image and "
+                            "question (or text)")
+        question = item["question"] if "question" in item else item["text"]
+        _check_field(where, "question_id", item["question_id"], (str, int), "a string or an integer")
+        _check_field(where, "image", item["image"], (str,), "a file name relative to the image folder")
+        _check_field(where, "question" if "question" in item else "text", question, (str,), "a string", empty=True)
+        if "answers" in item:
+            answers = item["answers"]
+            if not isinstance(answers, list) or not all(_is_answer(a) for a in answers):
+                raise UserError(f"{where}: answers={answers!r}; allowed: a list of strings")
+        else:
+            answers = [item["answer"]] if "answer" in item else []
+            if answers and not _is_answer(answers[0]):
+                raise UserError(f"{where}: answer={answers[0]!r}; allowed: a string")
+        ocr_tokens = item.get("ocr_tokens")
+        if ocr_tokens is not None and not (isinstance(ocr_tokens, list) and all(isinstance(t, str) for t in ocr_tokens)):
+            raise UserError(f"{where}: ocr_tokens={ocr_tokens!r}; allowed: a list of strings, or no key")
+        if item.get("question_type") is not None:
+            _check_field(where, "question_type", item["question_type"], (str,), "a string, or no key")
+        record = Record(question_id=str(item["question_id"]), question=_strip_instruction(question),
+                        answers=[str(a) for a in answers], image=image_folder / item["image"],
+                        image_id=str(item["image"]), ocr_tokens=ocr_tokens, question_type=item.get("question_type"),
+                        extra={"source": where})
         records.append(record)
     if not records:
         raise UserError(f"question file {str(questions_file)!r} is empty")
@@ -178,6 +194,19 @@ def load_local(cfg) -> Dataset:
         raise UserError(f"question file {str(questions_file)!r} has duplicate question_id values")
     return Dataset(name=cfg.name, records=records, scorer=cfg.get("scorer", "gqa"), revision=None,
                    info={"path": str(root)})
+
+
+def _check_field(where: str, key: str, value, types: tuple, allowed: str, empty: bool = False) -> None:
+    """A question line's field of the wrong type (``"question": null``) or empty where it names something is a
+    one-line UserError naming it."""
+    if isinstance(value, bool) or not isinstance(value, types) or (
+            not empty and isinstance(value, str) and not value.strip()):
+        raise UserError(f"{where}: {key}={value!r}; allowed: {allowed}")
+
+
+def _is_answer(value) -> bool:
+    """A reference answer: a string (a bare number in the JSON is taken as its text, as the scorers compare text)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 def check_references(dataset: Dataset) -> bool:

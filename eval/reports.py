@@ -137,6 +137,24 @@ class Run:
 REQUIRED_METRICS = ("accuracy", "n", "dataset", "method", "budget")
 
 
+def read_metrics(path: Path) -> dict:
+    """A run's metrics.json as every reader takes it (the reports, ``python -m harness.sweep_status``): a JSON object
+    with the keys the reports need; a :class:`ReportError` saying what is wrong otherwise (unreadable, truncated,
+    not an object, keys missing)."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ReportError(f"cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # also a UnicodeDecodeError
+        raise ReportError(f"not valid JSON ({' '.join(str(exc).split())[:120]}): truncated?") from None
+    if not isinstance(metrics, dict):
+        raise ReportError(f"not a JSON object ({type(metrics).__name__})")
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise ReportError(f"missing {', '.join(missing)}")
+    return metrics
+
+
 def load_runs(results_dir: Path | str) -> list[Run]:
     """Every ``<dataset>/<method>/<run>/metrics.json`` under ``results_dir`` (folders starting with '_' or '.'
     are skipped, unreadable files are skipped with a warning)."""
@@ -146,16 +164,13 @@ def load_runs(results_dir: Path | str) -> list[Run]:
         if any(part.startswith(("_", ".")) for part in path.relative_to(results_dir).parts[:-1]):
             continue
         try:
-            metrics = json.loads(path.read_text())
-            missing = [k for k in REQUIRED_METRICS if k not in metrics]
-            if missing:
-                raise ValueError(f"missing {', '.join(missing)}")
+            metrics = read_metrics(path)
             if metrics["accuracy"] is None:
                 raise ValueError("an unscored run (its questions have no reference answers)")
             if metrics["budget"] is None:
                 raise ValueError(f"a budget_ratio={metrics.get('budget_ratio')} run (a share of each image's tokens); "
                                  "the tables compare token counts")
-        except (OSError, ValueError) as exc:
+        except (ReportError, ValueError) as exc:
             warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
             continue
         runs.append(Run(path.parent, metrics))

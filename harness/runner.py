@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -164,7 +165,8 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if budget is not None and not 1 <= budget <= lm.num_patches:
         raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
     check_method(lm, method)  # a method the model family does not run, then the method's own checks
-    check_images_readable(records)
+    if settings.on_bad_image == "error":  # skip: such questions are left out where their image is decoded
+        check_images_readable(records)
     batch_size = settings.batch_size
     if batch_size == "auto":  # the largest batch whose estimated peak fits the device (svdprune/memory.py)
         from svdprune.memory import auto_batch_size
@@ -178,7 +180,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     check_folder_path("output_dir", str(out_dir))  # results/<dataset> or <method> may be a file
     # a shard locks (and writes) only its own folder; the run folder is locked to merge (harness/shard.py)
     lock_folder = out_dir / shard.folder_name if shard is not None else out_dir
-    with _disk_full_is_an_error(out_dir), RunLock(lock_folder):
+    with _write_errors_are_user_errors(out_dir), RunLock(lock_folder):
         notes: list[str] = []
         finished = {row["question_id"]: row
                     for row in read_predictions(predictions_path, settings.repair_predictions, notes)}
@@ -228,14 +230,15 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
         merged = _merge_if_complete(out_dir, records, digest, shard)
         if merged is None:
-            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: shard {shard} "
+            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}{_params_text(method_name, params)}: shard {shard} "
                   f"answered its {len(mine)} questions ({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
                   f"-> {out_dir}")
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
                     "run_folder": str(out_dir)}
         finished.update((row["question_id"], row) for row in merged)
-    with _disk_full_is_an_error(out_dir):
-        metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions)
+    with _write_errors_are_user_errors(out_dir):
+        metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions,
+                              skipped)
         metrics.update({
             "model": prints["model_name"], "model_fingerprint": prints["model"],
             "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
@@ -258,9 +261,23 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}: accuracy {accuracy} on "
+    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}{_params_text(method_name, params)}: "
+          f"accuracy {accuracy} on "
           f"{this['n']} questions ({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
+
+
+def _params_text(method_name: str, params: dict) -> str:
+    """The method parameters that differ from ``configs/method/<name>.yaml``, for the run's printed line
+    (`` tau=0.5``), so that the jobs of a parameter sweep say which is which; "" for the defaults."""
+    from svdprune.pruning import default_params
+
+    try:
+        defaults = default_params(method_name)
+    except UserError:
+        defaults = {}
+    changed = [f"{key}={value}" for key, value in params.items() if key not in defaults or defaults[key] != value]
+    return "".join(f" {text}" for text in changed)
 
 
 def _accuracy_text(value: float | None) -> str:
@@ -289,15 +306,42 @@ def _merge_if_complete(out_dir: Path, records: list[Record], digest: str, shard,
 
 
 @contextlib.contextmanager
-def _disk_full_is_an_error(out_dir: Path):
-    """A full disk (or quota) while writing the run folder is a one-line UserError: what was written stays."""
+def _write_errors_are_user_errors(out_dir: Path):
+    """A failed write of the run folder is a one-line UserError naming the folder and what to do; what was written
+    stays. Full disk or quota, a folder that cannot be written (permissions, a read-only mount, an immutable file),
+    a file-size limit (``ulimit -f``): each is the user's to fix, never a traceback."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing {out_dir}: every answer written so far is kept; free "
-                            "some space and rerun the same command to continue") from None
+    except UserError:
         raise
+    except OSError as exc:
+        message = write_error_message(exc, out_dir)
+        if message is None:
+            raise
+        raise UserError(message) from None
+
+
+# errno -> (what happened, what to do)
+_WRITE_ERRORS = {
+    errno.EACCES: ("permission denied", "make it writable or choose another output_dir="),
+    errno.EPERM: ("operation not permitted (an immutable or append-only file?)",
+                  "make it writable or choose another output_dir="),
+    errno.EROFS: ("read-only file system", "choose another output_dir= on a writable disk"),
+    errno.EFBIG: ("file too large (a file-size limit, ulimit -f?)", "raise the limit"),
+}
+
+
+def write_error_message(exc: OSError, out_dir: Path) -> str | None:
+    """The one line for an OSError met while writing ``out_dir``, or None for an error that is not about writing."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full while writing {out_dir}: every answer written so far is kept; free some space and rerun "
+                "the same command to continue")
+    if exc.errno not in _WRITE_ERRORS:
+        return None
+    what, todo = _WRITE_ERRORS[exc.errno]
+    where = exc.filename if exc.filename is not None else out_dir
+    return (f"cannot write {where}: {what}; every answer written so far is kept: {todo}, then rerun the same "
+            "command to continue")
 
 
 def _max_positions(lm) -> int | None:
@@ -338,20 +382,29 @@ def _what_differs(out_dir: Path, prints: dict) -> str:
     return f"; other {' and '.join(what)}" if what else ""
 
 
-def selection_label(dataset_ids: list[str], answered: set[str], settings: Settings, seed: int) -> str:
-    """What the answered question set is, in words: all of the dataset, its first N, or a mix."""
-    n = len(answered)
+def selection_label(dataset_ids: list[str], answered: set[str], settings: Settings, seed: int,
+                    skipped: Iterable[str] = ()) -> str:
+    """What the answered question set is, in words: all of the dataset, its first N, or a mix. ``skipped``: questions
+    of the selection left out for an unreadable image (``on_bad_image=skip``), named as such."""
+    left_out = set(skipped) - answered
+    covered = answered | left_out
+    n = len(covered)
     if n == len(dataset_ids):
-        return f"all {n} questions"
-    if set(dataset_ids[:n]) == answered:
-        return f"the first {n} questions (limit={n})"
-    if settings.subset is not None and settings.limit is None and n == settings.subset:
-        return f"a seeded subset of {n} questions (subset={n}, seed={seed})"
-    return f"{n} answered questions (several limit/subset selections)"
+        label = f"all {n} questions"
+    elif set(dataset_ids[:n]) == covered:
+        label = f"the first {n} questions (limit={n})"
+    elif settings.subset is not None and settings.limit is None and n == settings.subset:
+        label = f"a seeded subset of {n} questions (subset={n}, seed={seed})"
+    else:
+        label = f"{n} questions (several limit/subset selections)" if left_out else \
+            f"{n} answered questions (several limit/subset selections)"
+    if left_out:
+        label += f", less {len(left_out)} skipped (unreadable image): {len(answered)} answered"
+    return label
 
 
 def run_metrics(dataset, records: list[Record], finished: dict, settings: Settings, cfg: DictConfig, method,
-                params: dict, budget: int, max_positions: int | None) -> dict:
+                params: dict, budget: int, max_positions: int | None, skipped: Iterable[str] = ()) -> dict:
     """Metrics over every question the run folder answers (predictions.jsonl, in the dataset's order): the
     question set is stated (``selection``, ``question_ids_sha256``) and is what every report reads. The
     invocation's own selection (limit/subset) is under ``this_run``."""
@@ -368,7 +421,7 @@ def run_metrics(dataset, records: list[Record], finished: dict, settings: Settin
     metrics = {
         "accuracy": 100.0 * sum(correct) / n if scored else None, "n": n, "scored": scored,
         "selection": selection_label([r.question_id for r in dataset.records],
-                                     {row["question_id"] for row in answered_rows}, settings, cfg.seed),
+                                     {row["question_id"] for row in answered_rows}, settings, cfg.seed, skipped),
         "question_ids_sha256": question_ids_sha256(row["question_id"] for row in answered_rows),
         "this_run": {"limit": settings.limit, "subset": settings.subset, "n": len(chosen),
                      "accuracy": 100.0 * sum(this_correct) / len(this_correct) if this_correct and scored else None,

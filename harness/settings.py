@@ -79,7 +79,7 @@ def check_config(cfg: DictConfig) -> Settings:
     """One-line :class:`UserError` for the first bad value; reads no data and no weights."""
     from eval.datasets import LOADERS
     from svdprune.models import DTYPE_SETTINGS, device_type
-    from svdprune.pruning import METHODS
+    from svdprune.pruning import METHODS, check_method_params
 
     known = top_level_keys()
     for key in cfg:
@@ -95,6 +95,8 @@ def check_config(cfg: DictConfig) -> Settings:
 
     if cfg.method.name not in METHODS:
         raise UserError(f"unknown method {cfg.method.name!r}; allowed: {', '.join(sorted(METHODS))}")
+    params = cfg.method.get("params")
+    check_method_params(cfg.method.name, OmegaConf.to_container(params, resolve=True) if params is not None else {})
     if cfg.dataset.name not in LOADERS:
         raise UserError(f"unknown dataset {cfg.dataset.name!r}; allowed: {', '.join(sorted(LOADERS))}")
     if cfg.model.kind not in ("pretrained", "tiny"):
@@ -194,6 +196,9 @@ def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
                 continue
             raise UserError(f"cannot parse the override {arg!r}: {detail} (see Hydra's override grammar)") from None
         group = override.key_or_group
+        if override.package is None and not override.is_add() and not override.is_force_add() \
+                and not override.is_delete():
+            _check_key(group, override, args, configs)
         if group not in CHECKED_GROUPS or override.is_delete():
             continue
         if override.is_sweep_override():
@@ -206,6 +211,78 @@ def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
         for value in values:
             if value not in allowed:
                 raise UserError(f"unknown {group} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _chosen(group: str, args: list[str], configs: Path) -> str | None:
+    """The config of ``group`` the command line selects (``method=fastv``), else config.yaml's default; None when it
+    is swept or set by an experiment (then Hydra judges the keys)."""
+    if any(arg.split("=")[0].lstrip("+~") == "experiment" for arg in args):
+        return None
+    for arg in reversed(args):
+        key, _, value = arg.partition("=")
+        if key == group:
+            return None if "," in value or "(" in value else value
+    for entry in OmegaConf.load(configs / "config.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig) and group in entry:
+            return entry[group]
+    return None
+
+
+def _group_keys(group: str, choice: str, configs: Path) -> set[str] | None:
+    """The dotted keys ``configs/<group>/<choice>.yaml`` defines (``method.params.tau``, ``model.dtype``)."""
+    path = configs / group / f"{choice}.yaml"
+    if not path.is_file():
+        return None
+    keys: set[str] = set()
+
+    def walk(node, prefix: str) -> None:
+        for key in node:
+            keys.add(f"{prefix}.{key}")
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                walk(child, f"{prefix}.{key}")
+
+    walk(OmegaConf.load(path), group)
+    return keys
+
+
+def _check_key(key: str, override, args: list[str], configs: Path) -> None:
+    """A plain ``key=value`` override of a key the configuration does not have (``tau=0.5``, ``budgte=16``,
+    ``method.params.taux=0.5``): one line with a "did you mean" where a key of that name or a near spelling exists,
+    instead of Hydra's message (Hydra refuses such keys: only ``+key=value`` adds one)."""
+    if key.startswith("hydra") or key in GROUPS or key == "experiment":
+        return
+    value = override.get_value_element_as_str() if not override.is_sweep_override() else ",".join(
+        override.sweep_string_iterator()) if override.is_choice_sweep() else None
+    shown = f"={value}" if value is not None else ""
+    head = key.split(".")[0]
+    known = top_level_keys(configs)
+    if head not in GROUPS:
+        if head in known:
+            return
+        groups_keys = set()
+        for group in GROUPS:
+            choice = _chosen(group, args, configs)
+            groups_keys |= (_group_keys(group, choice, configs) or set()) if choice else set()
+        for prefix in ("method.params", "model", "dataset"):
+            if f"{prefix}.{key}" in groups_keys:
+                raise UserError(f"unknown setting {key!r}; did you mean {prefix}.{key}{shown}?")
+        close = difflib.get_close_matches(head, known, n=1)
+        hint = f"did you mean {close[0]}{shown}?" if close else f"allowed: {', '.join(known)}"
+        raise UserError(f"unknown setting {key!r}; {hint}")
+    choice = _chosen(head, args, configs)
+    keys = _group_keys(head, choice, configs) if choice else None
+    if keys is None or key in keys:
+        return
+    parent = key.rsplit(".", 1)[0]
+    siblings = sorted(k.rsplit(".", 1)[1] for k in keys if k.rsplit(".", 1)[0] == parent)
+    if parent != head and parent not in keys:  # e.g. method.parms.tau
+        siblings = sorted(k for k in keys if "." not in k[len(head) + 1:])
+        close = difflib.get_close_matches(key, sorted(keys), n=1)
+    else:
+        close = [f"{parent}.{c}" for c in difflib.get_close_matches(key.rsplit(".", 1)[1], siblings, n=1)]
+    hint = f"did you mean {close[0]}{shown}?" if close else f"{head}={choice} has: {', '.join(siblings) or 'none'}"
+    raise UserError(f"unknown setting {key!r} for {head}={choice}; {hint}")
 
 
 def _positive(cfg: DictConfig, key: str, other: str = "null") -> int | None:

@@ -9,6 +9,8 @@ composed from configs/, and its run folder is read without loading any model:
 
     done      metrics.json and predictions answer every selected question (as harness.sweeps.finished_run)
     partial   n/N questions answered so far (predictions.jsonl and any shard files)
+    damaged   every question answered, but the folder is not a finished run as the reports read it (a truncated or
+              unreadable metrics.json, predictions that do not match it): the reason; rerunning the job repairs it
     failed    the job's last attempt raised: the error's last line (<sweep folder>/errors/, written by run.py)
     pending   nothing answered, no error recorded (not started yet, queued, or killed before its first batch)
     skipped   a job the sweep skips by design (vanilla outside ``sweep.budget_free_at``)
@@ -122,7 +124,7 @@ def expand_jobs(multirun) -> list[list[str]]:
 @dataclass
 class RunStatus:
     overrides: list[str]
-    state: str  # done | partial | failed | pending | skipped | invalid
+    state: str  # done | partial | damaged | failed | pending | skipped | invalid
     folder: Path | None = None
     answered: int = 0
     total: int = 0
@@ -183,8 +185,11 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
         return RunStatus(overrides, "failed", folder, detail=f"error: {exc}")
     answered = len(answered_all & set(selected))
     status = RunStatus(overrides, "pending", folder, answered, len(selected))
-    if answered == len(selected) and _metrics_complete(folder / "metrics.json", digest, len(answered_all)):
+    damage = _damage(folder, digest, len(answered_all)) if answered == len(selected) else None
+    if answered == len(selected) and damage is None:
         status.state = "done"
+    elif damage is not None and damage != "incomplete":
+        status.state, status.detail = "damaged", damage
     elif error:
         status.state, status.detail = "failed", error
     elif answered:
@@ -192,13 +197,27 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
     return status
 
 
-def _metrics_complete(path: Path, digest: str, n_answered: int) -> bool:
-    """metrics.json is of this configuration and describes every answered question (harness.runner.run_metrics)."""
+def _damage(folder: Path, digest: str, n_answered: int) -> str | None:
+    """Why a run folder whose predictions answer every selected question is not a finished run, read as the reports
+    read it (:func:`eval.reports.read_metrics`, :meth:`eval.reports.Run.predictions`): None when it is finished;
+    "incomplete" when metrics.json is missing or of an earlier state of the run (the run has not finished writing);
+    else the reports' reason (a truncated metrics.json, predictions that do not match it)."""
+    from eval.reports import ReportError, Run, read_metrics
+
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return "incomplete"
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return metrics.get("config_hash") == digest and metrics.get("n") == n_answered
+        metrics = read_metrics(path)
+    except ReportError as exc:
+        return f"error: {path}: {exc}; rerun its run (the same run.py command) to write it again"
+    if metrics.get("config_hash") != digest or metrics.get("n") != n_answered:
+        return "incomplete"
+    try:
+        Run(folder, metrics).predictions()
+    except ReportError as exc:
+        return f"error: {exc}"
+    return None
 
 
 class DamagedSweep(Exception):
@@ -266,7 +285,7 @@ def sweep_status(multirun_path: Path, configs: Path = CONFIGS) -> list[RunStatus
     return out
 
 
-STATES = ("done", "partial", "failed", "pending", "skipped", "invalid")
+STATES = ("done", "partial", "damaged", "failed", "pending", "skipped", "invalid")
 
 
 def main(argv: list[str] | None = None) -> int:

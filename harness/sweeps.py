@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from eval.reports import GRID, read_jsonl
@@ -144,3 +145,89 @@ def skip_reason(cfg) -> str | None:
             reason = (f"finished: {found[0]} already answers every selected question (metrics.json, same config "
                       f"hash); {found[1]}")
     return reason
+
+
+# ------------------------------------------------------------------------------- a sweep checked before it starts
+
+_RUN_FLAGS = ("-m", "--multirun")
+
+
+def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[str]] | None:
+    """The axes of ``python run.py -m <args>``: each key's override strings (``["budget=16", "budget=32"]``), in
+    Hydra's order (the experiment's ``hydra.sweeper.params``, then the command line, which replaces an axis of the
+    same key, as Hydra's basic sweeper does); the sweep's jobs are their product. None when ``args`` is not a plain
+    sweep this can expand (not ``-m``, other flags, another sweeper)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.settings import CONFIGS
+    from harness.sweep_status import _is_hydra_override
+
+    flags = [a for a in args if a.startswith("-")]
+    if not flags or any(f not in _RUN_FLAGS for f in flags):
+        return None
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
+        return None
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
+        return None  # range/interval sweeps: Hydra's basic sweeper refuses them itself
+    # one value per sweep, to read the experiment's sweep axes (hydra.sweeper.params)
+    first = [f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}"
+             if o.is_sweep_override() else o.input_line for o in parsed]
+    with initialize_config_dir(config_dir=str((configs or CONFIGS).resolve()), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=[o for o in first if not _is_hydra_override(o)],
+                            return_hydra_config=True).hydra
+    params = hydra_cfg.sweeper.get("params") or {}
+    axes: dict[str, list[str]] = {}
+    for override in parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides):
+        key = override.get_key_element()
+        axes[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()] if override.is_sweep_override()
+                     else [f"{key}={override.get_value_element_as_str()}"])
+    return axes
+
+
+def check_sweep(args: list[str], configs: Path | None = None) -> list[str]:
+    """Every swept value of ``python run.py -m <args>`` checked (:func:`harness.settings.check_config`) before the
+    first job runs: a bad one (``budget=16,0``) is a one-line UserError naming it, and nothing runs. Each value is
+    checked in one job (the sweep's first, with that value put in), so a sweep of any size costs one composition per
+    value, not per job. Returns extra overrides to append: when the sweep runs a method that ignores the budget
+    (vanilla) but its budget axis lacks ``sweep.budget_free_at`` (a Table 1 sweep without budget 192), vanilla runs in
+    the axis's first budget (a note says so) rather than nowhere."""
+    from hydra import compose, initialize_config_dir
+
+    from harness.settings import CONFIGS, check_config
+    from harness.sweep_status import _is_hydra_override
+    from svdprune.errors import UserError
+
+    axes = sweep_axes(args, configs)
+    if not axes:
+        return []
+    first = {key: values[0] for key, values in axes.items()}
+    checks = [(None, first)] + [(value, {**first, key: value}) for key, values in axes.items() if len(values) > 1
+                                for value in values[1:]]
+    cfg = None
+    with initialize_config_dir(config_dir=str((configs or CONFIGS).resolve()), version_base="1.3"):
+        for value, job in checks:
+            task = [o for o in job.values() if not _is_hydra_override(o)]
+            where = f"sweep value {value}" if value is not None else f"the sweep's first job ({' '.join(task)})"
+            try:
+                composed = compose("config", overrides=task)
+                check_config(composed)
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}; no job has run") from None
+            except Exception as exc:  # noqa: BLE001 - Hydra's composition errors: one line
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"{where}: {detail}; no job has run") from None
+            cfg = composed if value is None else cfg
+    sweep = cfg.get("sweep")
+    free_at = sweep.get("budget_free_at") if sweep is not None else None
+    budgets = [v.split("=", 1)[1] for v in axes.get("budget", [f"budget={cfg.budget}"])]
+    methods = [v.split("=", 1)[1] for v in axes.get("method", [f"method={cfg.method.name}"])]
+    if free_at is None or str(free_at) in budgets or not any(_method_kind(m) == "none" for m in methods):
+        return []
+    print(f"note: this sweep's budget axis ({', '.join(budgets)}) has no budget={free_at} (sweep.budget_free_at), "
+          f"where it runs the methods that ignore the budget (vanilla): they run in its budget={budgets[0]} job "
+          "instead", file=sys.stderr)
+    return [f"++sweep.budget_free_at={budgets[0]}"]

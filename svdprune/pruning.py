@@ -74,6 +74,8 @@ class BudgetMixin:
     of its settings against the model family."""
 
     budget: int
+    #: the method's parameters, their types and allowed values (svdprune/params.py); none by default
+    PARAMS: dict = {}
     #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/qwen25vl.py)
     budget_ratio: float | None = None
 
@@ -276,20 +278,26 @@ METHODS: dict[str, str] = {
 }
 
 
-def build_method(name: str, budget: int, params: dict[str, Any]):
-    """Instantiate method ``name`` with ``budget`` and its config parameters."""
+def method_class(name: str) -> type:
+    """The class registered as method ``name`` (its module imported); one-line UserError for an unknown name."""
     if name not in METHODS:
-        from .errors import UserError
-
         raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
     module_name, class_name = METHODS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "budget")]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        from .errors import UserError
+    return getattr(importlib.import_module(module_name), class_name)
 
-        raise UserError(f"method {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
+
+def check_method_params(name: str, params: dict[str, Any]) -> None:
+    """Each of ``params`` is a declared parameter of method ``name`` with an allowed value (its ``PARAMS``,
+    svdprune/params.py); builds nothing, loads nothing."""
+    from .params import check_params
+
+    check_params(name, method_class(name).PARAMS, params)
+
+
+def build_method(name: str, budget: int, params: dict[str, Any]):
+    """Instantiate method ``name`` with ``budget`` and its config parameters (checked against its ``PARAMS``)."""
+    cls = method_class(name)
+    check_method_params(name, params)
     return cls(budget=budget, **params)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+from .params import Choice, Flag, Number
 from .pruning import EncoderPruner
 
 WEIGHTINGS = ("uniform", "sigma")
@@ -133,6 +134,10 @@ class SvdPrune(EncoderPruner):
     """Encoder-side pruner: keeps ``budget`` patch features by leverage score (see module docstring)."""
 
     kind = "encoder"
+
+    #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
+    PARAMS = {"tau": Number(0, 1, open_low=True), "center": Flag(), "weighting": Choice(*WEIGHTINGS),
+              "energy": Choice(*ENERGIES), "solver": Choice(*SOLVERS)}
 
     def __init__(self, budget: int, tau: float = 0.9, center: bool = False,
                  weighting: str = "uniform", energy: str = "s2", solver: str = "svd"):

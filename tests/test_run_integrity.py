@@ -404,7 +404,7 @@ def test_truncated_jpeg_mid_run(tmp_path, capsys):
     assert list(answers(folder)) == ["q0"]
     metrics = runner.run(make_cfg(base(data, out, "on_bad_image=skip")))
     assert metrics["skipped_unreadable_images"] == ["q1"] and metrics["n"] == 2
-    assert metrics["selection"] == "2 answered questions (several limit/subset selections)"
+    assert metrics["selection"] == "all 3 questions, less 1 skipped (unreadable image): 2 answered"
     assert "note: skipped: cannot read image" in capsys.readouterr().err
 
 

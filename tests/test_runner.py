@@ -122,8 +122,8 @@ def write_questions(folder, lines, image_bytes=None):
 @pytest.mark.parametrize("overrides, message", [
     (["budget=0"], "budget=0 is outside 1..576"),
     (["budget=577"], "budget=577 is outside 1..576"),
-    (["method.params.tau=0"], "tau=0 is outside (0, 1]"),
-    (["method.params.tau=1.5"], "tau=1.5 is outside (0, 1]"),
+    (["method.params.tau=0"], "svd: method.params.tau=0; allowed: a number in (0, 1]"),
+    (["method.params.tau=1.5"], "svd: method.params.tau=1.5; allowed: a number in (0, 1]"),
     (["method.params.weighting=foo"], "weighting='foo'; allowed: uniform, sigma"),
     (["method.name=nope"], "unknown method 'nope'; allowed:"),
     (["+method.params.tua=0.5"], "method 'svd' has no parameter 'tua'; allowed: tau, center, weighting, energy, solver"),
