@@ -1,6 +1,8 @@
 """GQA testdev-balanced (12,578 questions over 398 images), as LLaVA-1.5 evaluates it.
 
-``load(cfg)`` reads one of three sources (``dataset.source``):
+``load(cfg)`` reads one of three sources (``dataset.source``), or with ``auto`` (the default) decides: ``llava``
+when ``dataset.path`` holds LLaVA's question file, ``hf_disk`` when it is another folder, else ``hub`` (one line saying
+how to get the data when the hub cannot be reached; ``python -m eval.download gqa`` fetches it ahead of time):
 
 ``hf_disk`` (preferred): a local copy of the HF dataset ``lmms-lab/GQA``. ``dataset.path`` is a folder
     with one subfolder per subset, ``testdev_balanced_instructions/`` and ``testdev_balanced_images/``
@@ -50,14 +52,15 @@ FULL_QUESTIONS = 12_578
 FULL_IMAGES = 398
 INSTRUCTION_COLUMNS = ("id", "imageId", "question", "answer")
 IMAGE_COLUMNS = ("id", "image")
-POINT_AT_LOCAL = ("point the config at a local copy: dataset.source=hf_disk dataset.path=<folder with "
+POINT_AT_LOCAL = ("fetch it ahead of time with `python -m eval.download gqa`, or "
+                  "point the config at a local copy: dataset.source=hf_disk dataset.path=<folder with "
                   "testdev_balanced_instructions/ and testdev_balanced_images/>, or dataset.source=llava "
                   "dataset.path=<LLaVA playground/data/eval/gqa>")
 
 
 def load(cfg) -> Dataset:
     """Load GQA testdev-balanced from ``cfg.source`` (see the module docstring)."""
-    source = cfg.get("source") or "hf_disk"
+    source = resolve_source(cfg, "gqa", HUB_REPO, "llava_gqa_testdev_balanced.jsonl")
     if source == "hf_disk":
         root = local_root(cfg, "GQA")
         instructions = open_local_split(root / _subset(cfg, "instructions_subset", "testdev_balanced_instructions"),
@@ -79,7 +82,7 @@ def load(cfg) -> Dataset:
         records = _records_from_llava(root, cfg)
         revision, where = None, str(root)
     else:
-        raise UserError(f"dataset.source={source!r} is not allowed for GQA; allowed: hf_disk, hub, llava")
+        raise UserError(f"dataset.source={source!r} is not allowed for GQA; allowed: auto, hf_disk, hub, llava")
 
     n_images = len({r.image_id for r in records})
     if cfg.get("expect_full", True) and (len(records) != FULL_QUESTIONS or n_images != FULL_IMAGES):
@@ -185,6 +188,51 @@ def _hub_revision(cfg) -> str:
 
 # ===================================================================================================
 # Shared with eval.textvqa: local roots, HF table readers (save_to_disk / parquet / hub), checks.
+
+
+def resolve_source(cfg, name: str, repo: str, llava_questions: str) -> str:
+    """``dataset.source`` with ``auto`` (the default) decided: ``llava`` when ``dataset.path`` holds LLaVA's eval
+    question file, ``hf_disk`` when it is a folder, else ``hub`` (the pinned revision, fetched with a progress bar
+    and cached where ``datasets`` caches) once the hub is known to be reachable; offline with no copy, one line
+    saying how to get the data."""
+    source = cfg.get("source") or "hf_disk"
+    if source != "auto":
+        return source
+    path = Path(str(cfg.get("path") or "")).expanduser()
+    if cfg.get("path") and path.is_dir():
+        return "llava" if (path / (cfg.get("questions_file") or llava_questions)).is_file() else "hf_disk"
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        where = f"no local copy at dataset.path={str(cfg.get('path'))!r}" if cfg.get("path") else "no dataset.path"
+        raise UserError(f"dataset={name}: {where} and the hub is unreachable ({unreachable}); get it ahead of time "
+                        f"where there is network with `python -m eval.download {name}` (writes {DOWNLOAD_FOLDERS[name]}"
+                        f"), or point dataset.path at a copy (one in the datasets cache: set HF_HUB_OFFLINE=1)")
+    return "hub"
+
+
+# where ``python -m eval.download <name>`` puts a dataset: the configs' default dataset.path
+DOWNLOAD_FOLDERS = {"gqa": "data/gqa", "textvqa": "data/textvqa"}
+
+
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (a one-line reason), or None when it can be (or when this
+    cannot tell: behind a proxy, or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set, where ``datasets`` reads its
+    cache). A TCP connection to ``HF_ENDPOINT``: seconds, where ``datasets``' own retries take half a minute."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    if any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
 
 
 def local_root(cfg, what: str) -> Path:

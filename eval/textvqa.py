@@ -1,6 +1,8 @@
 """TextVQA val (5,000 questions, 10 human answers each), with OCR tokens, as LLaVA-1.5 evaluates it.
 
-``load(cfg)`` reads one of three sources (``dataset.source``):
+``load(cfg)`` reads one of three sources (``dataset.source``), or with ``auto`` (the default) decides: ``llava``
+when ``dataset.path`` holds LLaVA's question file, ``hf_disk`` when it is another folder, else ``hub`` (one line saying
+how to get the data when the hub cannot be reached; ``python -m eval.download textvqa`` fetches it ahead of time):
 
 ``hf_disk`` (preferred): a local copy of the HF dataset ``lmms-lab/textvqa``, split ``validation``:
     what ``datasets`` ``save_to_disk`` writes (a Dataset, or a DatasetDict with that split), or the hub's
@@ -32,7 +34,7 @@ from pathlib import Path
 from eval.datasets import Dataset, Record, _strip_instruction, read_jsonl
 from eval.gqa import (RowImage, Table, _hub_revision, check_image_files, check_unique_ids, fingerprint,
                       local_root, open_hub_split, open_local_split, read_json, require_columns,
-                      resolve, verify_images)
+                      resolve, resolve_source, verify_images)
 from svdprune.errors import UserError
 
 HUB_REPO = "lmms-lab/textvqa"
@@ -40,7 +42,8 @@ FULL_QUESTIONS = 5_000
 ANSWERS_PER_QUESTION = 10
 OCR_PREFIX = "\nReference OCR token: "
 COLUMNS = ("question_id", "question", "image_id", "image", "answers")
-POINT_AT_LOCAL = ("point the config at a local copy: dataset.source=hf_disk dataset.path=<lmms-lab/textvqa "
+POINT_AT_LOCAL = ("fetch it ahead of time with `python -m eval.download textvqa`, or "
+                  "point the config at a local copy: dataset.source=hf_disk dataset.path=<lmms-lab/textvqa "
                   "copy>, or dataset.source=llava dataset.path=<LLaVA playground/data/eval/textvqa>")
 
 
@@ -54,7 +57,7 @@ def question_line(question: str, ocr_tokens: list[str] | None, use_ocr: bool = T
 
 def load(cfg) -> Dataset:
     """Load TextVQA val from ``cfg.source`` (see the module docstring)."""
-    source = cfg.get("source") or "hf_disk"
+    source = resolve_source(cfg, "textvqa", HUB_REPO, "llava_textvqa_val_v051_ocr.jsonl")
     use_ocr = bool(cfg.get("use_ocr", True))
     split = cfg.get("split") or "validation"
     if source == "hf_disk":
@@ -72,7 +75,7 @@ def load(cfg) -> Dataset:
         records = _records_from_llava(root, cfg, use_ocr)
         revision, where = None, str(root)
     else:
-        raise UserError(f"dataset.source={source!r} is not allowed for TextVQA; allowed: hf_disk, hub, llava")
+        raise UserError(f"dataset.source={source!r} is not allowed for TextVQA; allowed: auto, hf_disk, hub, llava")
 
     if cfg.get("expect_full", True):
         if len(records) != FULL_QUESTIONS:

@@ -53,7 +53,8 @@ def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> di
     memo = memo or Sha256Memo()
     try:
         model = model_identity(cfg.model, memo)
-        prints = {"dataset": dataset_fingerprint(dataset, memo), "model": model["fingerprint"],
+        prints = {"dataset": dataset_fingerprint(dataset, memo), "dataset_source": dataset.info.get("source"),
+                  "model": model["fingerprint"],
                   "model_name": model["name"], "device_type": device_type(str(cfg.model.get("device", "auto"))),
                   "dtype": resolve_dtype(str(cfg.model.get("dtype", "float32")), str(cfg.model.get("device", "auto")))}
         params = cfg.method.get("params") or {}
@@ -88,12 +89,15 @@ def config_hash(cfg: DictConfig, budget: int | None, prints: dict) -> str:
         model["dtype"] = prints["dtype"]  # what auto resolved to here: a float16 and a float32 run never share
     if container["model"].get("kind") == "pretrained" and prints["model"] is None:
         model["path"] = container["model"].get("path")  # no fingerprint (not resolvable): the path stands in
+    dataset = {k: v for k, v in container["dataset"].items() if k not in _NOT_HASHED_DATASET}
+    if dataset.get("source") == "auto" and prints.get("dataset_source"):
+        dataset["source"] = prints["dataset_source"]  # what auto chose: the same run as naming that source
     identity = {
         "model": model,
         "model_fingerprint": prints["model"],
         "method": container["method"],
         "budget": budget,
-        "dataset": {k: v for k, v in container["dataset"].items() if k not in _NOT_HASHED_DATASET},
+        "dataset": dataset,
         "dataset_fingerprint": prints["dataset"],
         "max_new_tokens": container["max_new_tokens"],
         "seed": container["seed"],
@@ -236,9 +240,10 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
                     "run_folder": str(out_dir)}
         finished.update((row["question_id"], row) for row in merged)
+    folder_skipped = _skipped_in_folder(out_dir, digest, skipped, finished)
     with _write_errors_are_user_errors(out_dir):
         metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions,
-                              skipped)
+                              folder_skipped)
         metrics.update({
             "model": prints["model_name"], "model_fingerprint": prints["model"],
             "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
@@ -249,7 +254,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
             "max_new_tokens": settings.max_new_tokens,
             "max_position_embeddings": max_positions,
             "config_hash": digest, "run_name": run_name,
-            "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": skipped,
+            "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": folder_skipped,
             "wall_time_s": time.perf_counter() - started, "generation_time_s": generation_seconds,
             "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
             "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
@@ -265,6 +270,18 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
           f"accuracy {accuracy} on "
           f"{this['n']} questions ({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
+
+
+def _skipped_in_folder(out_dir: Path, digest: str, skipped: list[str], finished: dict) -> list[str]:
+    """The questions of the run folder left out for an unreadable image: those of earlier runs of this folder (its
+    metrics.json) still unanswered, then this run's; metrics.json describes the folder, not one invocation."""
+    try:
+        earlier = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    before = earlier.get("skipped_unreadable_images") if earlier.get("config_hash") == digest else None
+    before = [str(q) for q in before] if isinstance(before, list) else []
+    return [q for q in dict.fromkeys(before + skipped) if q not in finished]
 
 
 def _params_text(method_name: str, params: dict) -> str:

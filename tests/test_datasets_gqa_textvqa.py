@@ -49,7 +49,7 @@ def test_dataset_configs(name, scorer):
     cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "dataset" / f"{name}.yaml")
     assert cfg.name == name and LOADERS[name] == f"eval.{name}:load"
     assert cfg.scorer == scorer and scorer in SCORERS
-    assert cfg.source == "hf_disk" and cfg.expect_full is True
+    assert cfg.source == "auto" and cfg.expect_full is True
     assert re.fullmatch(r"[0-9a-f]{40}", cfg.revision), "revision must be a pinned commit sha"
     if name == "textvqa":
         assert cfg.use_ocr is True
@@ -108,7 +108,7 @@ def test_gqa_full_split_count_is_checked(tmp_path):
 
 def test_gqa_missing_folder(tmp_path):
     with pytest.raises(UserError, match=r"dataset.path=.*does not exist.*dataset.path="):
-        load_dataset(gqa_cfg(tmp_path / "nowhere"))
+        load_dataset(gqa_cfg(tmp_path / "nowhere", source="hf_disk"))  # auto: tests/test_integrity_round4.py
 
 
 def test_gqa_missing_images_subset(tmp_path):
@@ -204,7 +204,7 @@ def test_gqa_hub_needs_revision():
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(UserError, match="dataset.source='s3' is not allowed for GQA; allowed: hf_disk, hub, llava"):
+    with pytest.raises(UserError, match="dataset.source='s3' is not allowed for GQA; allowed: auto, hf_disk, hub, llava"):
         load_dataset(gqa_cfg(tmp_path, source="s3"))
 
 
