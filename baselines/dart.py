@@ -93,12 +93,13 @@ class Dart(DecoderPruner):
     """Keeps DART's pivots and, per pivot, the image tokens least similar to it, before layer ``pruning_loc``."""
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"pruning_loc": Integer(1), "pivot_image_token": Integer(1, 576), "pivot_text_token": Integer(1)}
+    PARAMS = {"pruning_loc": Integer(1), "pivot_image_token": Integer(1), "pivot_text_token": Integer(1)}
 
     def __init__(self, budget: int, pruning_loc: int = 2, pivot_image_token: int = 4, pivot_text_token: int = 4):
-        self.budget = check_int(NAME, "budget", budget, 1, 576)
+        # upper bounds come from the model (check): 576 on LLaVA-1.5, an image's own count on Qwen2.5-VL
+        self.budget = check_int(NAME, "budget", budget, 1)
         self.pruning_loc = check_int(NAME, "method.params.pruning_loc", pruning_loc, 1)
-        self.pivot_image = check_int(NAME, "method.params.pivot_image_token", pivot_image_token, 1, 576)
+        self.pivot_image = check_int(NAME, "method.params.pivot_image_token", pivot_image_token, 1)
         self.pivot_text = check_int(NAME, "method.params.pivot_text_token", pivot_text_token, 1)
         self.per_pivot = self.budget // (self.pivot_image + self.pivot_text)  # released: ceil(trunc // pivots)
 
@@ -125,6 +126,8 @@ class Dart(DecoderPruner):
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth(NAME, "pruning_loc", [self.pruning_loc], n_layers, 1, n_layers - 1,
                     "allowed K, the first layer that sees the pruned tokens")
+        check_int(NAME, "budget", self.budget, 1, lm.num_patches)
+        check_int(NAME, "method.params.pivot_image_token", self.pivot_image, 1, lm.num_patches)
 
     @torch.no_grad()
     def after_layer(self, layer_idx: int, view: LayerView) -> TokenState | None:

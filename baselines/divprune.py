@@ -70,7 +70,10 @@ class DivPrune(EncoderPruner):
     kind = "encoder"
 
     def __init__(self, budget: int):
-        self.budget = check_budget(NAME, budget)
+        self.budget = check_budget(NAME, budget, high=None)  # the model's own token count: check() and reduce()
+
+    def check(self, lm) -> None:
+        check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @staticmethod
     def project(features: torch.Tensor, context) -> torch.Tensor:

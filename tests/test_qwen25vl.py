@@ -594,3 +594,26 @@ def test_half_precision_loading_equals_from_pretrained(qwen, inputs, tmp_path, d
     hf = hf_inputs(qwen, QUESTIONS[:2], [inputs[0], inputs[1]])
     with torch.inference_mode():
         assert torch.equal(ours(**hf).logits, theirs(**hf).logits)
+
+
+@pytest.mark.parametrize("name, kept", [("divprune", 600), ("dart", 4 + 8 * (600 // 8)), ("svd", 600)])
+def test_count_budgets_beyond_576_on_a_large_image(tmp_path, name, kept):
+    """Budgets are checked against the model's own token counts, not LLaVA-1.5's 576: a 1008 x 672 image has
+    36 x 24 = 864 tokens, budget=600 keeps 600 of them (DART: its pivots plus T per pivot, as released)."""
+    import harness.runner as runner
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (672, 1008, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "d" / "images" / "big.png")
+    (tmp_path / "d" / "questions.jsonl").write_text(json.dumps(
+        {"question_id": "q0", "image": "big.png", "question": "What is it?", "answer": "noise"}) + "\n")
+    metrics = runner.run(make_cfg(["model=qwen25vl_tiny", "model.text_layers=4", "model.max_pixels=784000",
+                                   "dataset=local", f"dataset.path={tmp_path / 'd'}", f"output_dir={tmp_path / 'o'}",
+                                   "max_new_tokens=1", "progress=false", f"method={name}", "budget=600"]))
+    [path] = list(tmp_path.glob(f"o/local/{name}/*/predictions.jsonl"))
+    [row] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert row["image_tokens_unpruned"] == 864 and metrics["n"] == 1
+    assert row["image_tokens_per_layer"][-1] == kept
+    with pytest.raises(UserError, match=r"budget=1001 is outside 1\.\.1000"):
+        runner.run(make_cfg(["model=qwen25vl_tiny", "model.max_pixels=784000", "dataset=local",
+                             f"dataset.path={tmp_path / 'd'}", f"method={name}", "budget=1001"]))
