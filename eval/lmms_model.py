@@ -218,10 +218,10 @@ class SvdpruneLlava(_SvdpruneModel):
         import torch
 
         from svdprune.prompts import preprocess_image
-        from svdprune.surgery import _left_pad
+        from svdprune.surgery import left_pad
 
         lm = self._lm
-        ids, padding = _left_pad(lm, [self._tokens(p) for p in prompts])  # the engine's left padding
+        ids, padding = left_pad(lm, [self._tokens(p) for p in prompts])  # the engine's left padding
         pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
         if self.reads_question:  # TRIM: the question line as run.py hands it over (the task's whole context)
             self.handle.questions = list(contexts)
@@ -269,11 +269,11 @@ class SvdpruneQwen25VL(_SvdpruneModel):
         import torch
 
         from svdprune import qwen25vl
-        from svdprune.surgery import _left_pad
+        from svdprune.surgery import left_pad
 
         lm = self._lm
         prepared = [qwen25vl.preprocess(lm, image) for image in images]
-        ids, padding = _left_pad(lm, [qwen25vl.text_ids(lm, p, image.num_tokens) for p, image in zip(prompts, prepared)])
+        ids, padding = left_pad(lm, [qwen25vl.text_ids(lm, p, image.num_tokens) for p, image in zip(prompts, prepared)])
         return {"input_ids": ids, "attention_mask": (~padding).long(),
                 "pixel_values": torch.cat([image.patches for image in prepared]),
                 "image_grid_thw": torch.stack([image.grid for image in prepared]),

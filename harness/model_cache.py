@@ -19,7 +19,8 @@ import json
 
 from omegaconf import OmegaConf
 
-from svdprune.models import LoadedModel, load_model
+from svdprune.families import load_model
+from svdprune.models import LoadedModel
 
 from .identity import Sha256Memo
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import sys
 import time
@@ -23,11 +22,12 @@ from eval.datasets import Record, check_images_readable, check_references, load_
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
-from svdprune.models import device_type, load_model, resolve_dtype
+from svdprune.families import check_method, load_model
 from svdprune.pruning import build_method
-from svdprune.surgery import check_method, kept_tokens
+from svdprune.surgery import kept_tokens
 
-from .identity import Sha256Memo, dataset_fingerprint, model_identity, question_ids_sha256
+from .identity import (budget_label, budget_text, fingerprints, model_identity, question_ids_sha256,
+                       run_folder, select_records)
 from .lock import RunFolderBusy, RunLock
 from .model_cache import LoadedModels
 from .results import PredictionWriter, read_predictions, write_json_atomic
@@ -35,99 +35,8 @@ from .schedule import answer_batches
 from .settings import Settings, check_config, check_folder_path
 from .shard import merge_shards, read_shard, remove_finished_shard_folders, shard_predictions_path, shard_records
 
-# Config keys that do not change any prediction: they stay out of the run hash, so that
-# e.g. a rerun with a larger limit or another batch size continues the same run. Where the data and the
-# weights are is not part of it either: what they hold is (their fingerprints, harness/identity.py).
-_NOT_HASHED_MODEL = ("device", "path")
-_NOT_HASHED_DATASET = ("path", "image_folder", "questions_file", "expect_full", "cache_dir", "verify_images")
-
-
 # per-question fields the runner itself writes (not method statistics)
 _ROW_KEYS = {"kept_tokens", "prompt_tokens", "generated_tokens"}
-
-
-def fingerprints(cfg: DictConfig, dataset, memo: Sha256Memo | None = None) -> dict:
-    """What the run reads, as hashed into its identity: {"dataset": sha256 of the question set as loaded,
-    "model": the weights' fingerprint (None for the tiny model), "model_name": the model as recorded}, plus
-    "method_weights" when the method reads weights of its own (TRIM's ``clip_path``) that can be fingerprinted."""
-    memo = memo or Sha256Memo()
-    try:
-        model = model_identity(cfg.model, memo)
-        prints = {"dataset": dataset_fingerprint(dataset, memo), "dataset_source": dataset.info.get("source"),
-                  "model": model["fingerprint"],
-                  "model_name": model["name"], "device_type": device_type(str(cfg.model.get("device", "auto"))),
-                  "dtype": resolve_dtype(str(cfg.model.get("dtype", "float32")), str(cfg.model.get("device", "auto")))}
-        params = cfg.method.get("params") or {}
-        clip_path = params.get("clip_path")
-        if isinstance(clip_path, str) and clip_path != "tiny":
-            clip = model_identity({"kind": "pretrained", "path": clip_path, "revision": params.get("revision")},
-                                  memo)["fingerprint"]
-            if clip is not None:
-                prints["method_weights"] = clip
-        return prints
-    finally:
-        memo.save()
-
-
-def budget_label(budget: int | None, ratio: float | None) -> str:
-    """How a run's budget is named in its folder and progress bar: ``k64`` (tokens) or ``r0.25`` (a share of each
-    image's own tokens, ``budget_ratio``)."""
-    return f"r{ratio:g}" if ratio is not None else f"k{budget}"
-
-
-def budget_text(budget: int | None, ratio: float | None) -> str:
-    """The budget in a run's printed lines: ``k=64`` or ``budget_ratio=0.25``."""
-    return f"budget_ratio={ratio:g}" if ratio is not None else f"k={budget}"
-
-
-def config_hash(cfg: DictConfig, budget: int | None, prints: dict) -> str:
-    """sha256 of everything that changes a prediction or its score: model (and its weights' fingerprint),
-    method, budget, dataset version (and the question set's content fingerprint), decoding."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    model = {k: v for k, v in container["model"].items() if k not in _NOT_HASHED_MODEL}
-    if model.get("dtype") == "auto" and prints.get("dtype"):
-        model["dtype"] = prints["dtype"]  # what auto resolved to here: a float16 and a float32 run never share
-    if container["model"].get("kind") == "pretrained" and prints["model"] is None:
-        model["path"] = container["model"].get("path")  # no fingerprint (not resolvable): the path stands in
-    dataset = {k: v for k, v in container["dataset"].items() if k not in _NOT_HASHED_DATASET}
-    if dataset.get("source") == "auto" and prints.get("dataset_source"):
-        dataset["source"] = prints["dataset_source"]  # what auto chose: the same run as naming that source
-    identity = {
-        "model": model,
-        "model_fingerprint": prints["model"],
-        "method": container["method"],
-        "budget": budget,
-        "dataset": dataset,
-        "dataset_fingerprint": prints["dataset"],
-        "max_new_tokens": container["max_new_tokens"],
-        "seed": container["seed"],
-    }
-    if cfg.get("budget_ratio") is not None:  # only then: every count-budget run keeps its hash
-        identity["budget_ratio"] = float(cfg.budget_ratio)
-    if prints.get("method_weights") is not None:  # only then: the hashes of other runs stay as they were
-        identity["method_weights_fingerprint"] = prints["method_weights"]
-    if prints.get("device_type", "cpu") != "cpu":  # a GPU's kernels round (and break ties) otherwise: a CPU
-        identity["device_type"] = prints["device_type"]  # run is never resumed there; CPU hashes stay as they were
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def run_folder(cfg: DictConfig, budget: int, prints: dict) -> tuple[Path, str]:
-    """(results folder, config hash) of a run: <output_dir>/<dataset>/<method>/<run_name>, where run_name
-    defaults to k<budget>-<model>-<first 10 hex digits of the hash>. ``budget`` is the effective one
-    (the model's patch count for vanilla); ``prints`` are the run's :func:`fingerprints`."""
-    digest = config_hash(cfg, budget, prints)
-    label = budget_label(budget, cfg.get("budget_ratio"))
-    run_name = str(cfg.get("run_name") or f"{label}-{cfg.model.name}-{digest[:10]}")
-    return Path(cfg.output_dir) / cfg.dataset.name / cfg.method.name / run_name, digest
-
-
-def select_records(records: list[Record], limit: int | None, subset: int | None, seed: int) -> list[Record]:
-    """``limit``: the first N in the dataset's order; ``subset``: a seeded sample covering every image."""
-    if subset is not None:
-        from eval.subsets import stratified_subset
-
-        records = stratified_subset(records, subset, seed)
-    return records[:limit] if limit is not None else records
 
 
 def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:

@@ -4,11 +4,11 @@ Two schedules (``schedule=`` in the run config), same predictions:
 
 * ``by_image`` (default): the questions still to answer are grouped by image (images in the order of their
   first question, each image's questions in dataset order) and cut into batches of ``batch_size``. The
-  engine's :func:`~svdprune.surgery.generate_by_image` runs the vision tower, the encoder-side cut and the
+  engine's :func:`~svdprune.families.generate_by_image` runs the vision tower, the encoder-side cut and the
   prompt prefix once per image and keeps them (``prefixes``) while the next batch still has questions on that
   image. Images are decoded and preprocessed ahead of the model by a thread pool (:class:`Prefetcher`).
 * ``per_question``: the straightforward path: batches in dataset order, every question pays for its own
-  image (decoded on the main thread) and its whole prompt (:func:`~svdprune.surgery.generate`).
+  image (decoded on the main thread) and its whole prompt (:func:`~svdprune.families.generate`).
 
 Either way a CUDA out-of-memory error in a batch (torch's OutOfMemoryError, or a cuBLAS/cuSOLVER/cuDNN allocation
 failure reported as a RuntimeError) halves the batch size for the rest of the run and retries
@@ -30,7 +30,8 @@ import torch
 
 from eval.datasets import Record, UnreadableImage, load_image
 from svdprune.errors import UserError
-from svdprune.surgery import Generation, generate, generate_by_image, preprocess
+from svdprune.families import generate, generate_by_image, preprocess
+from svdprune.surgery import Generation
 
 SCHEDULES = ("by_image", "per_question")
 LOG = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ key, not SVD-Prune's ``method.params.tau``) is an error instead of a silent tau 
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ GROUPS = ("model", "method", "dataset")
 EXTRA_TOP_LEVEL = ("experiment", "sweep", "hydra")
 FAMILIES = ("llava15", "qwen25vl")  # model.family (absent: llava15)
 ON_BAD_IMAGE = ("error", "skip")
+TINY_GRID = 24  # the tiny model's patch grid side (svdprune.models.build_tiny: 336 px / 14 px)
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,6 @@ def check_config(cfg: DictConfig) -> Settings:
     budget = cfg.budget
     if not isinstance(budget, int) or isinstance(budget, bool):
         raise UserError(f"budget={budget!r} must be an integer number of vision tokens")
-    from harness.sweeps import read_num_patches
-
     patches = read_num_patches(cfg.model)  # known without loading the model (tiny; a local folder), else None
     if not 1 <= budget or (patches is not None and budget > patches and not _ignores_budget(cfg.method.name)):
         high = patches if patches is not None else 576
@@ -295,10 +295,35 @@ def _positive(cfg: DictConfig, key: str, other: str = "null") -> int | None:
 
 
 def _ignores_budget(method: str) -> bool:
-    from harness.sweeps import _method_kind
+    from svdprune.pruning import method_class
 
     try:
-        return _method_kind(method) == "none"
+        return method_class(method).kind == "none"
     except Exception:  # noqa: BLE001 - a broken method module is reported when the method is built
         return False
+
+
+def read_num_patches(model_cfg) -> int | None:
+    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model; a local llava-hf
+    folder's (or the HF cache's) config.json when it is there; None when unknown. Qwen2.5-VL: the most tokens an
+    image can have, ``max_pixels`` / (28 x 28)."""
+    if model_cfg.get("family") == "qwen25vl":
+        from svdprune.qwen25vl import DEFAULT_MAX_PIXELS, TOKEN_PIXELS
+
+        return int(model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS) // TOKEN_PIXELS
+    if model_cfg.get("kind") != "pretrained":
+        return TINY_GRID * TINY_GRID
+    from harness.identity import hub_snapshot
+    from svdprune.models import in_project
+
+    path = in_project(str(model_cfg.get("path") or ""))
+    config = Path(path).expanduser() / "config.json"
+    if not config.is_file():
+        snapshot = hub_snapshot(path, model_cfg.get("revision"))
+        config = snapshot / "config.json" if snapshot is not None else config
+    try:
+        vision = json.loads(config.read_text())["vision_config"]
+        return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 

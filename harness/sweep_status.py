@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from harness.sweeps import is_hydra_override
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 ERRORS = "errors"  # <sweep folder>/errors/<job key>.txt
@@ -43,12 +45,8 @@ ERRORS = "errors"  # <sweep folder>/errors/<job key>.txt
 
 def job_key(overrides: Sequence[str]) -> str:
     """A file name for one sweep job: a digest of its (sorted) overrides, hydra's own left out."""
-    task = sorted(o for o in overrides if not _is_hydra_override(o))
+    task = sorted(o for o in overrides if not is_hydra_override(o))
     return hashlib.sha256("\n".join(task).encode()).hexdigest()[:16]
-
-
-def _is_hydra_override(override: str) -> bool:
-    return override.lstrip("+~").startswith(("hydra/", "hydra."))
 
 
 def _current_job() -> tuple[Path, list[str]] | None:
@@ -132,7 +130,7 @@ class RunStatus:
 
     def line(self) -> str:
         """state, n/N, <dataset>/<method>/<run_name> (or the job's overrides), detail."""
-        label = str(Path(*self.folder.parts[-3:])) if self.folder is not None else " ".join(o for o in self.overrides if not _is_hydra_override(o))
+        label = str(Path(*self.folder.parts[-3:])) if self.folder is not None else " ".join(o for o in self.overrides if not is_hydra_override(o))
         counts = f"{self.answered}/{self.total}" if self.total else ""
         return f"{self.state:<8} {counts:>11}  {label}" + (f"  {self.detail}" if self.detail else "")
 
@@ -152,7 +150,7 @@ def run_status(cfg, overrides: list[str], sweep_dir: Path, selections: dict) -> 
 
     from eval.datasets import load_dataset
     from eval.reports import ReportError
-    from harness.runner import select_records
+    from harness.identity import select_records
     from harness.sweeps import _run_identity, budget_free_duplicate
     from svdprune.errors import UserError
 
@@ -277,7 +275,7 @@ def sweep_status(multirun_path: Path, configs: Path = CONFIGS) -> list[RunStatus
     with initialize_config_dir(config_dir=str(configs.resolve()), version_base="1.3"):
         for overrides in jobs:
             try:
-                cfg = compose("config", overrides=[o for o in overrides if not _is_hydra_override(o)])
+                cfg = compose("config", overrides=[o for o in overrides if not is_hydra_override(o)])
             except Exception as exc:  # noqa: BLE001 - a job Hydra cannot compose: shown, not raised
                 out.append(RunStatus(overrides, "invalid", detail=str(exc).splitlines()[0]))
                 continue

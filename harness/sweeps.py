@@ -7,31 +7,7 @@ import sys
 from pathlib import Path
 
 from eval.reports import GRID, read_jsonl
-
-
-def read_num_patches(model_cfg) -> int | None:
-    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model; a local llava-hf
-    folder's (or the HF cache's) config.json when it is there; None when unknown. Qwen2.5-VL: the most tokens an
-    image can have, ``max_pixels`` / (28 x 28)."""
-    if model_cfg.get("family") == "qwen25vl":
-        from svdprune.qwen25vl import DEFAULT_MAX_PIXELS, TOKEN_PIXELS
-
-        return int(model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS) // TOKEN_PIXELS
-    if model_cfg.get("kind") != "pretrained":
-        return GRID * GRID
-    from harness.identity import hub_snapshot
-    from svdprune.models import in_project
-
-    path = in_project(str(model_cfg.get("path") or ""))
-    config = Path(path).expanduser() / "config.json"
-    if not config.is_file():
-        snapshot = hub_snapshot(path, model_cfg.get("revision"))
-        config = snapshot / "config.json" if snapshot is not None else config
-    try:
-        vision = json.loads(config.read_text())["vision_config"]
-        return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+from harness.settings import read_num_patches
 
 
 def _num_patches(model_cfg) -> int:
@@ -42,7 +18,7 @@ def _num_patches(model_cfg) -> int:
 
 def _run_identity(cfg, dataset) -> tuple[Path, str, int]:
     """(run folder, config hash, effective budget) exactly as harness.runner.run computes them."""
-    from harness.runner import fingerprints, run_folder
+    from harness.identity import fingerprints, run_folder
 
     kind = _method_kind(cfg.method.name)
     if kind is None:
@@ -69,7 +45,7 @@ def _finished(cfg) -> tuple[Path, str] | None:
     """
     try:
         from eval.datasets import load_dataset
-        from harness.runner import select_records
+        from harness.identity import select_records
 
         dataset = load_dataset(cfg.dataset)
         out_dir, digest, _ = _run_identity(cfg, dataset)
@@ -107,14 +83,9 @@ def _selection_accuracy(dataset, records, rows: list[dict], metrics: dict) -> st
 
 def _method_kind(name: str) -> str | None:
     """The method class's ``kind`` ("none" for vanilla) from the registry, without instantiating it."""
-    import importlib
+    from svdprune.pruning import METHODS, method_class
 
-    from svdprune.pruning import METHODS as REGISTRY
-
-    if name not in REGISTRY:
-        return None
-    module_name, class_name = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name).kind
+    return method_class(name).kind if name in METHODS else None
 
 
 def budget_free_duplicate(cfg) -> str | None:
@@ -152,6 +123,11 @@ def skip_reason(cfg) -> str | None:
 _RUN_FLAGS = ("-m", "--multirun")
 
 
+def is_hydra_override(override: str) -> bool:
+    """An override of Hydra's own configuration (``hydra/launcher=slurm``, ``hydra.launcher.partition=gpu``)."""
+    return override.lstrip("+~").startswith(("hydra/", "hydra."))
+
+
 def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[str]] | None:
     """The axes of ``python run.py -m <args>``: each key's override strings (``["budget=16", "budget=32"]``), in
     Hydra's order (the experiment's ``hydra.sweeper.params``, then the command line, which replaces an axis of the
@@ -161,7 +137,6 @@ def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[s
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from harness.settings import CONFIGS
-    from harness.sweep_status import _is_hydra_override
 
     flags = [a for a in args if a.startswith("-")]
     if not flags or any(f not in _RUN_FLAGS for f in flags):
@@ -177,7 +152,7 @@ def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[s
     first = [f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}"
              if o.is_sweep_override() else o.input_line for o in parsed]
     with initialize_config_dir(config_dir=str((configs or CONFIGS).resolve()), version_base="1.3"):
-        hydra_cfg = compose("config", overrides=[o for o in first if not _is_hydra_override(o)],
+        hydra_cfg = compose("config", overrides=[o for o in first if not is_hydra_override(o)],
                             return_hydra_config=True).hydra
     params = hydra_cfg.sweeper.get("params") or {}
     axes: dict[str, list[str]] = {}
@@ -198,7 +173,6 @@ def check_sweep(args: list[str], configs: Path | None = None) -> list[str]:
     from hydra import compose, initialize_config_dir
 
     from harness.settings import CONFIGS, check_config
-    from harness.sweep_status import _is_hydra_override
     from svdprune.errors import UserError
 
     axes = sweep_axes(args, configs)
@@ -210,7 +184,7 @@ def check_sweep(args: list[str], configs: Path | None = None) -> list[str]:
     cfg = None
     with initialize_config_dir(config_dir=str((configs or CONFIGS).resolve()), version_base="1.3"):
         for value, job in checks:
-            task = [o for o in job.values() if not _is_hydra_override(o)]
+            task = [o for o in job.values() if not is_hydra_override(o)]
             where = f"sweep value {value}" if value is not None else f"the sweep's first job ({' '.join(task)})"
             try:
                 composed = compose("config", overrides=task)

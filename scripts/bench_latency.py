@@ -9,7 +9,7 @@ selection time against the vision tower.
     python scripts/bench_latency.py --model /data/llava-1.5-7b-hf --methods vanilla svd --budgets 16
 
 ``--model FOLDER`` loads a llava-hf folder exactly as run.py does (e.g. ``scripts/make_random_llava.py``'s
-random LLaVA-1.5-7B). Each measured question is one call of the engine's own ``svdprune.surgery.generate``
+random LLaVA-1.5-7B). Each measured question is one call of the engine's own ``svdprune.families.generate``
 (what run.py calls): a forward hook on ``lm_head`` marks the end of the prefill (its first call gives the first
 token's logits), and wrappers on the method's ``encode`` / ``reduce`` / ``after_layer`` time the vision tower and
 the pruning step. Decoding is greedy with at most ``--new-tokens`` tokens; EOS stops a row as in real runs
@@ -263,7 +263,7 @@ class TimedMethod:
 class PrefillMark:
     """Forward hook on ``lm_head``: its first call in a question computes the first generated token's logits,
     so the mark taken right after it ends the prefill (every later call is one decode step). Timing the engine's
-    own ``svdprune.surgery.generate`` this way needs no copy of its loop."""
+    own ``svdprune.families.generate`` this way needs no copy of its loop."""
 
     def __init__(self, lm, clock: Clock):
         self.clock, self.calls, self.mark = clock, 0, None
@@ -305,7 +305,7 @@ def run_question(lm, method, images, questions, new_tokens: int, clock: Clock, m
                  instruction) -> dict:
     """One call of the engine's ``generate`` (greedy, ``new_tokens`` at most, EOS stops a row as in runs), split
     at the first ``lm_head`` call into prefill and decode."""
-    from svdprune.surgery import generate
+    from svdprune.families import generate
 
     mark.reset()
     start = clock.mark()
@@ -524,7 +524,7 @@ def write_markdown(path: Path, rows: list[dict], svd_rows: list[dict], header: d
              f"dtype {header['dtype']}; batch {header['batch']}; {header['new_tokens']} new tokens per question "
              f"at most (greedy, EOS stops as in runs; `gen` = tokens generated); median of {header['iters']} after "
              f"{header['warmup']} warm-up; prompt tokenised with the {header['tokenizer']}. Each question is one call "
-             "of the engine's `svdprune.surgery.generate` (image preprocessing included); times in ms; `prefill` = "
+             "of the engine's `svdprune.families.generate` (image preprocessing included); times in ms; `prefill` = "
              "from the call to the first `lm_head` output (vision, prune, projector, LLM prefill, first token's "
              "logits), `decode` = the rest; `prune` = method.reduce + after_layer (ToMe's merging is inside "
              "`vision`); `q/s` = questions per second at this batch size.", ""]
@@ -645,7 +645,7 @@ def main(argv=None) -> dict:
         configs.sort(key=lambda c: (c[0] != "vanilla", args.budgets.index(c[1]) if c[1] in args.budgets else -1))
     if args.prewarm:  # one untimed question through every weight (first touch of mmap'ed pages, kernel set-up)
         from svdprune.prompts import ANSWER_INSTRUCTION
-        from svdprune.surgery import generate
+        from svdprune.families import generate
         from svdprune.svd import SvdPrune
 
         generate(lm, SvdPrune(16), questions, images, instruction=ANSWER_INSTRUCTION, max_new_tokens=2)

@@ -41,7 +41,7 @@ def first_token(lm, method, image) -> dict[str, float]:
     from svdprune import qwen25vl
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import PruneContext
-    from svdprune.surgery import _new_cache, prefill
+    from svdprune.surgery import new_cache, prefill
 
     start = time.perf_counter()
     tokens = qwen25vl.vision_tokens(lm, [image])[0]
@@ -52,7 +52,7 @@ def first_token(lm, method, image) -> dict[str, float]:
     before = ids.index(lm.image_token_id)
     row = qwen25vl._Row(ids, qwen25vl.mrope_positions(before, image.token_grid, kept, len(ids) - before - len(kept)),
                         embeds, {})
-    last, _, _ = prefill(lm, qwen25vl._state(lm, [row]), method, PruneContext([QUESTION]), _new_cache(lm))
+    last, _, _ = prefill(lm, qwen25vl._state(lm, [row]), method, PruneContext([QUESTION]), new_cache(lm))
     lm.model.lm_head(last).argmax(-1).item()
     end = time.perf_counter()
     return {"vision_s": vision - start, "cut_s": cut - vision, "llm_s": end - cut, "total_s": end - start}

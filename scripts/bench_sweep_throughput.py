@@ -126,7 +126,7 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
     token over ``records``, smallest top-1 minus top-2 logit margin). Rows batched in dataset order."""
     from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
     from svdprune.pruning import PruneContext
-    from svdprune.surgery import _new_cache, prefill
+    from svdprune.surgery import new_cache, prefill
     from svdprune.llava15 import build_inputs, encode_images, prefill_prefixes, split_prompt, to_model
     from svdprune.surgery import prefill_suffixes
     from eval.datasets import load_image
@@ -140,11 +140,11 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
         prompts = [vicuna_prompt(r.question, ANSWER_INSTRUCTION) for r in rows]
         context = PruneContext(None, model=lm.model)
         embeds = encode_images(lm, method, to_model(lm, pixels, context), context)
-        full, _, _ = prefill(lm, build_inputs(lm, prompts, embeds), method, PruneContext(None), _new_cache(lm))
+        full, _, _ = prefill(lm, build_inputs(lm, prompts, embeds), method, PruneContext(None), new_cache(lm))
         prefix, _ = split_prompt(lm, prompts[0], embeds.shape[1])
         kv = prefill_prefixes(lm, prefix, embeds)  # one prefix per row (same numbers as one per image)
         shared, _ = prefill_suffixes(lm, kv, len(prefix), [split_prompt(lm, p, embeds.shape[1])[1] for p in prompts],
-                                     _new_cache(lm))
+                                     new_cache(lm))
         a, b = lm.model.lm_head(full), lm.model.lm_head(shared)
         gap = max(gap, float((a - b).abs().max()))
         top = a.topk(2, dim=-1).values

@@ -6,7 +6,7 @@
     python scripts/flops.py --family qwen25vl     # -> results/efficiency/flops_qwen25vl.{csv,md} (per image size)
 
 What it does
-1. Runs each method through the engine (``svdprune.surgery.generate``, one image, a GQA-style question) on a
+1. Runs each method through the engine (``svdprune.families.generate``, one image, a GQA-style question) on a
    random tiny LLaVA with LLaVA-1.5's token geometry and depth (577 vision tokens, 24 vision layers, 32 LLM
    layers; widths are tiny), and records the tokens each vision layer's attention and MLP saw (forward
    pre-hooks) and the tokens each LLM layer saw in prefill (``Generation.image_tokens_per_layer`` plus the
@@ -224,7 +224,7 @@ def probe_method(lm, probe: TokenProbe, name: str, budget: int, question: str, p
     """Run ``name`` at ``budget`` through the engine once; return the per-layer token counts."""
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method
-    from svdprune.surgery import generate
+    from svdprune.families import generate
 
     method = build_method(name, budget, params)
     if method.kind == "none":
@@ -389,7 +389,7 @@ def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
     from svdprune import qwen25vl
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method, default_params
-    from svdprune.surgery import generate
+    from svdprune.families import generate
 
     lm = qwen25vl.build_tiny(seed=0, max_pixels=qwen25vl.DEFAULT_MAX_PIXELS)
     g = F.QwenGeometry()

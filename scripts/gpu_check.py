@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from omegaconf import OmegaConf
 
-    from svdprune.models import build_tiny, load_model
+    from svdprune.families import load_model
+    from svdprune.models import build_tiny
 
     # 1. every method, both paths, tiny and mini
     tiny_depth = (2, 3) if dry else (24, 32)

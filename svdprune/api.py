@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .models import from_model
+from .families import from_model
 from .pruning import PruneContext, build_method, check_budget_ratio, default_params, reads_question_text
 
 __all__ = ["PruneHandle", "prune", "pruned"]
@@ -96,7 +96,7 @@ class PruneHandle:
         self.budget = budget
         # Qwen2.5-VL: each image keeps this share of its own tokens (svdprune/qwen25vl.py); budget is then unused
         self.budget_ratio = self.method.budget_ratio = check_budget_ratio(budget_ratio, self._lm.family, method_name)
-        from .surgery import check_method
+        from .families import check_method
 
         check_method(self._lm, self.method)  # a method the family does not run (Qwen2.5-VL), then its own checks
         self._decoding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -173,12 +173,12 @@ class PruneHandle:
         return type(self.model).forward(self.model, *args, **kwargs)
 
     def _prefill(self, input_ids, attention_mask, pixel_values, cache, values: dict, extra: dict):
-        from .surgery import _new_cache, prefill_states
+        from .surgery import new_cache, prefill_states
 
         lm = self._lm
         rows = _split_rows(input_ids, attention_mask, lm.image_token_id)
         if cache is None:
-            cache = _new_cache(lm)
+            cache = new_cache(lm)
         elif cache.get_seq_length() != 0:
             raise UserError("svdprune: prefill into a cache that already holds tokens is not supported; start "
                             "from an empty cache (generate() does)")

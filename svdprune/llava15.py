@@ -17,7 +17,7 @@ from PIL import Image
 from .models import LoadedModel
 from .prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
 from .pruning import PruneContext, TokenState, reads_question_text
-from .surgery import (Generation, _finish, _greedy, _left_pad, _new_cache, _positions, prefill, prefill_suffixes,
+from .surgery import (Generation, finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
                       shares_prefix)
 
 
@@ -78,9 +78,9 @@ def build_inputs_from_ids(lm: LoadedModel, rows: list[list[int]], image_embeds: 
     """Token rows (each with exactly k image ids, no padding) -> left-padded, embedded :class:`TokenState`
     with image_embeds (B, k, d) at the image positions. The runner's prompts and :mod:`svdprune.api`'s
     (the user's own input_ids) enter the LLM through here."""
-    ids, padding = _left_pad(lm, rows)
+    ids, padding = left_pad(lm, rows)
     embeds, is_image = _embed(lm, ids, image_embeds)
-    return TokenState(hidden=embeds, position_ids=_positions(padding), padding=padding, is_image=is_image)
+    return TokenState(hidden=embeds, position_ids=padded_positions(padding), padding=padding, is_image=is_image)
 
 
 def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: torch.Tensor, context: PruneContext,
@@ -88,16 +88,16 @@ def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: to
     """Whole-prompt prefill (with the method's decoder-side cuts) + greedy decoding; image_embeds (B, k, d)."""
     state = build_inputs(lm, prompts, image_embeds)
     prompt_lengths = (~state.padding).sum(-1).tolist()
-    cache = _new_cache(lm)
+    cache = new_cache(lm)
     last_hidden, image_counts, groups = prefill(lm, state, method, context, cache)
-    generated = _greedy(lm, last_hidden, groups, cache, max_new_tokens)
-    return _finish(lm, generated, prompts, image_counts.tolist(), prompt_lengths, {**(stats or {}), **context.stats})
+    generated = greedy(lm, last_hidden, groups, cache, max_new_tokens)
+    return finish(lm, generated, prompts, image_counts.tolist(), prompt_lengths, {**(stats or {}), **context.stats})
 
 
 @torch.inference_mode()
 def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *,
              instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
-    """:func:`svdprune.surgery.generate` on LLaVA-1.5 (the caller has checked the method): the per-question path,
+    """:func:`svdprune.families.generate` on LLaVA-1.5 (the caller has checked the method): the per-question path,
     every row pays for its own image and whole prompt; the reference :func:`generate_by_image` is tested against."""
     context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
     pixels = torch.stack([preprocess(lm, image) for image in images])
@@ -145,7 +145,7 @@ def prefill_prefixes(lm: LoadedModel, prefix_ids: list[int], image_embeds: torch
     positions = torch.arange(len(prefix_ids), device=lm.device)[None].expand(n, -1)
     llm = lm.language_model
     position_embeddings = llm.rotary_emb(hidden, positions)
-    cache = _new_cache(lm)
+    cache = new_cache(lm)
     for layer in llm.layers:
         hidden = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, position_ids=positions,
                        cache=cache, use_cache=True)
@@ -229,7 +229,7 @@ def _generate_question_dependent(lm, method, prompts, questions, pixel_values, r
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, pixels, *,
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0,
                       prefixes: dict | None = None) -> Generation:
-    """:func:`svdprune.surgery.generate_by_image` on LLaVA-1.5 (the caller has checked the method): greedy generation
+    """:func:`svdprune.families.generate_by_image` on LLaVA-1.5 (the caller has checked the method): greedy generation
     for a batch of questions, paying once per distinct image instead of once per question.
 
     image_keys: one hashable per question naming its image; pixels: key -> preprocessed image (3, S, S)
@@ -273,7 +273,7 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     assert all(prefix == row.prefix_ids for (prefix, _), row in zip(split, rows)), "prompts do not share the prefix"
     prefix_ids = rows[0].prefix_ids
     index = torch.tensor(row_image, device=lm.device)
-    cache = _new_cache(lm)
+    cache = new_cache(lm)
     suffixes = [suffix for _, suffix in split]
     # the batch's prefix KV (per layer (B, H_kv, P, head_dim)) is handed over without a name here: once in the
     # cache it is referenced there only, so the cache's growth replaces it instead of doubling it
@@ -281,7 +281,7 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
         lm, [(torch.stack([prefixes[key].kv[layer][0] for key in distinct]).index_select(0, index),
               torch.stack([prefixes[key].kv[layer][1] for key in distinct]).index_select(0, index))
              for layer in range(len(lm.language_model.layers))], len(prefix_ids), suffixes, cache)
-    generated = _greedy(lm, last_hidden, [group], cache, max_new_tokens)
+    generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
     n_layers = len(lm.language_model.layers)
-    return _finish(lm, generated, prompts, [[k] * n_layers for _ in questions],
+    return finish(lm, generated, prompts, [[k] * n_layers for _ in questions],
                    [len(prefix_ids) + len(suffix) for suffix in suffixes], stats)

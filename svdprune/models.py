@@ -157,20 +157,11 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
     return model
 
 
-def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
-    """The engine's view of a ``LlavaForConditionalGeneration`` (or a Qwen2.5-VL model: svdprune/qwen25vl.py) someone
-    else loaded (any dtype, any device; used by :func:`svdprune.prune`). Nothing is moved or cast: the device and dtype are those of the model's own
-    parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's LLaVA does).
-    A model of another class, or a LLaVA config the engine does not handle, is a one-line UserError."""
-    from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
-
-    if isinstance(model, Qwen2_5_VLForConditionalGeneration):
-        from .qwen25vl import from_model as qwen_from_model
-
-        return qwen_from_model(model, tokenizer)
-    if not isinstance(model, LlavaForConditionalGeneration):
-        raise UserError(f"svdprune.prune() needs a transformers LlavaForConditionalGeneration (LLaVA-1.5) or "
-                        f"Qwen2_5_VLForConditionalGeneration (Qwen2.5-VL); got {type(model).__name__}")
+def llava_from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
+    """The engine's view of a ``LlavaForConditionalGeneration`` someone else loaded (any dtype, any device; used by
+    :func:`svdprune.prune` through :func:`svdprune.families.from_model`). Nothing is moved or cast: the device and dtype
+    are those of the model's own parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's
+    LLaVA does)."""
     embed = model.model.language_model.embed_tokens.weight
     tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
     return _describe(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__, None,
@@ -306,33 +297,6 @@ def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, visio
     torch.manual_seed(seed)
     model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), _dtype(dtype, device))
     return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype, device))
-
-
-def load_model(cfg, progress: bool = True) -> LoadedModel:
-    """Dispatch on ``cfg.kind``: ``pretrained`` (hub id / local folder) or ``tiny``, and on ``cfg.family``:
-    LLaVA-1.5 (the default, no ``family`` key) or ``qwen25vl`` (svdprune/qwen25vl.py)."""
-    family = cfg.get("family", "llava15")
-    if family == "qwen25vl":
-        from . import qwen25vl
-
-        pixels = {"min_pixels": cfg.get("min_pixels") or qwen25vl.DEFAULT_MIN_PIXELS,
-                  "max_pixels": cfg.get("max_pixels") or qwen25vl.DEFAULT_MAX_PIXELS}
-        if cfg.kind == "pretrained":
-            return qwen25vl.load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device, progress=progress,
-                                            **pixels)
-        if cfg.kind == "tiny":
-            return qwen25vl.build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, **pixels,
-                                       **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range")
-                                          if k in cfg})
-        raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
-    if family != "llava15":
-        raise UserError(f"unknown model.family {family!r}; allowed: llava15, qwen25vl")
-    if cfg.kind == "pretrained":
-        return load_pretrained(cfg.path, cfg.get("revision"), cfg.dtype, cfg.device, progress)
-    if cfg.kind == "tiny":
-        return build_tiny(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                          **{k: cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in cfg})
-    raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
 
 
 def build_clip_tokenizer():

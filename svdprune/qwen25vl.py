@@ -18,7 +18,7 @@ What differs from LLaVA-1.5, and how this file meets the engine (:mod:`svdprune.
   tokenizer's own template is checked against it at load time).
 
 The engine's LLM part (the decoder loop with decoder-side cuts, KV cache, greedy decoding) is the same code for both
-families (``surgery.prefill`` / ``surgery._greedy``); only the front (pixels, vision tower, prompt rows, positions) is
+families (``surgery.prefill`` / ``surgery.greedy``); only the front (pixels, vision tower, prompt rows, positions) is
 this file's. Budgets are token counts by default, as the paper's (their 576-token meaning carries over as "k tokens
 reach the LLM"), or with ``budget_ratio`` a share of each image's own tokens (:func:`image_budget`); an image with at
 most its budget of tokens keeps them all.
@@ -38,9 +38,11 @@ import torch
 from PIL import Image
 
 from .errors import UserError
-from .models import LoadedModel, _dtype, check_local_folder, hub_loading, in_project, resolve_device
+from .models import (LoadedModel, _dtype, cast_like_from_pretrained, check_local_folder, hub_loading, in_project,
+                     resolve_device)
 from .prompts import CLIP_MEAN, CLIP_STD
-from .pruning import PruneContext, Vanilla
+from .pruning import PruneContext, TokenState, Vanilla
+from .surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
 
 FAMILY = "qwen25vl"
 SYSTEM = "You are a helpful assistant."
@@ -273,10 +275,7 @@ def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[
 def _state(lm: LoadedModel, rows: list[_Row]):
     """Left-padded :class:`~svdprune.pruning.TokenState` of the rows: (3, B, L) positions (padded slots 0, never
     attended), the rows' image embeddings in their image slots (each row its own count)."""
-    from .pruning import TokenState
-    from .surgery import _left_pad
-
-    ids, padding = _left_pad(lm, [row.ids for row in rows])
+    ids, padding = left_pad(lm, [row.ids for row in rows])
     length = ids.shape[1]
     positions = torch.zeros(3, len(rows), length, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -291,7 +290,7 @@ def _state(lm: LoadedModel, rows: list[_Row]):
 @torch.inference_mode()
 def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *, instruction: str | None,
              max_new_tokens: int = 128, seed: int = 0):
-    """:func:`svdprune.surgery.generate` on Qwen2.5-VL (the caller has checked the method): every row its own image
+    """:func:`svdprune.families.generate` on Qwen2.5-VL (the caller has checked the method): every row its own image
     and its whole prompt prefilled; the reference :func:`generate_by_image` is tested against."""
     keys = list(range(len(images)))
     return _generate_whole(lm, method, questions, keys, {i: preprocess(lm, image) for i, image in enumerate(images)},
@@ -301,14 +300,12 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
 @torch.inference_mode()
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
-    """Greedy answers for a batch of questions on Qwen2.5-VL (``surgery.generate_by_image``'s contract, whose caller
+    """Greedy answers for a batch of questions on Qwen2.5-VL (``families.generate_by_image``'s contract, whose caller
     has checked the method; ``images``: key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image. Vanilla and
     encoder-side methods also prefill the prompt up to and including the image tokens once per image
     (:class:`QwenPrefix`, carried to the next batch in ``prefixes``) and only the question suffixes per question;
     decoder-side cuts depend on the question, so their prompts are prefilled whole, in groups of equal image size
     (:func:`decoder_parts`)."""
-    from .surgery import shares_prefix
-
     if shares_prefix(method):
         return _generate_shared_prefix(lm, method, questions, image_keys, images, instruction=instruction,
                                        max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)
@@ -319,10 +316,8 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
 def _collect(lm: LoadedModel, questions: list[str], instruction: str | None, out: list):
     """The batch's :class:`~svdprune.surgery.Generation` from per-row (generated ids, per-layer image counts, prompt
     length, stats)."""
-    from .surgery import _finish
-
     prompts = [chat_prompt(q, instruction) for q in questions]
-    return _finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
+    return finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
                    stat_columns([o[3] for o in out]))
 
 
@@ -330,8 +325,6 @@ def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: l
                     instruction: str | None, max_new_tokens: int, seed: int):
     """Every question's whole prompt prefilled (with the method's decoder-side cuts), the vision side once per
     distinct image."""
-    from .surgery import _greedy, _new_cache, prefill
-
     rows = _rows(lm, method, questions, image_keys, images, instruction=instruction, seed=seed)
     out: list = [None] * len(rows)
     for members, part_method in decoder_parts(lm, method, rows):
@@ -339,9 +332,9 @@ def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: l
         state = _state(lm, group)
         context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model,
                                instruction=instruction)
-        cache = _new_cache(lm)
+        cache = new_cache(lm)
         last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
-        generated = _greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
+        generated = greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
         counts = image_counts.tolist()
         for j, i in enumerate(members):
             stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
@@ -368,14 +361,12 @@ def encode_prefixes(lm: LoadedModel, method, images: list[QwenImage], *, instruc
                     seed: int) -> list[QwenPrefix]:
     """Vision tower, cut and the prefix prefill of n distinct images; images whose prefixes have the same length
     are prefilled together (no padding)."""
-    from .surgery import _new_cache, prefill
-
     before, _ = question_parts(lm, "", instruction)
     cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
     rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
     kv: list = [None] * len(rows)
     for members in _group_indices([len(row.ids) for row in rows]).values():
-        cache = _new_cache(lm)
+        cache = new_cache(lm)
         prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
         for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
             kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
@@ -388,8 +379,6 @@ def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image
                             instruction: str | None, max_new_tokens: int, seed: int, prefixes: dict | None):
     """Vanilla and encoder-side methods: each image's prefix prefilled once (or taken from ``prefixes``), each
     question's suffix after it; rows whose prefixes have one length share a suffix prefill."""
-    from .surgery import _greedy, _new_cache, prefill_suffixes
-
     prefixes = {} if prefixes is None else prefixes
     distinct = list(dict.fromkeys(image_keys))
     missing = [key for key in distinct if key not in prefixes]
@@ -406,13 +395,13 @@ def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image
     out: list = [None] * len(questions)
     for length, members in by_length.items():
         rows = [prefixes[image_keys[i]] for i in members]
-        cache = _new_cache(lm)
+        cache = new_cache(lm)
         # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
         last_hidden, group = prefill_suffixes(
             lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
                  for layer in range(n_layers)], length, [suffixes[i] for i in members], cache,
             text_start=torch.tensor([row.text_start for row in rows]), axes=3)
-        generated = _greedy(lm, last_hidden, [group], cache, max_new_tokens)
+        generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
         for j, (i, row) in enumerate(zip(members, rows)):
             k = len(row.row.embeds)
             out[i] = (generated[j], [k] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
@@ -545,8 +534,6 @@ def build_tiny(seed: int = 0, text_layers: int = 28, vision_layers: int = 4, ini
     """A random-weight ``Qwen2_5_VLForConditionalGeneration`` (:func:`tiny_config`), built in milliseconds offline.
     ``max_pixels`` defaults to 448 x 448 (256 tokens) so that tests stay small."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from .models import cast_like_from_pretrained
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
-"""The engine: the LLM half every model family shares, and the two entry points that hand a batch to the family's front.
+"""The engine: the LLM half every model family shares. It imports no model family (:mod:`svdprune.families` picks one).
 
-A model family's *front* (:func:`front`) is one file: ``svdprune/llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side
+A model family's *front* (:func:`svdprune.families.front`) is one file: ``svdprune/llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side
 cut] -> projector, the vicuna prompt, 1-D positions, the per-image prompt prefix) and ``svdprune/qwen25vl.py``
 (Qwen2.5-VL: its own-size images, window-attention tower + merger, chat prompt, 3-D M-RoPE positions). A front turns
 questions and images into a :class:`~svdprune.pruning.TokenState` (LLM-input embeddings with the kept image tokens,
@@ -9,22 +9,23 @@ positions, padding) and calls the shared part here:
 * :func:`prefill` / :func:`prefill_states`: the loop over the LLM's decoder layers (HF's own ``LlamaDecoderLayer`` /
   ``Qwen2_5_VLDecoderLayer`` with SDPA, the model's rotary embedding, ``DynamicCache``), letting a decoder-side method
   change the token set between layers; each layer's KV cache keeps exactly the tokens that layer saw;
-* :func:`decode_step` / :func:`_greedy`: greedy decoding, each group of layers at its own next position.
+* :func:`decode_step` / :func:`greedy`: greedy decoding, each group of layers at its own next position.
 
 With no cut, this computes exactly what the family's HF ``generate`` computes (tested token for token). Only the
 surviving image tokens are placed in the prompt (k image positions, not N with a mask), so the projector and every LLM
 layer process the shorter sequence.
 
-Two entry points, same predictions: :func:`generate` (every question pays for its own image and whole prompt; the
-reference) and :func:`generate_by_image` (the vision side once per distinct image; on LLaVA-1.5 also the prompt prefix
-up to the image tokens for vanilla and encoder-side methods, whose KV cache the image's questions share).
+The fronts use the public helpers here (:func:`left_pad`, :func:`padded_positions`, :func:`new_cache`, :func:`greedy`,
+:func:`finish`). The two entry points, same predictions, are in :mod:`svdprune.families`: ``generate`` (every question
+pays for its own image and whole prompt; the reference) and ``generate_by_image`` (the vision side once per distinct
+image; on LLaVA-1.5 also the prompt prefix up to the image tokens for vanilla and encoder-side methods, whose KV cache
+the image's questions share).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
 import torch
-from PIL import Image
 
 from .models import LoadedModel
 from .pruning import LayerView, PruneContext, TokenState
@@ -77,7 +78,7 @@ def _layer_mask(padding: torch.Tensor) -> torch.Tensor | None:
     return _attention_mask(padding) if bool(padding.any()) else None
 
 
-def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows -> (ids (B, L), padding (B, L) bool, True at left padding), on the model's device."""
     length = max(map(len, rows))
     pad_id = lm.pad_token_id
@@ -89,7 +90,7 @@ def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, tor
     return ids.to(lm.device), padding.to(lm.device)
 
 
-def _positions(padding: torch.Tensor, start: int = 0) -> torch.Tensor:
+def padded_positions(padding: torch.Tensor, start: int = 0) -> torch.Tensor:
     """(B, L) padding -> RoPE positions start, start + 1, ... of the real tokens (as HF generate:
     cumsum(mask) - 1; padded slots get ``start``, they are never attended to)."""
     return start + (torch.cumsum(~padding, dim=1) - 1).clamp_min(0)
@@ -164,9 +165,9 @@ def prefill_suffixes(lm: LoadedModel, prefix_kv, prefix_len: int, suffixes: list
     Returns (last hidden states (B, d), one layer group for decoding).
     """
     llm = lm.language_model
-    ids, padding = _left_pad(lm, suffixes)  # (B, S)
+    ids, padding = left_pad(lm, suffixes)  # (B, S)
     hidden = llm.embed_tokens(ids)  # (B, S, d)
-    positions = _positions(padding, prefix_len)
+    positions = padded_positions(padding, prefix_len)
     if text_start is not None:
         positions = positions - prefix_len + text_start.to(positions.device)[:, None]
     if axes != 1:
@@ -216,8 +217,8 @@ def decode_step(lm: LoadedModel, token_ids: torch.Tensor, step: int, groups: lis
     return llm.norm(hidden[:, -1])
 
 
-def _greedy(lm: LoadedModel, last_hidden: torch.Tensor, groups: list[_LayerCache], cache,
-            max_new_tokens: int) -> list[list[int]]:
+def greedy(lm: LoadedModel, last_hidden: torch.Tensor, groups: list[_LayerCache], cache,
+           max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding from the prefill's last hidden states (B, d); generated ids per row, EOS excluded."""
     stops = lm.stop_ids
     finished = torch.zeros(last_hidden.shape[0], dtype=torch.bool, device=last_hidden.device)
@@ -235,79 +236,14 @@ def _greedy(lm: LoadedModel, last_hidden: torch.Tensor, groups: list[_LayerCache
     return [[token for token in row if token >= 0] for row in table]
 
 
-def _new_cache(lm: LoadedModel):
+def new_cache(lm: LoadedModel):
     from transformers import DynamicCache
 
     return DynamicCache(config=lm.language_model.config)
 
 
-def _finish(lm: LoadedModel, generated: list[list[int]], prompts: list[str], image_counts: list[list[int]],
-            prompt_lengths: list[int], stats: dict) -> Generation:
+def finish(lm: LoadedModel, generated: list[list[int]], prompts: list[str], image_counts: list[list[int]],
+           prompt_lengths: list[int], stats: dict) -> Generation:
     texts = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
     return Generation(token_ids=generated, texts=texts, prompts=prompts, image_tokens_per_layer=image_counts,
                       prompt_lengths=prompt_lengths, stats=stats)
-
-
-def check_method(lm: LoadedModel, method) -> None:
-    """Raise UserError if ``method`` cannot run on ``lm``: a method its model family does not support (with the
-    reason, svdprune/qwen25vl.py), then the method's own checks (schedule depth, budget)."""
-    if lm.family == "qwen25vl":
-        from .qwen25vl import check_method as check_qwen
-
-        check_qwen(method_name(method))
-    method.check(lm)
-
-
-def method_name(method) -> str:
-    """The registry name (``METHODS``) of a method object, or its class name."""
-    from .pruning import METHODS
-
-    target = f"{type(method).__module__}:{type(method).__name__}"
-    return next((name for name, path in METHODS.items() if path == target), type(method).__name__)
-
-
-def front(lm: LoadedModel):
-    """The model family's front of the engine: the module :mod:`svdprune.llava15` or :mod:`svdprune.qwen25vl`. Each
-    has ``preprocess(lm, image)``, ``generate(...)`` and ``generate_by_image(...)`` with the contracts below."""
-    if lm.family == "qwen25vl":
-        from . import qwen25vl
-
-        return qwen25vl
-    from . import llava15
-
-    return llava15
-
-
-def preprocess(lm: LoadedModel, image: Image.Image):
-    """One image as the model's family prepares it: LLaVA-1.5's padded 336 px pixels (3, S, S), or a
-    :class:`svdprune.qwen25vl.QwenImage` (its own size's patches and grid)."""
-    return front(lm).preprocess(lm, image)
-
-
-@torch.inference_mode()
-def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *,
-             instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
-    """Greedy generation for one batch of (question, image) pairs with ``method`` applied: the straightforward
-    per-question path (every row pays for its own image and whole prompt). The reference
-    :func:`generate_by_image` is tested against."""
-    assert len(questions) == len(images), f"{len(questions)} questions for {len(images)} images"
-    check_method(lm, method)
-    return front(lm).generate(lm, method, questions, images, instruction=instruction, max_new_tokens=max_new_tokens,
-                              seed=seed)
-
-
-@torch.inference_mode()
-def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, pixels, *,
-                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0,
-                      prefixes: dict | None = None) -> Generation:
-    """Greedy generation for a batch of questions, paying once per distinct image instead of once per question.
-
-    image_keys: one hashable per question naming its image; pixels: key -> the image as :func:`preprocess` made it
-    (needed for the keys not in ``prefixes``). ``prefixes`` (key -> the front's per-image state, owned by the
-    caller) carries images from one batch to the next on LLaVA-1.5 (:func:`svdprune.llava15.generate_by_image`).
-    Same predictions as :func:`generate` on the same questions (up to floating-point summation order).
-    """
-    assert len(questions) == len(image_keys), f"{len(questions)} questions for {len(image_keys)} images"
-    check_method(lm, method)
-    return front(lm).generate_by_image(lm, method, questions, image_keys, pixels, instruction=instruction,
-                                       max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)

@@ -22,7 +22,8 @@ from svdprune.errors import UserError
 from svdprune.models import build_tiny
 from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import LayerView, PruneContext, TokenState, Vanilla, build_method
-from svdprune.surgery import _attention_mask, decode_step, generate, prefill
+from svdprune.families import generate
+from svdprune.surgery import _attention_mask, decode_step, prefill
 from svdprune.llava15 import build_inputs, encode_images
 from tests.conftest import QUESTIONS
 

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from svdprune.pruning import METHODS, Vanilla, build_method
-from svdprune.surgery import generate
+from svdprune.families import generate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "method"
 ENCODER_BASELINES = ("tome", "visionzip", "trim", "fastervlm", "divprune", "random", "pooling")

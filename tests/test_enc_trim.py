@@ -143,7 +143,7 @@ def test_by_image_engine_cuts_per_question(tiny, clip_folder):
     from PIL import Image
 
     from svdprune.prompts import preprocess_image
-    from svdprune.surgery import generate, generate_by_image
+    from svdprune.families import generate, generate_by_image
 
     method = build_method("trim", 16, {"clip_path": str(clip_folder)})
     assert method.question_dependent

@@ -4,7 +4,7 @@ import torch
 
 from svdprune.prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
 from svdprune.pruning import Vanilla
-from svdprune.surgery import generate
+from svdprune.families import generate
 from svdprune.svd import SvdPrune, select_tokens
 from tests.conftest import QUESTIONS
 

@@ -15,7 +15,7 @@ from baselines.sparsevlm import SparseVLM
 from baselines.tome import ToMe
 from eval.evidence import evidence_recall, pool_cells, question_recall, reached
 from eval.scenes import records, render, scene
-from svdprune.surgery import generate
+from svdprune.families import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from svdprune.models import build_tiny, build_tiny_tokenizer, load_model
+from svdprune.families import load_model
+from svdprune.models import build_tiny, build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

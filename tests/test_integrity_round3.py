@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import harness.identity as identity
 import harness.runner as runner
 from eval.fixtures import write_local_fixture
 from harness import sweep_status
@@ -298,11 +299,11 @@ def test_the_device_type_is_part_of_a_gpu_runs_identity(shapes_folder, tmp_path)
     from eval.datasets import load_dataset
 
     cfg = make_cfg(base(shapes_folder, tmp_path, "model.device=cpu"))
-    prints = runner.fingerprints(cfg, load_dataset(cfg.dataset))
+    prints = identity.fingerprints(cfg, load_dataset(cfg.dataset))
     assert prints["device_type"] == "cpu"
-    cpu = runner.config_hash(cfg, 16, prints)
-    assert cpu == runner.config_hash(cfg, 16, {k: v for k, v in prints.items() if k != "device_type"})
-    cuda = runner.config_hash(make_cfg(base(shapes_folder, tmp_path, "model.device=cuda:1")), 16,
+    cpu = identity.config_hash(cfg, 16, prints)
+    assert cpu == identity.config_hash(cfg, 16, {k: v for k, v in prints.items() if k != "device_type"})
+    cuda = identity.config_hash(make_cfg(base(shapes_folder, tmp_path, "model.device=cuda:1")), 16,
                               {**prints, "device_type": "cuda"})
     assert cuda != cpu
     with pytest.raises(UserError, match=r"^model.device='gpu'; allowed: auto, cpu, cuda, cuda:N"):

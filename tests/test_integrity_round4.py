@@ -16,7 +16,8 @@ import tests.fixtures_eval as fx
 from eval.datasets import load_dataset
 from eval.predictions import read_prediction_rows
 from harness import sweep_status
-from harness.runner import config_hash, write_error_message
+from harness.identity import config_hash
+from harness.runner import write_error_message
 from harness.settings import check_overrides
 from harness.sweeps import check_sweep
 from svdprune.errors import UserError

@@ -16,7 +16,7 @@ from baselines.holov import HoloV, holov_select
 from baselines.vispruner import VisPruner, split_budget, vispruner_select
 from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
-from svdprune.surgery import generate
+from svdprune.families import generate
 from baselines.tokencarve import TokenCarve, carve, fused_ranks, information_scores, stage_counts
 from tests.official_inputs import (cdpruner_inputs, dart_inputs, flowcut_inputs, flowcut_tower, holov_inputs,
                                    input_digest, tokencarve_inputs, vispruner_inputs)
@@ -311,7 +311,7 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
     the KV an uncut prefill computed at those slots."""
     from svdprune.prompts import preprocess_image, vicuna_prompt
     from svdprune.pruning import PruneContext, Vanilla
-    from svdprune.surgery import _new_cache, prefill_states
+    from svdprune.surgery import new_cache, prefill_states
     from svdprune.llava15 import build_inputs, encode_images, to_model
 
     questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
@@ -322,7 +322,7 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
     for name, method in (("vanilla", Vanilla()), ("tokencarve", TokenCarve(32))):
         context = PruneContext(questions=questions, model=tiny.model)
         state = build_inputs(tiny, prompts, encode_images(tiny, method, to_model(tiny, pixels, context), context))
-        caches[name] = _new_cache(tiny)
+        caches[name] = new_cache(tiny)
         finals[name], counts, groups = prefill_states(tiny, state, method, context, caches[name])
     kept_slots = finals["tokencarve"].source_index  # (B, L') slots of the uncut prompt
     assert [len(group.layers) for group in groups] == [2, 2] and counts[0].tolist() == [576, 576, 32, 32]

@@ -16,7 +16,8 @@ from baselines.divprune import cosine_distance, max_min_select
 from svdprune import qwen25vl
 from svdprune.errors import UserError
 from svdprune.pruning import PruneContext, TokenState, Vanilla, build_method, default_params
-from svdprune.surgery import _new_cache, _greedy, generate, generate_by_image, prefill
+from svdprune.families import generate, generate_by_image
+from svdprune.surgery import greedy, new_cache, prefill
 
 SIZES = [(300, 420), (224, 224), (448, 300), (100, 120)]  # 165, 64, 176 and 16 tokens at max_pixels 448 x 448
 QUESTIONS = ["What color is the shape?", "Is there a circle?", "How many?", "What is on the left?"]
@@ -84,7 +85,7 @@ def test_vanilla_equals_hf_generate(qwen, inputs):
     # logits of the first answer token, batched engine vs HF one image at a time
     rows = qwen25vl._rows(qwen, Vanilla(), QUESTIONS, keys, inputs, instruction=None, seed=0)
     with torch.inference_mode():
-        last, _, _ = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(QUESTIONS), _new_cache(qwen))
+        last, _, _ = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(QUESTIONS), new_cache(qwen))
         logits = qwen.model.lm_head(last)
         for k in keys:
             hf = hf_inputs(qwen, [QUESTIONS[k]], [inputs[k]])
@@ -160,7 +161,7 @@ def test_sparsevlm_cluster_tokens_take_their_centres_positions(qwen, inputs):
     spy = Spy.__new__(Spy)
     spy.__dict__.update(method.__dict__)
     with torch.inference_mode():
-        prefill(qwen, state, spy, PruneContext(QUESTIONS[:2]), _new_cache(qwen))
+        prefill(qwen, state, spy, PruneContext(QUESTIONS[:2]), new_cache(qwen))
     before, after = seen["before"], seen["after"]
     n_kept = int(after.is_image[0].sum())
     assert n_kept == stage_counts_of(165, [20])
@@ -224,7 +225,7 @@ def test_decoding_continues_after_the_last_prompt_position(qwen, inputs):
     assert torch.equal(rows[0].positions[:, -1], full[0].positions[:, -1])
     with torch.inference_mode():
         _, _, groups = prefill(qwen, qwen25vl._state(qwen, rows), Vanilla(), PruneContext(QUESTIONS[:1]),
-                               _new_cache(qwen))
+                               new_cache(qwen))
     assert groups[-1].next_position.tolist() == [[int(full[0].positions.max()) + 1]] * 3
 
 
@@ -245,7 +246,7 @@ def test_stops_at_either_end_token(qwen):
     # hidden states whose argmax token is a stop token: both rows finish at once, nothing generated
     hidden[0] = weight[qwen.stop_ids[0]] * 100
     hidden[1] = weight[qwen.stop_ids[1]] * 100
-    assert _greedy(qwen, hidden, [], None, max_new_tokens=3) == [[], []]
+    assert greedy(qwen, hidden, [], None, max_new_tokens=3) == [[], []]
 
 
 def test_chat_template_is_the_model_cards():
@@ -327,7 +328,7 @@ def test_a_saved_folder_loads_and_answers_as_the_model(qwen, inputs, tmp_path):
     min/max pixels from the settings) gives the same answers as the model it was saved from."""
     from omegaconf import OmegaConf
 
-    from svdprune.models import load_model
+    from svdprune.families import load_model
 
     qwen.model.save_pretrained(tmp_path)
     qwen.tokenizer.save_pretrained(tmp_path)
@@ -347,7 +348,8 @@ def test_a_saved_folder_loads_and_answers_as_the_model(qwen, inputs, tmp_path):
 def test_a_llava_folder_is_not_loaded_as_qwen(tmp_path):
     from omegaconf import OmegaConf
 
-    from svdprune.models import build_tiny, load_model
+    from svdprune.families import load_model
+    from svdprune.models import build_tiny
 
     llava = build_tiny(vision_layers=1, text_layers=1)
     llava.model.save_pretrained(tmp_path)
@@ -518,7 +520,7 @@ def test_shared_prefix_equals_the_whole_prompt(qwen, inputs, name):
     """Vanilla and encoder-side methods prefill each image's prefix once (the runner carries it to the next batch) and
     only the question suffixes per question: the same answers, prompt lengths and records as the whole prompt, the
     suffix's last hidden state to 1e-4, and a second batch on a carried prefix runs no vision tower."""
-    from svdprune.surgery import _new_cache as new_cache
+    from svdprune.surgery import new_cache
     from svdprune.surgery import prefill_suffixes
 
     method = build_method(name, 24, default_params(name))

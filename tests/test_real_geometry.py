@@ -69,7 +69,7 @@ def params_of(name: str) -> dict:
 def test_method_at_real_geometry(lm, question, name):
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method
-    from svdprune.surgery import generate
+    from svdprune.families import generate
 
     method = build_method(name, 16, params_of(name))
     if method.kind == "none":

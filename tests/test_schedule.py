@@ -1,4 +1,4 @@
-"""Scheduling by image (harness/schedule.py, svdprune.surgery.generate_by_image) against the straightforward
+"""Scheduling by image (harness/schedule.py, svdprune.families.generate_by_image) against the straightforward
 per-question path, on the tiny random model: same predictions question by question, one vision pass and one
 prefix prefill per image, images prefetched within a bound, no mask without padding, CUDA OOM recovery."""
 import json
@@ -15,7 +15,8 @@ from eval.datasets import load_local
 from omegaconf import OmegaConf
 from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import Vanilla
-from svdprune.surgery import _new_cache, generate, generate_by_image, prefill
+from svdprune.families import generate, generate_by_image
+from svdprune.surgery import new_cache, prefill
 from svdprune.llava15 import build_inputs, encode_images
 from svdprune.llava15 import prefill_prefixes, split_prompt
 from svdprune.surgery import prefill_suffixes
@@ -96,12 +97,12 @@ def test_shared_prefix_prefill_matches_whole_prompt_prefill(tiny, random_images)
     with torch.no_grad():
         embeds = encode_images(tiny, SvdPrune(16), pixels, PruneContext(questions, model=tiny.model))
         full, _, _ = prefill(tiny, build_inputs(tiny, prompts, embeds), Vanilla(576),
-                             PruneContext(questions), _new_cache(tiny))
+                             PruneContext(questions), new_cache(tiny))
         prefix, _ = split_prompt(tiny, prompts[0], 16)
         kv = prefill_prefixes(tiny, prefix, embeds[[0, 2]])  # the two distinct images
         rows = torch.tensor([0, 0, 1])
         shared, _ = prefill_suffixes(tiny, [(k[rows], v[rows]) for k, v in kv], len(prefix),
-                                     [split_prompt(tiny, p, 16)[1] for p in prompts], _new_cache(tiny))
+                                     [split_prompt(tiny, p, 16)[1] for p in prompts], new_cache(tiny))
     assert shared.shape == full.shape
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
     assert (tiny.model.lm_head(shared).argmax(-1) == tiny.model.lm_head(full).argmax(-1)).all()
@@ -289,6 +290,6 @@ def test_memory_the_prefix_kv_is_handed_to_the_cache(tiny, random_images):
         embeds = torch.randn(1, 16, tiny.model.config.text_config.hidden_size)
         prefix_kv = [(k, v) for k, v in prefill_prefixes(tiny, prefix_ids, embeds)]
         first = weakref.ref(prefix_kv[0][0])
-        cache = _new_cache(tiny)
+        cache = new_cache(tiny)
         prefill_suffixes(tiny, prefix_kv, len(prefix_ids), [suffix], cache)
     assert prefix_kv == [] and first() is None  # the cache holds its own copy; the prefix's tensors are gone

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from svdprune.models import load_model
+from svdprune.families import generate, load_model
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.pruning import build_method
-from svdprune.surgery import generate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
