@@ -118,7 +118,7 @@ class CDPruner(EncoderPruner):
     question_dependent = True  # the relevance follows the instruction's CLIP text embedding
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"clip_path": Text(), "revision": Text(nullable=True)}
+    PARAMS = {"clip_path": Text(default="openai/clip-vit-large-patch14-336"), "revision": Text(nullable=True, default=None)}
 
     def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
                  revision: str | None = None):

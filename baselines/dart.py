@@ -93,7 +93,8 @@ class Dart(DecoderPruner):
     """Keeps DART's pivots and, per pivot, the image tokens least similar to it, before layer ``pruning_loc``."""
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"pruning_loc": Integer(1), "pivot_image_token": Integer(1), "pivot_text_token": Integer(1)}
+    PARAMS = {"pruning_loc": Integer(1, default=2), "pivot_image_token": Integer(1, default=4),
+              "pivot_text_token": Integer(1, default=4)}
 
     def __init__(self, budget: int, pruning_loc: int = 2, pivot_image_token: int = 4, pivot_text_token: int = 4):
         # upper bounds come from the model (check): 576 on LLaVA-1.5, an image's own count on Qwen2.5-VL

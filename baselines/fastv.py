@@ -48,7 +48,7 @@ class FastV(DecoderPruner):
     """Keep the ``budget`` image tokens the last prompt token attends to most in layer ``agg_layer - 1``."""
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"agg_layer": Integer(1)}
+    PARAMS = {"agg_layer": Integer(1, default=2)}
 
     def __init__(self, budget: int, agg_layer: int = 2):
         self.budget = check_int("budget", budget, 1, what=" (image tokens kept after layer agg_layer - 1)")

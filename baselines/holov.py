@@ -105,7 +105,7 @@ class HoloV(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"chunks": Integer(1, 576), "alpha": Number(0)}
+    PARAMS = {"chunks": Integer(1, 576, default=16), "alpha": Number(0, default=0.09)}
 
     def __init__(self, budget: int, chunks: int = 16, alpha: float = 0.09):
         self.budget = check_budget(NAME, budget)

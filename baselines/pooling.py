@@ -79,7 +79,7 @@ class SpatialPooling(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"mode": Choice(*MODES)}
+    PARAMS = {"mode": Choice(*MODES, default="avg")}
 
     def __init__(self, budget: int, mode: str = "avg"):
         self.budget = check_budget(NAME, budget)

@@ -58,6 +58,17 @@ from .attention import (attention_rows, check_depth, image_positions, keep_indic
                         layer_average, renumber, top_k)
 
 
+# The schedule table configs/method/pyramiddrop.yaml ships (how it was fitted: that file's comments): budget -> stage
+# layers and keep ratios
+SCHEDULES = {
+    192: {"layers": [2, 8, 16], "ratios": [0.5598, 0.31337604, 0.17542790]},
+    128: {"layers": [2, 8, 16], "ratios": [0.4209, 0.17715681, 0.07456530]},
+    64: {"layers": [2, 8, 16], "ratios": [0.1928, 0.03717184, 0.00716673]},
+    32: {"layers": [2, 8, 16], "ratios": [0.0556, 0.00309136, 0.00017188]},
+    16: {"layers": [2, 8, 16], "ratios": [0.0278, 0.00077284, 0.00002148]},
+}
+
+
 def fit_keep_counts(image_tokens: int, n_layers: int, stage_layers: list[int], budget: int) -> list[int]:
     """The schedule table's rule for any image size and depth: keep counts ``int(N * lambda^s)``, s = 1, 2, ..., with
     lambda = i / 10000 (i = 1..10000) whose ``n_layers`` average is closest to ``budget`` (ties: the smaller lambda).
@@ -103,8 +114,9 @@ class PyramidDrop(DecoderPruner):
     """Multi-stage drop of image tokens ranked by the last instruction token's attention."""
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"schedules": Table(nullable=True), "layers": IntList(low=1, nullable=True, min_items=1),
-              "ratios": NumberList(0, 1, nullable=True), "fit_layers": IntList(low=1, min_items=1)}
+    PARAMS = {"layers": IntList(low=1, nullable=True, min_items=1, default=None),
+              "ratios": NumberList(0, 1, nullable=True, default=None), "schedules": Table(nullable=True, default=SCHEDULES),
+              "fit_layers": IntList(low=1, min_items=1)}  # fit_layers: not in the config (LLaVA run hashes stay)
 
     def __init__(self, budget: int, schedules: dict | None = None, layers: list[int] | None = None,
                  ratios: list[float] | None = None, fit_layers: list[int] = (2, 8, 16)):

@@ -33,7 +33,7 @@ class RandomK(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"per_image": Flag()}
+    PARAMS = {"per_image": Flag(default=True)}
 
     def __init__(self, budget: int, per_image: bool = True):
         self.budget = check_budget(NAME, budget)

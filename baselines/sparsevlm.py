@@ -174,12 +174,16 @@ def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.
     return scatter_sum_in_order(merged, assign, x * weights[..., None]), centres  # deterministic scatter_add on CUDA
 
 
+# The keep counts configs/method/sparsevlm.yaml ships: budget -> image tokens kept after each pruning layer
+KEEP_COUNTS = {192: [300, 200, 110], 128: [303, 110, 36], 64: [66, 30, 17], 32: [32, 15, 8], 16: [16, 7, 4]}
+
+
 class SparseVLM(DecoderPruner):
     """Text-rater scoring at ``layers`` with the ``keep`` counts per stage and DPC-kNN recycling."""
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"layers": IntList(low=0, min_items=1), "keep_counts": Table(nullable=True),
-              "keep": IntList(low=1, nullable=True), "recycle": Flag()}
+    PARAMS = {"layers": IntList(low=0, min_items=1, default=[2, 6, 15]), "recycle": Flag(default=True),
+              "keep": IntList(low=1, nullable=True, default=None), "keep_counts": Table(nullable=True, default=KEEP_COUNTS)}
 
     def __init__(self, budget: int, layers: list[int] = (2, 6, 15), keep_counts: dict | None = None,
                  keep: list[int] | None = None, recycle: bool = True):

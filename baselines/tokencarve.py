@@ -137,7 +137,7 @@ class TokenCarve(DecoderPruner):
     cuts_earlier_caches = True
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"work_layer": Integer(1), "sv_av_weight": Number(0, 1)}
+    PARAMS = {"work_layer": Integer(1, default=2), "sv_av_weight": Number(0, 1, default=0.5)}
 
     def __init__(self, budget: int, work_layer: int = 2, sv_av_weight: float = 0.5):
         limit = LLAVA15_PATCHES * 2 // 3

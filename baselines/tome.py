@@ -212,7 +212,8 @@ class ToMe(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"inflect": Number(-1, 1), "schedule": IntList(low=0, nullable=True), "prop_attn": Flag()}
+    PARAMS = {"inflect": Number(-1, 1, default=-0.4), "schedule": IntList(low=0, nullable=True, default=None),
+              "prop_attn": Flag(default=True)}
 
     def __init__(self, budget: int, inflect: float = -0.4, schedule: list[int] | None = None,
                  prop_attn: bool = True):

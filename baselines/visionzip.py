@@ -104,7 +104,8 @@ class VisionZip(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"splits": Table(nullable=True), "contextual_ratio": Number(0, 1, open_low=True, open_high=True)}
+    PARAMS = {"splits": Table(nullable=True, default={k: list(v) for k, v in OFFICIAL_SPLITS.items()}),
+              "contextual_ratio": Number(0, 1, open_low=True, open_high=True, default=0.15625)}
 
     def __init__(self, budget: int, splits: dict | None = None, contextual_ratio: float = 5 / 32):
         self.budget = check_budget(NAME, budget, low=2)

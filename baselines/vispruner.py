@@ -104,7 +104,7 @@ class VisPruner(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"important_ratio": Number(0, 1)}
+    PARAMS = {"important_ratio": Number(0, 1, default=0.5)}
 
     def __init__(self, budget: int, important_ratio: float = 0.5):
         self.budget = check_budget(NAME, budget)

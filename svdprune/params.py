@@ -7,11 +7,14 @@ lmms-eval models (:func:`svdprune.pruning.build_method`) all go through :func:`c
 value and what is allowed, never a run that silently does something else. A method's ``__init__`` still checks
 what depends on several values at once (a schedule against the budget, say).
 
-Values are checked, not converted: what the user gave is what the method gets and what metrics.json records.
+Values are checked, not converted: what the user gave is what the method gets and what metrics.json records. Each
+declaration also carries the parameter's default as configs/method/<name>.yaml ships it (:func:`defaults`), so that
+:func:`svdprune.prune` works from an installed package with no configs/ folder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .errors import UserError
@@ -39,6 +42,10 @@ class Param:
     choices: tuple = ()
     nullable: bool = False
     min_items: int = 0
+    #: the value run.py's configs/method/<name>.yaml gives it (and prune() uses when none is given), or ``NO_DEFAULT``
+    #: for a parameter the config leaves out (the constructor's default applies)
+    default: Any = None
+    has_default: bool = False
 
     def allowed(self) -> str:
         """What is allowed, in words (the end of the error line)."""
@@ -96,40 +103,63 @@ class Param:
         raise ValueError(f"unknown parameter kind {self.kind!r}")
 
 
-def Flag() -> Param:  # noqa: N802 - reads as a type in a PARAMS table
-    return Param("bool")
+def _with_default(param: Param, default) -> Param:
+    if default is _UNSET:
+        return param
+    if not param.accepts(default):
+        raise ValueError(f"default {default!r} is not allowed by {param}")
+    return replace(param, default=default, has_default=True)
 
 
-def Integer(low: int | None = None, high: int | None = None, nullable: bool = False) -> Param:  # noqa: N802
-    return Param("int", low, high, nullable=nullable)
+class _Unset:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+_UNSET = _Unset()
+
+
+def Flag(default=_UNSET) -> Param:  # noqa: N802 - reads as a type in a PARAMS table
+    return _with_default(Param("bool"), default)
+
+
+def Integer(low: int | None = None, high: int | None = None, nullable: bool = False,  # noqa: N802
+            default=_UNSET) -> Param:
+    return _with_default(Param("int", low, high, nullable=nullable), default)
 
 
 def Number(low: float | None = None, high: float | None = None, *, open_low: bool = False,  # noqa: N802
-           open_high: bool = False, nullable: bool = False) -> Param:
-    return Param("number", low, high, open_low, open_high, nullable=nullable)
+           open_high: bool = False, nullable: bool = False, default=_UNSET) -> Param:
+    return _with_default(Param("number", low, high, open_low, open_high, nullable=nullable), default)
 
 
-def Choice(*choices: str) -> Param:  # noqa: N802
-    return Param("choice", choices=tuple(choices))
+def Choice(*choices: str, default=_UNSET) -> Param:  # noqa: N802
+    return _with_default(Param("choice", choices=tuple(choices)), default)
 
 
-def Text(nullable: bool = False) -> Param:  # noqa: N802
-    return Param("text", nullable=nullable)
+def Text(nullable: bool = False, default=_UNSET) -> Param:  # noqa: N802
+    return _with_default(Param("text", nullable=nullable), default)
 
 
 def IntList(low: int | None = None, high: int | None = None, nullable: bool = False,  # noqa: N802
-            min_items: int = 0) -> Param:
-    return Param("int_list", low, high, nullable=nullable, min_items=min_items)
+            min_items: int = 0, default=_UNSET) -> Param:
+    return _with_default(Param("int_list", low, high, nullable=nullable, min_items=min_items), default)
 
 
 def NumberList(low: float | None = None, high: float | None = None, *, open_low: bool = False,  # noqa: N802
-               nullable: bool = False) -> Param:
-    return Param("number_list", low, high, open_low, nullable=nullable)
+               nullable: bool = False, default=_UNSET) -> Param:
+    return _with_default(Param("number_list", low, high, open_low, nullable=nullable), default)
 
 
-def Table(nullable: bool = False) -> Param:  # noqa: N802
+def Table(nullable: bool = False, default=_UNSET) -> Param:  # noqa: N802
     """A mapping (budget -> schedule, say); its entries are checked by the method, which knows their meaning."""
-    return Param("mapping", nullable=nullable)
+    return _with_default(Param("mapping", nullable=nullable), default)
+
+
+def defaults(declared: Mapping[str, Param]) -> dict[str, Any]:
+    """The parameters' declared defaults (copies), in declaration order: what configs/method/<name>.yaml sets, so that
+    :func:`svdprune.prune` needs no file outside the package (a test holds the two equal)."""
+    return {key: copy.deepcopy(param.default) for key, param in declared.items() if param.has_default}
 
 
 def check_params(method: str, declared: Mapping[str, Param], params: Mapping[str, Any]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -302,20 +301,10 @@ def build_method(name: str, budget: int, params: dict[str, Any]):
 
 
 def default_params(name: str) -> dict[str, Any]:
-    """Method ``name``'s parameters as ``configs/method/<name>.yaml`` sets them (what run.py uses when no override
-    is given), for callers without Hydra (:func:`svdprune.prune`). Interpolations that name the model config
-    (TRIM's ``clip_path``) take their fallback."""
-    from omegaconf import OmegaConf
+    """Method ``name``'s parameters as ``configs/method/<name>.yaml`` sets them (what run.py uses when no override is
+    given), for callers without Hydra (:func:`svdprune.prune`): the defaults its ``PARAMS`` declare, so no file outside
+    the package is read (a non-editable install works). TRIM's ``clip_path`` is the config's fallback (the config takes
+    ``model.clip_path`` where the model config has one)."""
+    from .params import defaults
 
-    from .errors import UserError
-    from .models import PROJECT_ROOT
-
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
-    file = PROJECT_ROOT / "configs" / "method" / f"{name}.yaml"
-    if not file.is_file():
-        raise UserError(f"{file} is missing: svdprune reads the method defaults from the project's configs/ "
-                        "(install the project with pip install -e)")
-    config = OmegaConf.merge({"model": {}}, {"method": OmegaConf.load(file)})
-    return OmegaConf.to_container(config.method, resolve=True).get("params") or {}
-
+    return defaults(method_class(name).PARAMS)

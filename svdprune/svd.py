@@ -136,8 +136,9 @@ class SvdPrune(EncoderPruner):
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"tau": Number(0, 1, open_low=True), "center": Flag(), "weighting": Choice(*WEIGHTINGS),
-              "energy": Choice(*ENERGIES), "solver": Choice(*SOLVERS)}
+    PARAMS = {"tau": Number(0, 1, open_low=True, default=0.9), "center": Flag(default=False),
+              "weighting": Choice(*WEIGHTINGS, default="uniform"), "energy": Choice(*ENERGIES, default="s2"),
+              "solver": Choice(*SOLVERS, default="svd")}
 
     def __init__(self, budget: int, tau: float = 0.9, center: bool = False,
                  weighting: str = "uniform", energy: str = "s2", solver: str = "svd"):

@@ -22,7 +22,7 @@ from harness.settings import check_overrides
 from harness.sweeps import check_sweep
 from svdprune.errors import UserError
 from svdprune.params import check_params
-from svdprune.pruning import METHODS, build_method, method_class
+from svdprune.pruning import METHODS, build_method, default_params, method_class
 from tests.test_run_integrity import ROOT, answers, base, jpeg, make_cfg, run_dirs, write_set
 
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens on the discard port: the connection is refused at once
@@ -111,14 +111,17 @@ def test_download_offline_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_declares_its_parameters(name):
-    """PARAMS names exactly the constructor's parameters, and the shipped defaults are allowed values."""
+    """PARAMS names exactly the constructor's parameters, the config's values are allowed, and the declared defaults
+    (what prune() uses, with no configs/ folder) are the config's."""
     import inspect
 
     cls = method_class(name)
-    assert list(cls.PARAMS) == [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "budget")]
-    defaults = OmegaConf.to_container(OmegaConf.merge({"model": {}}, {"method": OmegaConf.load(
+    assert set(cls.PARAMS) == {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "budget")}
+    shipped = OmegaConf.to_container(OmegaConf.merge({"model": {}}, {"method": OmegaConf.load(
         ROOT / "configs" / "method" / f"{name}.yaml")}).method, resolve=True).get("params") or {}
-    check_params(name, cls.PARAMS, defaults)
+    check_params(name, cls.PARAMS, shipped)
+    # prune()'s defaults are the declared ones: the same values, keys and order as run.py's config
+    assert list(default_params(name).items()) == list(shipped.items())
 
 
 @pytest.mark.parametrize("params, message", [
@@ -405,3 +408,28 @@ def test_mistyped_key_on_the_command_line(tmp_path):
     result = cli("tau=0.5", f"output_dir={tmp_path}")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "error: unknown setting 'tau'; did you mean method.params.tau=0.5?\n"
+
+
+def test_prune_from_a_non_editable_install(tmp_path):
+    """prune() reads no file outside the package: installed as a wheel would install it (no configs/ folder), the
+    defaults it uses are run.py's (issue 33)."""
+    import shutil
+
+    source, target = tmp_path / "src", tmp_path / "site"  # a copy: the build writes build/ beside its source
+    for name in ("svdprune", "baselines", "eval", "harness"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(source)], check=True, capture_output=True, timeout=300)
+    assert not (target / "configs").exists()
+    code = ("import json, svdprune; from svdprune.models import build_tiny; from svdprune.pruning import default_params; "
+            "model = build_tiny(vision_layers=2, text_layers=17).model; "
+            "[svdprune.prune(model, name, 64).remove() for name in ('svd', 'pyramiddrop', 'sparsevlm')]; "
+            "print(json.dumps({'file': svdprune.__file__, 'pyramiddrop': default_params('pyramiddrop')}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(target)})
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["file"].startswith(str(target))
+    assert out["pyramiddrop"] == json.loads(json.dumps(default_params("pyramiddrop")))
