@@ -43,7 +43,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Text
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._clip import ClipTextImage, check_clip_path
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens
@@ -111,8 +111,12 @@ def cdpruner_select(embeddings: torch.Tensor, image_embeds: torch.Tensor, text_e
     return torch.sort(picks, dim=-1).values
 
 
+@register
 class CDPruner(EncoderPruner):
     """Keeps the ``budget`` tokens of the greedy conditional-DPP MAP (relevance x similarity), raster order."""
+
+    name, label, in_paper, table_row = "cdpruner", "CDPruner", False, 70
+    needs = frozenset({"clip_text"})
 
     kind = "encoder"
     question_dependent = True  # the relevance follows the instruction's CLIP text embedding

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from svdprune.params import Integer
-from svdprune.pruning import DecoderPruner, LayerView, TokenState
+from svdprune.pruning import DecoderPruner, LayerView, TokenState, register
 
 from .attention import _rope, check_depth, image_positions, keep_indices
 from ._encoder_common import check_int
@@ -89,12 +89,20 @@ def dart_retained(key_norms: torch.Tensor, states: torch.Tensor, image: list[int
     return sorted(retained)
 
 
+@register
 class Dart(DecoderPruner):
     """Keeps DART's pivots and, per pivot, the image tokens least similar to it, before layer ``pruning_loc``."""
+
+    name, label, in_paper, table_row = "dart", "DART", False, 160
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
     PARAMS = {"pruning_loc": Integer(1, default=2), "pivot_image_token": Integer(1, default=4),
               "pivot_text_token": Integer(1, default=4)}
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """A shallow LLM: pruning_loc 1 (pivots from layer 0's keys; the later layers see the kept tokens)."""
+        return {"pruning_loc": 1}
 
     def __init__(self, budget: int, pruning_loc: int = 2, pivot_image_token: int = 4, pivot_text_token: int = 4):
         # upper bounds come from the model (check): 576 on LLaVA-1.5, an image's own count on Qwen2.5-VL

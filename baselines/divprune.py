@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens
 
@@ -64,8 +64,11 @@ def max_min_select(distance: torch.Tensor, k: int) -> torch.Tensor:
     return picks
 
 
+@register
 class DivPrune(EncoderPruner):
     """Keeps a max-min diverse set of ``budget`` tokens (in projected space), raster order."""
+
+    name, label, in_paper, table_row = "divprune", "DivPrune", False, 50
 
     kind = "encoder"
 

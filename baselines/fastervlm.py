@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, top_k_raster, unstash)
@@ -35,8 +35,12 @@ from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_atte
 NAME = "fastervlm"
 
 
+@register
 class FasterVLM(EncoderPruner):
     """Keeps the ``budget`` patches the CLS token attends to most (layer -2, head mean), raster order."""
+
+    name, label, in_paper, table_row = "fastervlm", "FasterVLM", False, 40
+    needs = frozenset({"cls_attention"})
 
     kind = "encoder"
 

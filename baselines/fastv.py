@@ -39,16 +39,25 @@ from __future__ import annotations
 
 from svdprune.errors import check_int
 from svdprune.params import Integer
-from svdprune.pruning import DecoderPruner, LayerView, TokenState
+from svdprune.pruning import DecoderPruner, LayerView, TokenState, register
 
 from .attention import attention_rows, check_depth, image_positions, keep_indices, last_token_index, top_k
 
 
+@register
 class FastV(DecoderPruner):
     """Keep the ``budget`` image tokens the last prompt token attends to most in layer ``agg_layer - 1``."""
 
+    name, label, in_paper, table_row = "fastv", "FastV", True, 130
+
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
     PARAMS = {"agg_layer": Integer(1, default=2)}
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """A shallow LLM (the project's mini and scenes models): K = 1, the cut after layer 0 (FastV's K=2 of 32 is the
+        1/16 point of the depth)."""
+        return {"agg_layer": 1}
 
     def __init__(self, budget: int, agg_layer: int = 2):
         self.budget = check_int("budget", budget, 1, what=" (image tokens kept after layer agg_layer - 1)")

@@ -38,13 +38,15 @@ Decisions where the released code is ambiguous or where ours differs on purpose:
 The committed fixture ``tests/fixtures/official/flowcut.json`` holds the released encoder's kept patches on a
 seeded random CLIP tower of CLIP-L's depth and token count; ``tests/test_methods_2025.py`` requires ours to equal
 them.
+
+Not on Qwen2.5-VL: it reads CLIP's [CLS] attention (``needs``); the authors' Qwen version is not ported here yet.
 """
 from __future__ import annotations
 
 import torch
 
 from svdprune.errors import UserError
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import check_budget, check_runtime_budget, producing_layer, split_heads
 
@@ -102,9 +104,13 @@ def check_tower_depth(select: int) -> int:
     return select
 
 
+@register
 class FlowCut(EncoderPruner):
     """Drops patches inside the vision tower at every other layer by a cumulative CLS-flow score, with an
     entropy-adaptive count, until ``budget`` patches reach LLaVA's feature layer."""
+
+    name, label, in_paper, table_row = "flowcut", "FlowCut", False, 90
+    needs = frozenset({"cls_attention", "vision_layers"})
 
     def __init__(self, budget: int):
         self.budget = check_budget(NAME, budget)

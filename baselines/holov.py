@@ -27,6 +27,8 @@ engine before the projector (the projector acts per token: the same embeddings).
 
 The committed fixture ``tests/fixtures/official/holov.json`` holds the released ``HoloV`` function's output on
 seeded inputs of LLaVA-1.5-7B's shapes; ``tests/test_methods_2025.py`` requires ours to equal it.
+
+Not on Qwen2.5-VL: it reads CLIP's [CLS] attention (``needs``); the authors' Qwen version is not ported here yet.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Integer, Number
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_int, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, unstash)
@@ -99,8 +101,12 @@ def holov_select(tokens: torch.Tensor, attention: torch.Tensor, budget: int, chu
     return kept[:budget]
 
 
+@register
 class HoloV(EncoderPruner):
     """Spreads the budget over 16 chunks by attention + similarity spread; per chunk its top-attention tokens."""
+
+    name, label, in_paper, table_row = "holov", "HoloV", False, 80
+    needs = frozenset({"cls_attention"})
 
     kind = "encoder"
 

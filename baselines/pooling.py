@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from svdprune.errors import UserError
 from svdprune.params import Choice
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import LLAVA15_GRID, check_budget
 
@@ -75,7 +75,10 @@ def pool_tokens(features: torch.Tensor, shape: tuple[int, int], mode: str = "avg
     return pooled.flatten(2).transpose(1, 2).to(features.dtype)
 
 
+@register
 class SpatialPooling(EncoderPruner):
+    name, label, in_paper, table_row = "pooling", "Pooling", False, 110
+    reaches_all = True
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built

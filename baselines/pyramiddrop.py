@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from svdprune.errors import UserError, check_int
 from svdprune.params import IntList, NumberList, Table
-from svdprune.pruning import DecoderPruner, LayerView, TokenState
+from svdprune.pruning import DecoderPruner, LayerView, TokenState, register
 
 from .attention import (attention_rows, check_depth, image_positions, keep_indices, last_token_index,
                         layer_average, renumber, top_k)
@@ -110,13 +110,25 @@ def _check_schedule(layers, ratios, source: str) -> tuple[list[int], list[float]
     return layers, ratios
 
 
+@register
 class PyramidDrop(DecoderPruner):
     """Multi-stage drop of image tokens ranked by the last instruction token's attention."""
+
+    name, label, in_paper, table_row = "pyramiddrop", "PyramidDrop", True, 140
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
     PARAMS = {"layers": IntList(low=1, nullable=True, min_items=1, default=None),
               "ratios": NumberList(0, 1, nullable=True, default=None), "schedules": Table(nullable=True, default=SCHEDULES),
               "fit_layers": IntList(low=1, min_items=1)}  # fit_layers: not in the config (LLaVA run hashes stay)
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """A shallow LLM of ``n_layers``: stages at layers 1 .. min(3, n_layers - 1) (the table's [2, 8, 16] of 32,
+        scaled and rounded to valid layers), keep ratios lambda, lambda^2, lambda^3 with lambda = (budget + 0.5) / 576,
+        so that int(576 * lambda) = budget after the first stage (the structure of the LLaVA table)."""
+        lam = (budget + 0.5) / 576
+        stages = min(3, n_layers - 1)
+        return {"layers": list(range(1, stages + 1)), "ratios": [lam ** s for s in range(1, stages + 1)]}
 
     def __init__(self, budget: int, schedules: dict | None = None, layers: list[int] | None = None,
                  ratios: list[float] | None = None, fit_layers: list[int] = (2, 8, 16)):
@@ -161,13 +173,14 @@ class PyramidDrop(DecoderPruner):
     def max_image_tokens_after_cut(self, num_patches: int) -> int:
         return max(self.keep_counts(num_patches), default=num_patches)
 
-    def check_family(self, family: str) -> None:
-        """A budget without a table entry runs on Qwen2.5-VL only (fitted per image there)."""
-        if self._no_schedule is not None and family != "qwen25vl":
+    def check_family(self, capabilities: frozenset) -> None:
+        """A budget without a table entry runs only where images have their own token counts (no ``fixed_grid``:
+        Qwen2.5-VL), where the schedule is fitted per image; on one fixed grid (LLaVA-1.5's 576) the table is the
+        schedule."""
+        if self._no_schedule is not None and "fixed_grid" in capabilities:
             raise UserError(self._no_schedule)
 
     def check(self, lm) -> None:
-        self.check_family(getattr(lm, "family", "llava15"))
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("pyramiddrop", "layers", self.layers, n_layers, 1, n_layers - 1,
                     "allowed stage layers, each the first layer that sees the dropped set")

@@ -16,7 +16,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Flag
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, image_seeds
 
@@ -29,7 +29,9 @@ def random_subset(num_tokens: int, k: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.randperm(num_tokens, generator=generator)[:k]).values
 
 
+@register
 class RandomK(EncoderPruner):
+    name, label, in_paper, table_row = "random", "Random-k", False, 100
     kind = "encoder"
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
@@ -47,7 +49,7 @@ class RandomK(EncoderPruner):
         if not self.per_image:
             return [int(context.seed)] * batch
         if context.pixels_float32 is None:
-            raise ValueError(f"{NAME}: per_image seeds need context.pixels_float32 (set by llava15.to_model)")
+            raise ValueError(f"{NAME}: per_image seeds need context.pixels_float32 (set by the model family's front)")
         return image_seeds(context.pixels_float32, context.seed)
 
     def reduce(self, features, context):

@@ -72,7 +72,7 @@ import torch
 
 from svdprune.errors import UserError, check_int
 from svdprune.params import Flag, IntList, Table
-from svdprune.pruning import DecoderPruner, LayerView, TokenState
+from svdprune.pruning import DecoderPruner, LayerView, TokenState, register
 
 from ._scatter import scatter_sum_in_order
 from .attention import (attention_rows, check_depth, image_positions, keep_indices, layer_average, renumber,
@@ -178,12 +178,24 @@ def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.
 KEEP_COUNTS = {192: [300, 200, 110], 128: [303, 110, 36], 64: [66, 30, 17], 32: [32, 15, 8], 16: [16, 7, 4]}
 
 
+@register
 class SparseVLM(DecoderPruner):
     """Text-rater scoring at ``layers`` with the ``keep`` counts per stage and DPC-kNN recycling."""
+
+    name, label, in_paper, table_row = "sparsevlm", "SparseVLM", True, 150
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
     PARAMS = {"layers": IntList(low=0, min_items=1, default=[2, 6, 15]), "recycle": Flag(default=True),
               "keep": IntList(low=1, nullable=True, default=None), "keep_counts": Table(nullable=True, default=KEEP_COUNTS)}
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """A shallow LLM of ``n_layers``: pruning layers 0 .. min(3, n_layers - 1) - 1 (the [2, 6, 15] of 32, scaled),
+        keep [k, round(0.45 k), round(0.26 k)] (at least 1; the official 64-token schedule's proportions 66 / 30 / 17)
+        cut to that many stages, recycling on."""
+        stages = min(3, n_layers - 1)
+        keep = [budget, max(1, round(0.45 * budget)), max(1, round(0.26 * budget))][:stages]
+        return {"layers": list(range(stages)), "keep": keep}
 
     def __init__(self, budget: int, layers: list[int] = (2, 6, 15), keep_counts: dict | None = None,
                  keep: list[int] | None = None, recycle: bool = True):
@@ -237,13 +249,14 @@ class SparseVLM(DecoderPruner):
         candidates = int((num_patches - keep) * RECYCLE_FRACTION) + 1 if self.recycle else 0
         return keep + (int(candidates / CLUSTER_DIVISOR) + 1 if candidates else 0)
 
-    def check_family(self, family: str) -> None:
-        """A budget without a table entry runs on Qwen2.5-VL only (fitted per image there)."""
-        if self._no_keep is not None and family != "qwen25vl":
+    def check_family(self, capabilities: frozenset) -> None:
+        """A budget without a table entry runs only where images have their own token counts (no ``fixed_grid``:
+        Qwen2.5-VL), where the schedule is fitted per image; on one fixed grid (LLaVA-1.5's 576) the table is the
+        schedule."""
+        if self._no_keep is not None and "fixed_grid" in capabilities:
             raise UserError(self._no_keep)
 
     def check(self, lm) -> None:
-        self.check_family(getattr(lm, "family", "llava15"))
         n_layers = lm.language_model.config.num_hidden_layers
         check_depth("sparsevlm", "layers", self.layers, n_layers, 0, n_layers - 2,
                     "allowed pruning layers, whose output is cut (not the last layer)")

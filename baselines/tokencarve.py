@@ -60,7 +60,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Integer, Number
-from svdprune.pruning import DecoderPruner, LayerView, TokenState
+from svdprune.pruning import DecoderPruner, LayerView, TokenState, register
 
 from ._encoder_common import LLAVA15_PATCHES, check_int
 from ._scatter import scatter_sum_in_order
@@ -129,15 +129,24 @@ def carve(fused: torch.Tensor, states: torch.Tensor, rank: int,
     return kept, mean, sources, destinations
 
 
+@register
 class TokenCarve(DecoderPruner):
     """Prunes to 1.5 T image tokens by fused attention and SVD-information ranks, then merges T / 2 of them into
     the rest, before LLM layer ``work_layer``; earlier layers' KV caches are cut to the same tokens."""
+
+    name, label, in_paper, table_row = "tokencarve", "TokenCarve", False, 170
+    needs = frozenset({"fixed_grid"})
 
     #: the engine cuts the KV caches of the layers before the cut to the tokens the cut keeps (released code)
     cuts_earlier_caches = True
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
     PARAMS = {"work_layer": Integer(1, default=2), "sv_av_weight": Number(0, 1, default=0.5)}
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """A shallow LLM: the cut after layer 0 (work_layer 1)."""
+        return {"work_layer": 1}
 
     def __init__(self, budget: int, work_layer: int = 2, sv_av_weight: float = 0.5):
         limit = LLAVA15_PATCHES * 2 // 3

@@ -71,7 +71,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Flag, IntList, Number
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, producing_layer, split_heads)
 from ._scatter import scatter_sum_in_order
@@ -206,8 +206,13 @@ def merged_positions(plan, tokens: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------- method
 
+@register
 class ToMe(EncoderPruner):
     """Token merging inside the CLIP vision tower down to exactly ``budget`` patch tokens."""
+
+    name, label, in_paper, table_row = "tome", "ToMe", True, 10
+    needs = frozenset({"vision_layers"})
+    reaches_all = True
 
     kind = "encoder"
 

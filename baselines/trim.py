@@ -40,7 +40,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Choice, Text
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._clip import ClipTextImage, check_clip_path
 from ._encoder_common import check_budget, check_runtime_budget, gather_tokens, top_k_raster
@@ -65,7 +65,11 @@ def trim_select(scores: torch.Tensor, features: torch.Tensor, budget: int) -> tu
     return torch.cat([kept, aggregate[:, None].to(features.dtype)], dim=1), keep
 
 
+@register
 class Trim(EncoderPruner):
+    name, label, in_paper, table_row = "trim", "TRIM", True, 30
+    needs = frozenset({"clip_text"})
+    reaches_all = True
     kind = "encoder"
     question_dependent = True  # the kept tokens follow the question's CLIP text embedding
 

@@ -42,7 +42,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Number, Table
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, cls_attention_and_keys,
                               gather_tokens, producing_layer, stash, top_k_raster, unstash)
@@ -98,8 +98,13 @@ def visionzip_select(hidden: torch.Tensor, cls_attn: torch.Tensor, metric: torch
     return out, dominant_patches
 
 
+@register
 class VisionZip(EncoderPruner):
     """Keeps D dominant tokens (CLS included) and C contextual tokens; budget = D + C."""
+
+    name, label, in_paper, table_row = "visionzip", "VisionZip", True, 20
+    needs = frozenset({"cls_attention"})
+    reaches_all = True
 
     kind = "encoder"
 

@@ -44,7 +44,7 @@ import torch
 
 from svdprune.errors import UserError
 from svdprune.params import Number
-from svdprune.pruning import EncoderPruner
+from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
                               producing_layer, stash, unstash)
@@ -98,8 +98,12 @@ def vispruner_select(features: torch.Tensor, cls_scores: torch.Tensor, important
     return torch.sort(selected, dim=-1).values
 
 
+@register
 class VisPruner(EncoderPruner):
     """Keeps int(T * r) patches by CLS attention and T - int(T * r) diverse ones; raster order."""
+
+    name, label, in_paper, table_row = "vispruner", "VisPruner", False, 60
+    needs = frozenset({"cls_attention"})
 
     kind = "encoder"
 

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-ALL_REACH = {"vanilla", "visionzip", "trim", "pooling", "tome"}  # every patch ends in some token the LLM sees
+
+def reaches_all(method: str) -> bool:
+    """Whether every patch ends in some token the LLM sees under ``method`` (merged, pooled or aggregated in), as the
+    method class declares (``reaches_all``)."""
+    from svdprune.pruning import METHODS
+
+    return method in METHODS and METHODS[method].reaches_all
 
 
 def pool_cells(grid: tuple[int, int], side: int = 24) -> list[list[int]]:
@@ -53,7 +59,7 @@ def reached(method: str, row: dict, num_patches: int = 576) -> tuple[set[int], s
         raise ValueError(f"{method}: the row records no kept_indices / merge_groups / pool_grid")
     kept = set(row["kept_indices"])
     own = kept - set(row.get("merge_target_indices", ()))  # kept tokens that received merges (TokenCarve)
-    if method in ALL_REACH:
+    if reaches_all(method):
         return everything, own
     return kept | set(row.get("recycled_indices", ())) | set(row.get("merged_indices", ())), own
 

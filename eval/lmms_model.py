@@ -229,7 +229,7 @@ class SvdpruneLlava(_SvdpruneModel):
 
 
 class SvdpruneQwen25VL(_SvdpruneModel):
-    """Qwen2.5-VL with one svdprune method (those of ``svdprune.qwen25vl.SUPPORTED``), for lmms-eval: the model card's
+    """Qwen2.5-VL with one svdprune method (those of ``svdprune.families.supported_methods("qwen25vl")``), for lmms-eval: the model card's
     image processor at ``min_pixels``..``max_pixels`` and chat prompt, as run.py's ``model=qwen25vl_7b``."""
 
     model_id = QWEN_MODEL_ID

@@ -47,27 +47,17 @@ class MethodInfo:
     in_paper: bool  # a row of the paper's Table 1
 
 
-# Table 1 order: vanilla, encoder-side (the paper's, then the extras, SVD-Prune last), decoder-side.
-METHODS: dict[str, MethodInfo] = {
-    "vanilla": MethodInfo("Vanilla", "none", True),
-    "tome": MethodInfo("ToMe", "encoder", True),
-    "visionzip": MethodInfo("VisionZip", "encoder", True),
-    "trim": MethodInfo("TRIM", "encoder", True),
-    "fastervlm": MethodInfo("FasterVLM", "encoder", False),
-    "divprune": MethodInfo("DivPrune", "encoder", False),
-    "vispruner": MethodInfo("VisPruner", "encoder", False),
-    "cdpruner": MethodInfo("CDPruner", "encoder", False),
-    "holov": MethodInfo("HoloV", "encoder", False),
-    "flowcut": MethodInfo("FlowCut", "encoder", False),
-    "random": MethodInfo("Random-k", "encoder", False),
-    "pooling": MethodInfo("Pooling", "encoder", False),
-    "svd": MethodInfo("SVD-Prune", "encoder", True),
-    "fastv": MethodInfo("FastV", "decoder", True),
-    "pyramiddrop": MethodInfo("PyramidDrop", "decoder", True),
-    "sparsevlm": MethodInfo("SparseVLM", "decoder", True),
-    "dart": MethodInfo("DART", "decoder", False),
-    "tokencarve": MethodInfo("TokenCarve", "decoder", False),
-}
+def registered_methods() -> dict[str, MethodInfo]:
+    """Every registered method as the reports show it, in Table 1's row order (each method's ``table_row``: vanilla,
+    encoder-side (the paper's, then the extras, SVD-Prune last), decoder-side): what the method classes declare
+    (svdprune/pruning.py's registry), not a list kept here."""
+    from svdprune.pruning import METHODS as REGISTRY
+
+    return {cls.name: MethodInfo(cls.label, cls.kind, cls.in_paper)
+            for cls in sorted(REGISTRY.values(), key=lambda cls: cls.table_row)}
+
+
+METHODS: dict[str, MethodInfo] = registered_methods()
 
 
 def method_info(name: str, kind: str | None = None) -> MethodInfo:

@@ -14,25 +14,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MINI_WEIGHTS = ROOT / "checkpoints" / "mini" / "model.safetensors"
 BUDGETS = (192, 128, 64, 32, 16)
-NOT_ON_MINI = {"trim": "needs a CLIP text tower aligned with the vision tower; the mini model has none",
-               "cdpruner": "needs a CLIP text tower aligned with the vision tower; the mini model has none"}
+
+def _not_on_mini() -> dict[str, str]:
+    """Methods the mini model cannot run: those that need CLIP's text tower aligned with the vision tower (the
+    checkpoint has none), as the method classes declare (``needs``), in Table 1's row order."""
+    from svdprune.pruning import METHODS
+
+    return {name: "needs a CLIP text tower aligned with the vision tower; the mini model has none"
+            for name, cls in sorted(METHODS.items(), key=lambda item: item[1].table_row) if "clip_text" in cls.needs}
+
+
+NOT_ON_MINI = _not_on_mini()
+MINI_LLM_LAYERS = 2
 # ToMe merges in vision layers 0..L-2: with the mini tower (3 layers) that is 2 layers, and the 50%-per-layer
 # cap stops at 145 tokens, so only budget 192 is reachable (the others are reported as not possible).
 
 
+def shallow_overrides(method: str, budget: int, n_layers: int) -> list[str]:
+    """The method's own parameters for an LLM of ``n_layers`` layers (its ``shallow_params``) as Hydra overrides."""
+    from svdprune.pruning import METHODS
+
+    def value(v) -> str:
+        return f"[{','.join(map(str, v))}]" if isinstance(v, (list, tuple)) else str(v)
+
+    params = METHODS[method].shallow_params(budget, n_layers) if method in METHODS else {}
+    return [f"method.params.{key}={value(v)}" for key, v in params.items()]
+
+
 def mini_overrides(method: str, budget: int) -> list[str]:
     """Method parameters for the 2-layer mini LLM (see the module docstring); [] for other methods."""
-    if method == "fastv":
-        return ["method.params.agg_layer=1"]
-    if method == "dart":
-        return ["method.params.pruning_loc=1"]
-    if method == "tokencarve":
-        return ["method.params.work_layer=1"]
-    if method == "pyramiddrop":
-        return ["method.params.layers=[1]", f"method.params.ratios=[{(budget + 0.5) / 576}]"]
-    if method == "sparsevlm":
-        return ["method.params.layers=[0]", f"method.params.keep=[{budget}]"]
-    return []
+    return shallow_overrides(method, budget, MINI_LLM_LAYERS)
 
 
 def mini_config(method: str, budget: int, limit: int, output_dir: str | Path, batch_size: int = 16):

@@ -22,7 +22,7 @@ from eval.datasets import Record, check_images_readable, check_references, load_
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
-from svdprune.families import check_method, load_model
+from svdprune.families import FRONTS, check_method, load_model
 from svdprune.pruning import build_method
 from svdprune.surgery import kept_tokens
 
@@ -52,7 +52,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     method_name, budget, shard = cfg.method.name, settings.budget, settings.shard
     params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
-    method.check_family(cfg.model.get("family", "llava15"))  # e.g. a budget without a schedule, before loading
+    method.check_family(FRONTS[cfg.model.get("family", "llava15")].CAPABILITIES)  # e.g. a budget without a schedule
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:

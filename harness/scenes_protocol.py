@@ -30,21 +30,14 @@ REGRESSION_TOLERANCE = 3.0  # accuracy points (92 questions: ~1.1 points each); 
 REGRESSION_AGREEMENT = 0.95  # share of questions answered as recorded
 
 
+SCENES_LLM_LAYERS = 4
+
+
 def scenes_overrides(method: str, budget: int) -> list[str]:
     """Method parameters for the 4-layer scenes LLM (see the module docstring); [] for other methods."""
-    if method == "fastv":
-        return ["method.params.agg_layer=1"]
-    if method == "dart":
-        return ["method.params.pruning_loc=1"]
-    if method == "tokencarve":
-        return ["method.params.work_layer=1"]
-    if method == "pyramiddrop":
-        lam = (budget + 0.5) / 576
-        return ["method.params.layers=[1,2,3]", f"method.params.ratios=[{lam},{lam ** 2},{lam ** 3}]"]
-    if method == "sparsevlm":
-        keep = [budget, max(1, round(0.45 * budget)), max(1, round(0.26 * budget))]
-        return ["method.params.layers=[0,1,2]", f"method.params.keep=[{','.join(map(str, keep))}]"]
-    return []
+    from harness.mini_protocol import shallow_overrides
+
+    return shallow_overrides(method, budget, SCENES_LLM_LAYERS)
 
 
 def scenes_config(method: str, budget: int, limit: int, output_dir: str | Path, extra: tuple[str, ...] = (),

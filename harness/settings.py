@@ -22,7 +22,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "method", "dataset")
 # keys that come from configs/experiment/*.yaml or Hydra itself rather than config.yaml's own list
 EXTRA_TOP_LEVEL = ("experiment", "sweep", "hydra")
-FAMILIES = ("llava15", "qwen25vl")  # model.family (absent: llava15)
 ON_BAD_IMAGE = ("error", "skip")
 TINY_GRID = 24  # the tiny model's patch grid side (svdprune.models.build_tiny: 336 px / 14 px)
 
@@ -104,12 +103,11 @@ def check_config(cfg: DictConfig) -> Settings:
     if cfg.model.kind not in ("pretrained", "tiny"):
         raise UserError(f"unknown model.kind {cfg.model.kind!r}; allowed: pretrained, tiny")
     family = cfg.model.get("family", "llava15")
-    if family not in FAMILIES:
-        raise UserError(f"unknown model.family {family!r}; allowed: {', '.join(FAMILIES)}")
-    if family == "qwen25vl":  # a method this family does not run: refused before anything loads
-        from svdprune.qwen25vl import check_method
+    from svdprune.families import FRONTS, check_family_method
 
-        check_method(cfg.method.name)
+    if family not in FRONTS:
+        raise UserError(f"unknown model.family {family!r}; allowed: {', '.join(FRONTS)}")
+    check_family_method(family, cfg.method.name)  # a method the family lacks a capability for: before anything loads
     device_type(str(cfg.model.get("device", "auto")))  # a device torch does not know: one line
     if cfg.model.get("dtype") not in DTYPE_SETTINGS:
         raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPE_SETTINGS)}")
@@ -121,7 +119,7 @@ def check_config(cfg: DictConfig) -> Settings:
     if not 1 <= budget or (patches is not None and budget > patches and not _ignores_budget(cfg.method.name)):
         high = patches if patches is not None else 576
         raise UserError(f"budget={budget} is outside 1..{high} (vision tokens of {cfg.model.name})")
-    budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), family, cfg.method.name)
+    budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), FRONTS[family].CAPABILITIES, cfg.method.name)
     on_bad_image = cfg.get("on_bad_image", "error")
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}")

@@ -222,9 +222,9 @@ class TokenProbe:
 
 def probe_method(lm, probe: TokenProbe, name: str, budget: int, question: str, params: dict) -> dict:
     """Run ``name`` at ``budget`` through the engine once; return the per-layer token counts."""
+    from svdprune.families import generate
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method
-    from svdprune.families import generate
 
     method = build_method(name, budget, params)
     if method.kind == "none":
@@ -387,9 +387,9 @@ def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
     ``svdprune.flops.exact_qwen_prefill_flops`` in the 7B's geometry (checked against torch's counter on the tiny
     model's real modules in tests/test_qwen25vl.py), averaged over the sample prompts' text lengths."""
     from svdprune import qwen25vl
+    from svdprune.families import generate, supported_methods
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method, default_params
-    from svdprune.families import generate
 
     lm = qwen25vl.build_tiny(seed=0, max_pixels=qwen25vl.DEFAULT_MAX_PIXELS)
     g = F.QwenGeometry()
@@ -398,7 +398,7 @@ def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
         image = qwen_probe_image(width, height)
         grid = qwen25vl.preprocess(lm, image).token_grid
         full = None
-        for name in qwen25vl.SUPPORTED:
+        for name in supported_methods("qwen25vl"):
             for budget in ([None] if name == "vanilla" else budgets):
                 method = build_method(name, budget or 1, default_params(name))
                 if name == "vanilla":
@@ -482,7 +482,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", choices=("llava15", "qwen25vl"), default="llava15",
                         help="qwen25vl: Qwen2.5-VL-7B per image size -> flops_qwen25vl.{csv,md} (every method of "
-                             "svdprune.qwen25vl.SUPPORTED)")
+                             "svdprune.families.supported_methods('qwen25vl'))")
     parser.add_argument("--methods", nargs="*", default=None, help="default: the paper's methods + every registered one")
     parser.add_argument("--budgets", nargs="*", type=int, default=BUDGETS)
     parser.add_argument("--output-dir", default=str(ROOT / "results" / "efficiency"))

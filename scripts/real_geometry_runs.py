@@ -264,9 +264,9 @@ def main(argv=None) -> int:
 
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="svdprune_7b_runs_"))
     if args.family == "qwen25vl":
-        from svdprune.qwen25vl import SUPPORTED
+        from svdprune.families import supported_methods
 
-        args.methods = args.methods or list(SUPPORTED)
+        args.methods = args.methods or supported_methods("qwen25vl")
         args.limit = len(QWEN_IMAGES)
         fixture = write_qwen_fixture(runs / "fixture")
     else:

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .families import from_model
+from .families import FRONTS, check_method, from_model
 from .pruning import PruneContext, build_method, check_budget_ratio, default_params, reads_question_text
 
 __all__ = ["PruneHandle", "prune", "pruned"]
@@ -95,8 +95,8 @@ class PruneHandle:
             raise UserError(f"budget={budget} is outside 1..{self._lm.num_patches} (vision tokens of this model)")
         self.budget = budget
         # Qwen2.5-VL: each image keeps this share of its own tokens (svdprune/qwen25vl.py); budget is then unused
-        self.budget_ratio = self.method.budget_ratio = check_budget_ratio(budget_ratio, self._lm.family, method_name)
-        from .families import check_method
+        capabilities = FRONTS[self._lm.family].CAPABILITIES
+        self.budget_ratio = self.method.budget_ratio = check_budget_ratio(budget_ratio, capabilities, method_name)
 
         check_method(self._lm, self.method)  # a method the family does not run (Qwen2.5-VL), then its own checks
         self._decoding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -349,7 +349,7 @@ def _output(family: str, logits, loss, cache, extra: dict):
 def prune(model, method: str = "svd", budget: int = 64, *, budget_ratio: float | None = None, seed: int = 0,
           tokenizer=None, **params) -> PruneHandle:
     """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration`` or
-    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL: ``svdprune.qwen25vl.SUPPORTED``; a
+    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL: ``svdprune.families.supported_methods("qwen25vl")``; a
     decoder-side method there takes images of one size per call).
 
     params: the method's parameters as in ``configs/method/<method>.yaml`` (its defaults are used for the rest),

@@ -58,24 +58,47 @@ def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
     return llava_from_model(model, tokenizer)
 
 
+FRONTS = {"llava15": llava15, "qwen25vl": qwen25vl}  # model.family -> the family's front
+
+
+def supported_methods(family: str) -> list[str]:
+    """The methods family ``family`` runs: those whose ``needs`` it provides, in registry order."""
+    provides = FRONTS[family].CAPABILITIES
+    return [name for name, cls in METHODS.items() if not set(cls.needs) - provides]
+
+
+def check_family_method(family: str, name: str) -> None:
+    """One-line UserError when family ``family`` lacks a capability method ``name`` needs, naming why (before any model
+    loads: harness/settings.py)."""
+    front_module = FRONTS[family]
+    missing = sorted(set(METHODS[name].needs) - front_module.CAPABILITIES)
+    if missing:
+        why = "; ".join(front_module.LACKS.get(c, f"it needs {c}, which this family does not provide") for c in missing)
+        raise UserError(f"method={name} does not run on {front_module.LABEL}: {why}; methods that do: "
+                        f"{', '.join(supported_methods(family))}")
+
+
 def check_method(lm: LoadedModel, method) -> None:
-    """Raise UserError if ``method`` cannot run on ``lm``: a method its model family does not support (with the
-    reason, svdprune/qwen25vl.py), then the method's own checks (schedule depth, budget)."""
-    if lm.family == "qwen25vl":
-        qwen25vl.check_method(method_name(method))
+    """Raise UserError if ``method`` cannot run on ``lm``: a capability its model family lacks (with the reason), then
+    the method's own checks (schedule depth, budget)."""
+    name = method_name(method)
+    if name in METHODS:
+        check_family_method(lm.family, name)
+    check_family = getattr(method, "check_family", None)  # a wrapper (a timing harness) may have only check()
+    if check_family is not None:
+        check_family(FRONTS[lm.family].CAPABILITIES)
     method.check(lm)
 
 
 def method_name(method) -> str:
-    """The registry name (``METHODS``) of a method object, or its class name."""
-    target = f"{type(method).__module__}:{type(method).__name__}"
-    return next((name for name, path in METHODS.items() if path == target), type(method).__name__)
+    """The registry name of a method object (its class's ``name``), or its class name."""
+    return getattr(type(method), "name", None) or type(method).__name__
 
 
 def front(lm: LoadedModel):
     """The model family's front of the engine: the module :mod:`svdprune.llava15` or :mod:`svdprune.qwen25vl`. Each
     has ``preprocess(lm, image)``, ``generate(...)`` and ``generate_by_image(...)`` with the contracts below."""
-    return qwen25vl if lm.family == "qwen25vl" else llava15
+    return FRONTS[lm.family]
 
 
 def preprocess(lm: LoadedModel, image: Image.Image):

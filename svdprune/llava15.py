@@ -20,6 +20,13 @@ from .pruning import PruneContext, TokenState, reads_question_text
 from .surgery import (Generation, finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
                       shares_prefix)
 
+LABEL = "LLaVA-1.5"
+#: what this family provides to the methods (their ``needs``, svdprune/pruning.py): a CLIP vision tower with a [CLS]
+#: token and its attention, whose encoder layers a method may prune inside, whose text tower scores patches against
+#: the question, and one token count (576) for every image
+CAPABILITIES = frozenset({"cls_attention", "vision_layers", "clip_text", "fixed_grid"})
+LACKS: dict[str, str] = {}
+
 
 def preprocess(lm: LoadedModel, image: Image.Image) -> torch.Tensor:
     """LLaVA-1.5's pixels of one image: padded to a square with the mean colour, resized to 336 px, normalised

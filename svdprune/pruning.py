@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
+from collections.abc import Mapping
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,14 +75,31 @@ class BudgetMixin:
     of its settings against the model family."""
 
     budget: int
-    #: the method's parameters, their types and allowed values (svdprune/params.py); none by default
+    #: the registry name (``method=<name>``), the label in tables, whether the SVD-Prune paper compares it (Table 1),
+    #: and its row in Table 1 (rows in increasing order)
+    name: str
+    label: str
+    in_paper: bool = False
+    table_row: int = 1000
+    #: capabilities a model family must provide to run the method (svdprune/families.py: ``CAPABILITIES``)
+    needs: frozenset = frozenset()
+    #: True when every patch still reaches some token the LLM sees (merged or pooled in; eval/evidence.py)
+    reaches_all: bool = False
+    #: the method's parameters, their types, allowed values and defaults (svdprune/params.py); none by default
     PARAMS: dict = {}
+
+    @classmethod
+    def shallow_params(cls, budget: int, n_layers: int) -> dict:
+        """Parameters that fit the method's LLaVA-7B schedule to a shallow LLM of ``n_layers`` decoder layers (the
+        project's mini and scenes models, harness/mini_protocol.py and scenes_protocol.py); {} when it needs none."""
+        return {}
     #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/qwen25vl.py)
     budget_ratio: float | None = None
 
-    def check_family(self, family: str) -> None:
-        """Raise UserError if the method's settings cannot run on model family ``family`` (``llava15``, ``qwen25vl``);
-        called by the runner before the model loads (e.g. a budget without a schedule on LLaVA-1.5)."""
+    def check_family(self, capabilities: frozenset) -> None:
+        """Raise UserError if the method's settings cannot run on a model family that provides ``capabilities`` (its
+        ``CAPABILITIES``, svdprune/families.py); called before the model loads and again with the loaded model (e.g. a
+        budget without a schedule where every image has the same token count)."""
 
     def with_budget(self, budget: int):
         """This method with another budget and every other setting the same (a shallow copy). A method that derives
@@ -90,16 +109,17 @@ class BudgetMixin:
         return clone
 
 
-def check_budget_ratio(value, family: str, method: str) -> float | None:
+def check_budget_ratio(value, capabilities: frozenset, method: str) -> float | None:
     """``budget_ratio``: None, or a share in (0, 1] of each image's own tokens, for a model family whose images have
-    their own token counts (Qwen2.5-VL; LLaVA-1.5's are always 576: ``budget`` says it exactly)."""
+    their own token counts (no ``fixed_grid`` among its ``capabilities``: Qwen2.5-VL; LLaVA-1.5's are always 576:
+    ``budget`` says it exactly)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise UserError(f"budget_ratio={value!r}; allowed: a share in (0, 1] of each image's tokens, or null")
-    if family != "qwen25vl":
-        raise UserError(f"budget_ratio={value} is for models whose images have their own token counts (model.family "
-                        "qwen25vl); LLaVA-1.5 has 576 per image: use budget=N")
+    if "fixed_grid" in capabilities:
+        raise UserError(f"budget_ratio={value} is for models whose images have their own token counts (Qwen2.5-VL); "
+                        "this model gives every image the same count (LLaVA-1.5: 576): use budget=N")
     if method == "vanilla":
         raise UserError("budget_ratio with method=vanilla: vanilla keeps every token; leave budget_ratio unset")
     return float(value)
@@ -137,7 +157,9 @@ class EncoderPruner(BudgetMixin):
 class Vanilla(EncoderPruner):
     """No pruning: all N patch features go to the LLM (LLaVA-1.5 as published)."""
 
+    name, label, in_paper, table_row = "vanilla", "Vanilla", True, 0
     kind = "none"
+    reaches_all = True
 
     def __init__(self, budget: int | None = None):
         self.budget = budget
@@ -254,35 +276,75 @@ def reads_question_text(method) -> bool:
     return method.kind != "decoder" and method.question_dependent
 
 
-# name -> "module:Class". Baselines add their line here; their module is imported only when chosen.
-METHODS: dict[str, str] = {
-    "vanilla": "svdprune.pruning:Vanilla",
-    "svd": "svdprune.svd:SvdPrune",
-    "tome": "baselines.tome:ToMe",
-    "visionzip": "baselines.visionzip:VisionZip",
-    "trim": "baselines.trim:Trim",
-    "fastervlm": "baselines.fastervlm:FasterVLM",
-    "divprune": "baselines.divprune:DivPrune",
-    "random": "baselines.random_k:RandomK",
-    "pooling": "baselines.pooling:SpatialPooling",
-    "fastv": "baselines.fastv:FastV",
-    "pyramiddrop": "baselines.pyramiddrop:PyramidDrop",
-    "sparsevlm": "baselines.sparsevlm:SparseVLM",
-    "vispruner": "baselines.vispruner:VisPruner",
-    "cdpruner": "baselines.cdpruner:CDPruner",
-    "dart": "baselines.dart:Dart",
-    "holov": "baselines.holov:HoloV",
-    "tokencarve": "baselines.tokencarve:TokenCarve",
-    "flowcut": "baselines.flowcut:FlowCut",
-}
+# ---------------------------------------------------------------------------------------------- the registry
+#
+# A method is one file: its class carries ``@register`` and describes itself (``name``, ``label``, ``kind``,
+# ``in_paper``, ``table_row``, ``needs``, ``reaches_all``, ``PARAMS``, ``shallow_params``). Every module of the
+# ``baselines`` package (and ``svdprune.svd``) is imported the first time the registry is read, so a new file there
+# registers itself with no other file edited. The registry is read through :data:`METHODS`.
+
+_REGISTERED: dict[str, type] = {}
+#: where methods live: these modules, and every module of these packages (names starting with "_" are helpers)
+METHOD_MODULES = ("svdprune.svd",)
+METHOD_PACKAGES = ("baselines",)
+
+
+def register(cls: type) -> type:
+    """Class decorator: add a method class to the registry under ``cls.name`` (checked: a name once, declared
+    parameters matching the constructor's)."""
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute name = '<method name>' to be registered")
+    if name in _REGISTERED and _REGISTERED[name] is not cls:
+        raise TypeError(f"method name {name!r} is taken by {_REGISTERED[name].__module__}.{_REGISTERED[name].__name__}")
+    accepted = {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "budget")}
+    if set(cls.PARAMS) != accepted:
+        raise TypeError(f"{cls.__name__}.PARAMS declares {sorted(cls.PARAMS)} but __init__ takes {sorted(accepted)}")
+    _REGISTERED[name] = cls
+    return cls
+
+
+class _Registry(Mapping):
+    """name -> method class, filled on first use by importing the method modules (see :func:`register`)."""
+
+    def __init__(self):
+        self._loaded = False
+
+    def _load(self) -> dict[str, type]:
+        if not self._loaded:
+            import pkgutil
+
+            self._loaded = True
+            for module in METHOD_MODULES:
+                importlib.import_module(module)
+            for package_name in METHOD_PACKAGES:
+                package = importlib.import_module(package_name)
+                for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+                    if not info.name.startswith("_"):
+                        importlib.import_module(f"{package_name}.{info.name}")
+        return _REGISTERED
+
+    def __getitem__(self, name: str) -> type:
+        return self._load()[name]
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+register(Vanilla)
+
+#: every registered method: name -> class (in registration order: vanilla, svd, then the baselines by file name)
+METHODS: Mapping[str, type] = _Registry()
 
 
 def method_class(name: str) -> type:
     """The class registered as method ``name`` (its module imported); one-line UserError for an unknown name."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
-    module_name, class_name = METHODS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return METHODS[name]
 
 
 def check_method_params(name: str, params: dict[str, Any]) -> None:

@@ -27,8 +27,9 @@ Batches: the vision tower runs once per distinct image; vanilla and encoder-side
 prompt prefix once (:class:`QwenPrefix`) and each question only its suffix, as LLaVA-1.5's by-image path does;
 decoder-side methods prefill whole prompts, in groups of equal image size (:func:`decoder_parts`).
 
-Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run (:data:`SUPPORTED`); the
-others are refused with the reason (:data:`UNSUPPORTED`).
+Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run; a method that needs what
+this family lacks (:data:`LACKS`: a [CLS] token, CLIP's layers or text tower, one token count for every image) is
+refused with the reason (:func:`svdprune.families.check_method`).
 """
 from __future__ import annotations
 
@@ -52,25 +53,18 @@ TOKEN_PIXELS = 28 * 28  # pixels per LLM token: 14 px patches, 2 x 2 merged
 # the model card's preprocessor_config.json (Qwen/Qwen2.5-VL-7B-Instruct)
 DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS = 3136, 12845056
 
-SUPPORTED = ("vanilla", "svd", "random", "divprune", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart")
-_CLS = "reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] token"
-UNSUPPORTED = {
-    "visionzip": _CLS, "fastervlm": _CLS, "vispruner": _CLS,
-    "holov": _CLS + " (the authors' Qwen2.5-VL version, qwen-model-HoloV, is not ported here yet)",
-    "flowcut": "prunes inside CLIP's layers by [CLS] flow; the authors' Qwen version (FlowCut_Qwen) is not ported here "
-               "yet",
-    "tome": "merges inside the CLIP tower's layers; no Qwen2.5-VL version is published by its authors or ported here",
-    "trim": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
-    "cdpruner": "scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
-    "tokencarve": "not ported to Qwen2.5-VL yet (no Qwen version is published by its authors)",
+LABEL = "Qwen2.5-VL"
+#: what this family provides to the methods (their ``needs``, svdprune/pruning.py), and why it lacks the rest: a
+#: method that needs one of these is refused with the reason (svdprune.families.check_method)
+CAPABILITIES = frozenset()
+LACKS = {
+    "cls_attention": "it reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] "
+                     "token",
+    "vision_layers": "it works inside CLIP's encoder layers, and Qwen2.5-VL's vision tower is not CLIP",
+    "clip_text": "it scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
+    "fixed_grid": "its schedule is fitted to one token count for every image (LLaVA-1.5's 576), and Qwen2.5-VL's images "
+                  "each have their own",
 }
-
-
-def check_method(name: str) -> None:
-    """One-line UserError for a method that does not run on Qwen2.5-VL, with the reason."""
-    if name not in SUPPORTED:
-        reason = UNSUPPORTED.get(name, "not ported to Qwen2.5-VL")
-        raise UserError(f"method={name} does not run on Qwen2.5-VL: {reason}; methods that do: {', '.join(SUPPORTED)}")
 
 
 # ---------------------------------------------------------------- inputs

@@ -29,7 +29,7 @@ import torch
 
 from .errors import UserError
 from .params import Choice, Flag, Number
-from .pruning import EncoderPruner
+from .pruning import EncoderPruner, register
 
 WEIGHTINGS = ("uniform", "sigma")
 ENERGIES = ("s2", "sigma")
@@ -130,8 +130,11 @@ def select_tokens(x: torch.Tensor, budget: int, tau: float = 0.9, **options) -> 
     return top_k_raster(leverage_scores(x, tau, **options), budget)
 
 
+@register
 class SvdPrune(EncoderPruner):
     """Encoder-side pruner: keeps ``budget`` patch features by leverage score (see module docstring)."""
+
+    name, label, in_paper, table_row = "svd", "SVD-Prune", True, 120
 
     kind = "encoder"
 

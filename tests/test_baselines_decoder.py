@@ -392,12 +392,14 @@ def test_schedules_that_do_not_fit_the_model_are_clear_errors(tiny, random_image
 def test_budgets_without_a_schedule_are_refused_on_llava(tiny, name, match):
     """LLaVA runs the table as it is; a budget without an entry is refused before anything runs (Qwen2.5-VL fits the
     schedule per image instead: tests/test_qwen25vl.py)."""
+    from svdprune.families import FRONTS, check_method
+
     method = build_method(name, 100, config_params(name))
     with pytest.raises(UserError, match=match):
-        method.check(tiny)
+        check_method(tiny, method)
     with pytest.raises(UserError, match=match):  # what the runner asks before loading the model
-        method.check_family("llava15")
-    method.check_family("qwen25vl")
+        method.check_family(FRONTS["llava15"].CAPABILITIES)
+    method.check_family(FRONTS["qwen25vl"].CAPABILITIES)
 
 
 def test_pyramiddrop_fit_rule_gives_the_table_on_llava_geometry():

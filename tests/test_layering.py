@@ -1,5 +1,6 @@
 """Imports go one way: svdprune/ + baselines/ (model, methods) <- eval/ (data, scorers, reports) <- harness/."""
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,43 @@ def test_no_import_cycles():
 def test_the_engine_imports_no_family():
     """svdprune/surgery.py is the LLM half every family shares; svdprune/families.py is the one place that picks one."""
     assert not _import_graph()["svdprune.surgery"] & {"svdprune.llava15", "svdprune.qwen25vl", "svdprune.families"}
+
+
+FAMILY_NAMES = ("llava15", "qwen25vl")
+ENGINE_FILES = ("svdprune/surgery.py", "svdprune/pruning.py", "svdprune/params.py")
+
+
+def _code_words(path: Path) -> set[str]:
+    """Names, attributes and string constants of a module's code (docstrings and comments left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    words = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(re.findall(r"[A-Za-z0-9_]+", node.value))
+    return words
+
+
+def _method_files() -> list[Path]:
+    return [ROOT / "svdprune" / "svd.py", *sorted(p for p in (ROOT / "baselines").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", [*ENGINE_FILES, *(str(p.relative_to(ROOT)) for p in _method_files())])
+def test_engine_and_methods_name_no_family(path):
+    """The engine and the method files read what a family declares (capabilities), never its name."""
+    assert not _code_words(ROOT / path) & set(FAMILY_NAMES)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_family_names_no_method(family):
+    """A family declares what it provides; which methods run follows from their ``needs`` (vanilla, the no-cut
+    identity the fronts use for an image at or under its budget, excepted)."""
+    from svdprune.pruning import METHODS
+
+    assert not _code_words(ROOT / "svdprune" / f"{family}.py") & (set(METHODS) - {"vanilla"})

@@ -15,8 +15,8 @@ from PIL import Image
 from baselines.divprune import cosine_distance, max_min_select
 from svdprune import qwen25vl
 from svdprune.errors import UserError
-from svdprune.pruning import PruneContext, TokenState, Vanilla, build_method, default_params
-from svdprune.families import generate, generate_by_image
+from svdprune.pruning import METHODS, PruneContext, TokenState, Vanilla, build_method, default_params
+from svdprune.families import generate, generate_by_image, supported_methods
 from svdprune.surgery import greedy, new_cache, prefill
 
 SIZES = [(300, 420), (224, 224), (448, 300), (100, 120)]  # 165, 64, 176 and 16 tokens at max_pixels 448 x 448
@@ -92,7 +92,7 @@ def test_vanilla_equals_hf_generate(qwen, inputs):
             torch.testing.assert_close(logits[k], qwen.model(**hf).logits[0, -1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", qwen25vl.SUPPORTED[1:])
+@pytest.mark.parametrize("name", supported_methods("qwen25vl")[1:])
 def test_methods_batched_equal_one_question_at_a_time(qwen, images, inputs, name):
     keys = [0, 1, 2, 3, 0]
     questions = QUESTIONS + ["Is it red?"]
@@ -229,7 +229,7 @@ def test_decoding_continues_after_the_last_prompt_position(qwen, inputs):
     assert groups[-1].next_position.tolist() == [[int(full[0].positions.max()) + 1]] * 3
 
 
-@pytest.mark.parametrize("name", sorted(qwen25vl.UNSUPPORTED))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(supported_methods("qwen25vl"))))
 def test_unsupported_methods_are_refused_with_the_reason(qwen, inputs, name):
     params = default_params(name)
     if "clip_path" in params:  # TRIM's and CDPruner's CLIP: the random tiny one (no download)
@@ -436,7 +436,7 @@ def test_the_memory_model_says_it_covers_llava_only():
 
 # ------------------------------------------------------------------------------------------ svdprune.prune()
 
-@pytest.mark.parametrize("name", qwen25vl.SUPPORTED)
+@pytest.mark.parametrize("name", supported_methods("qwen25vl"))
 def test_prune_api_equals_the_engine(qwen, inputs, name):
     """``svdprune.prune`` on a Qwen2_5_VLForConditionalGeneration + HF ``generate`` on the processor's inputs (pads,
     patches, grids) gives the engine's answers and per-question records: one mechanism. Encoder-side methods: the
