@@ -122,7 +122,8 @@ class CDPruner(EncoderPruner):
     question_dependent = True  # the relevance follows the instruction's CLIP text embedding
 
     #: declared parameters (svdprune/params.py): checked at every entry point before the method is built
-    PARAMS = {"clip_path": Text(default="openai/clip-vit-large-patch14-336"), "revision": Text(nullable=True, default=None)}
+    PARAMS = {"clip_path": Text(default="openai/clip-vit-large-patch14-336"),
+              "revision": Text(nullable=True, default=None)}
 
     def __init__(self, budget: int, clip_path: str = "openai/clip-vit-large-patch14-336",
                  revision: str | None = None):
@@ -145,10 +146,7 @@ class CDPruner(EncoderPruner):
         check_runtime_budget(NAME, self.budget, features.shape[1])
         if context.questions is None or len(context.questions) != features.shape[0]:
             raise UserError(f"{NAME} needs one question per image")
-        if context.model is None:
-            raise ValueError("CDPruner needs context.model (the LLaVA model) for its projector")
-        projector = context.model.model.multi_modal_projector
-        embeddings = projector(features.to(next(projector.parameters()).dtype))  # (B, N, d)
+        embeddings = context.project(features)  # (B, N, d)
         texts = [self.clip.segment_embeds(self.instruction_text(q, context.instruction), features.device)
                  for q in context.questions]
         keep = cdpruner_select(embeddings, self.clip.image_embeds(features), texts, self.budget)

@@ -145,7 +145,7 @@ class Dart(DecoderPruner):
         state = view.state
         keys = layer_keys(view.layers[layer_idx], view.layer_input, view.position_embeddings)  # (B, L, H*D)
         key_norms = torch.norm(keys, p=1, dim=-1)  # (B, L) L1, the released call
-        states = view.context.model.model.language_model.norm(state.hidden)  # (B, L, d) the final RMSNorm
+        states = view.context.final_norm(state.hidden)  # (B, L, d) the final RMSNorm
         image_pos = image_positions(state.is_image)  # (B, n) slots, ascending
         keep_local, records = [], []
         for row in range(state.hidden.shape[0]):

@@ -4,7 +4,7 @@ Reference: vbdi/divprune, ``LLaVA/llava/model/llava_arch.py`` (``LlavaMetaForCau
 ``pairwise_cosine_similarity`` and the call in ``prepare_inputs_labels_for_multimodal``). Training-free.
 
 A max-min diversity (farthest point) selection on the **projected** image tokens (the LLM-input embeddings
-of the 576 patches, i.e. after LLaVA's projector ``context.model.model.multi_modal_projector``):
+of the 576 patches, i.e. after the projector, ``context.project``):
 
 * distance d(i, j) = 1 - cosine(e_i, e_j);
 * first pick: the token whose nearest neighbour is farthest -- per token the second smallest value of
@@ -78,19 +78,10 @@ class DivPrune(EncoderPruner):
     def check(self, lm) -> None:
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
-    @staticmethod
-    def project(features: torch.Tensor, context) -> torch.Tensor:
-        """(B, N, Dv) vision features -> (B, N, d) LLM-input embeddings through LLaVA's projector."""
-        if context.model is None:
-            raise ValueError("DivPrune needs context.model (the LLaVA model) for its projector")
-        projector = context.model.model.multi_modal_projector
-        dtype = next(projector.parameters()).dtype
-        return projector(features.to(dtype))
-
     @torch.no_grad()
     def reduce(self, features, context):
         check_runtime_budget(NAME, self.budget, features.shape[1])
-        embeddings = features if context.features_are_llm_inputs else self.project(features, context)  # (B, N, d)
+        embeddings = features if context.features_are_llm_inputs else context.project(features)  # (B, N, d)
         picks = max_min_select(cosine_distance(embeddings), self.budget)
         keep = torch.sort(picks, dim=-1).values
         context.record(kept_indices=keep.tolist())

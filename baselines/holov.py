@@ -137,10 +137,7 @@ class HoloV(EncoderPruner):
     @torch.no_grad()
     def reduce(self, features, context):
         attention = unstash(context, "holov_attention", NAME)
-        if context.model is None:
-            raise ValueError("HoloV needs context.model (the LLaVA model) for its projector")
-        projector = context.model.model.multi_modal_projector
-        tokens = projector(features.to(next(projector.parameters()).dtype))  # (B, N, d) what the released code scores
+        tokens = context.project(features)  # (B, N, d) what the released code scores
         batch = features.shape[0]
         keep = torch.zeros(batch, self.budget, dtype=torch.long, device=features.device)
         zero = torch.zeros(batch, self.budget, dtype=torch.bool, device=features.device)

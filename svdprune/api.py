@@ -211,7 +211,7 @@ class PruneHandle:
             raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images in pixel_values "
                             f"(one per prompt, LLaVA-1.5); got {got}")
         questions = self._question_texts(rows) if reads_question_text(method) else None
-        context = PruneContext(questions=questions, seed=self.seed, model=lm.model, instruction=None)
+        context = PruneContext(questions=questions, seed=self.seed, model=lm.model, lm=lm, instruction=None)
         # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
         embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
         k = embeds.shape[1]
@@ -246,7 +246,7 @@ class PruneHandle:
             sizes = sorted({image.num_tokens for image in images})
             raise UserError(f"svdprune: {self.method_name} cuts inside the LLM, which needs the images of one call to "
                             f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
-        context = PruneContext(questions=None, seed=self.seed, model=lm.model, instruction=None)
+        context = PruneContext(questions=None, seed=self.seed, model=lm.model, lm=lm, instruction=None)
         return (qwen25vl._state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows],
                 qwen25vl.stat_columns([row.stats for row in q_rows]))
 

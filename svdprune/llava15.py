@@ -55,6 +55,8 @@ def encode_images(lm: LoadedModel, method, pixel_values: torch.Tensor, context: 
     without float32 pixels (a caller that skipped :func:`to_model`) gets ``pixel_values`` as them."""
     if context.pixels_float32 is None:
         context.pixels_float32 = pixel_values
+    if context.lm is None:  # a context made by the caller: the family fills what methods read
+        context.lm = lm
     features = method.encode(lm.vision_tower, pixel_values, lm.feature_layer, context)  # (B, N, Dv)
     kept = method.reduce(features, context)  # (B, k, Dv)
     _forget_vision(context)
@@ -93,6 +95,8 @@ def build_inputs_from_ids(lm: LoadedModel, rows: list[list[int]], image_embeds: 
 def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: torch.Tensor, context: PruneContext,
                    max_new_tokens: int, stats: dict | None = None) -> Generation:
     """Whole-prompt prefill (with the method's decoder-side cuts) + greedy decoding; image_embeds (B, k, d)."""
+    if context.lm is None:  # a context made by the caller: the family fills what methods read
+        context.lm = lm
     state = build_inputs(lm, prompts, image_embeds)
     prompt_lengths = (~state.padding).sum(-1).tolist()
     cache = new_cache(lm)
@@ -106,7 +110,7 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
              instruction: str | None, max_new_tokens: int = 128, seed: int = 0) -> Generation:
     """:func:`svdprune.families.generate` on LLaVA-1.5 (the caller has checked the method): the per-question path,
     every row pays for its own image and whole prompt; the reference :func:`generate_by_image` is tested against."""
-    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     pixels = torch.stack([preprocess(lm, image) for image in images])
     image_embeds = encode_images(lm, method, to_model(lm, pixels, context), context)
     prompts = [vicuna_prompt(q, instruction) for q in questions]
@@ -175,7 +179,7 @@ def encode_prefixes(lm: LoadedModel, method, pixel_values: torch.Tensor, *, inst
     """Vision tower, encoder-side cut, projector and (where :func:`shares_prefix`) the prefix prefill of n
     distinct images (pixel_values (n, 3, S, S)). The method's context has no questions (``None``): a method
     that reads them must declare ``question_dependent``."""
-    context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     embeds = encode_images(lm, method, to_model(lm, pixel_values, context), context)  # (n, k, d)
     prefix_ids, _ = split_prompt(lm, vicuna_prompt("", instruction), embeds.shape[1])
     kv = prefill_prefixes(lm, prefix_ids, embeds) if shares_prefix(method) else None
@@ -205,7 +209,7 @@ def _expand_context(image_context: PruneContext, n: int, index: torch.Tensor, qu
                     lm, instruction: str | None) -> PruneContext:
     """A per-question context from the one of n images: vision hidden states and encoder_aux tensors of the
     image stage repeated per row (index (B,) -> image), per-image stats repeated per row."""
-    context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     if image_context.vision_hidden_states is not None:
         context.vision_hidden_states = tuple(h.index_select(0, index) for h in image_context.vision_hidden_states)
     context.encoder_aux = {key: value.index_select(0, index) if isinstance(value, torch.Tensor) else value
@@ -219,7 +223,7 @@ def _generate_question_dependent(lm, method, prompts, questions, pixel_values, r
                                  max_new_tokens, seed) -> Generation:
     """Encoder-side selection that reads the question (TRIM): the vision tower runs once per distinct image,
     ``reduce`` once per question, the whole prompt is prefilled per question."""
-    image_context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    image_context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     features = method.encode(lm.vision_tower, to_model(lm, pixel_values, image_context), lm.feature_layer,
                              image_context)  # (n, N, Dv)
     index = torch.tensor(row_image, device=features.device)
@@ -271,7 +275,7 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     rows = [prefixes[key] for key in image_keys]
     stats = _row_stats([prefixes[key].stats for key in distinct], row_image)
     if not shares_prefix(method):
-        context = PruneContext(questions=questions, seed=seed, model=lm.model, instruction=instruction)
+        context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=instruction)
         embeds = torch.stack([row.embeds for row in rows])  # (B, N, d)
         return _generate_full(lm, method, prompts, embeds, context, max_new_tokens, stats)
 

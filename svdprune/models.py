@@ -65,6 +65,11 @@ class LoadedModel:
     def language_model(self):
         return self.model.model.language_model
 
+    @property
+    def final_norm(self):
+        """The LLM's final norm (before the LM head)."""
+        return self.language_model.norm
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":

@@ -44,11 +44,15 @@ class PruneContext:
     """
 
     def __init__(self, questions: list[str], seed: int = 0, model: nn.Module | None = None,
-                 instruction: str | None = None):
+                 instruction: str | None = None, lm=None):
         self.questions = questions
         self.instruction = instruction  # the answer instruction the prompt appends after the question
         self.seed = seed
         self.model = model
+        # the loaded model as its family describes it (svdprune.models.LoadedModel: projector, final norm, vision
+        # tower); the family's front sets it, and methods read modules through it (project, final_norm), never through
+        # HF attribute paths
+        self.lm = lm
         self.vision_hidden_states: tuple[torch.Tensor, ...] | None = None
         # the preprocessed pixels (B, 3, H, W) as float32, before the cast to the model dtype: what a method
         # derives per-image randomness from, so that it does not depend on the dtype (random-k)
@@ -63,6 +67,20 @@ class PruneContext:
         # padding): the engine zeroes those slots after the projector
         self.zero_slots: torch.Tensor | None = None
         self.stats: dict[str, Any] = defaultdict(list)
+
+    def _loaded(self, what: str):
+        if self.lm is None:
+            raise ValueError(f"{what} needs context.lm (set by the model family's front)")
+        return self.lm
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, Dv) vision features -> (B, N, d) LLM-input embeddings through the family's projector, in its dtype."""
+        projector = self._loaded("project").projector
+        return projector(features.to(next(projector.parameters()).dtype))
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LLM's final norm (what its LM head reads) applied to hidden states (B, L, d)."""
+        return self._loaded("final_norm").final_norm(hidden)
 
     def record(self, **per_image: list) -> None:
         """Store per-image values (each a list of length B), e.g. ``record(rank=[...])``."""

@@ -185,7 +185,7 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: QwenImage, seed
         return tokens, raster_cells(torch.arange(n), w), {}
     if method.budget_ratio is not None:
         method = method.with_budget(image_budget(method, n))
-    context = PruneContext(questions=None, seed=seed, model=lm.model, instruction=instruction)
+    context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     context.pixels_float32 = image.patches[None]  # what per-image randomness derives from (random-k)
     context.features_are_llm_inputs = True  # the merger ran: DivPrune measures distances on these as they are
     context.token_grid = (h, w)  # the image's own grid shape (pooling)
@@ -324,7 +324,7 @@ def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: l
     for members, part_method in decoder_parts(lm, method, rows):
         group = [rows[i] for i in members]
         state = _state(lm, group)
-        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model,
+        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model, lm=lm,
                                instruction=instruction)
         cache = new_cache(lm)
         last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)

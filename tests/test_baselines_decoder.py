@@ -108,7 +108,7 @@ def run(lm, method, questions, images, steps=6, seed=0):
 
 
 def prompt_state(lm, method, questions, images, seed=0):
-    context = PruneContext(questions=questions, seed=seed, model=lm.model)
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm)
     pixels = torch.stack([preprocess_image(img) for img in images])
     embeds = encode_images(lm, method, pixels, context)
     return build_inputs(lm, [vicuna_prompt(q, INSTRUCTION) for q in questions], embeds), context

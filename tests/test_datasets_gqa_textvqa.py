@@ -204,7 +204,8 @@ def test_gqa_hub_needs_revision():
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(UserError, match="dataset.source='s3' is not allowed for GQA; allowed: auto, hf_disk, hub, llava"):
+    with pytest.raises(UserError,
+                       match="dataset.source='s3' is not allowed for GQA; allowed: auto, hf_disk, hub, llava"):
         load_dataset(gqa_cfg(tmp_path, source="s3"))
 
 

@@ -73,7 +73,7 @@ def reference_fastervlm(attn, k):
 def test_fastervlm_matches_eager_reference(tiny, eager, pixels, budget):
     _, out = eager
     method = FasterVLM(budget=budget)
-    context = PruneContext(["q", "q"], model=tiny.model)
+    context = PruneContext(["q", "q"], model=tiny.model, lm=tiny)
     features = method.encode(tiny.vision_tower, pixels, -2, context)
     kept = method.reduce(features, context)
     for i in range(2):
@@ -120,7 +120,7 @@ def test_visionzip_matches_eager_reference(tiny, eager, pixels, budget):
     _, out = eager
     method = VisionZip(budget=budget)
     dominant, contextual = OFFICIAL_SPLITS[budget]
-    context = PruneContext(["q", "q"], model=tiny.model)
+    context = PruneContext(["q", "q"], model=tiny.model, lm=tiny)
     features = method.encode(tiny.vision_tower, pixels, -2, context)
     got = method.reduce(features, context)
     assert got.shape == (2, budget, features.shape[-1])
@@ -162,7 +162,7 @@ def test_visionzip_impossible_budget(budget):
 def test_every_budget_is_exact_and_deterministic(tiny, pixels, name):
     for budget in BUDGETS + (2, 100, 575):
         method = build_method(name, budget, {})
-        first = encode_images(tiny, method, pixels, PruneContext(["q", "q"], model=tiny.model))
+        first = encode_images(tiny, method, pixels, PruneContext(["q", "q"], model=tiny.model, lm=tiny))
         assert first.shape[:2] == (2, budget)
-    second = encode_images(tiny, method, pixels, PruneContext(["q", "q"], model=tiny.model))
+    second = encode_images(tiny, method, pixels, PruneContext(["q", "q"], model=tiny.model, lm=tiny))
     torch.testing.assert_close(second, first, rtol=0, atol=0)

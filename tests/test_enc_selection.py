@@ -49,7 +49,7 @@ def reference_divprune(embeddings, k):
 
 @pytest.mark.parametrize("budget", [32, 16])
 def test_divprune_matches_reference(tiny, features, budget):
-    context = PruneContext(["q", "q"], model=tiny.model)
+    context = PruneContext(["q", "q"], model=tiny.model, lm=tiny)
     got = DivPrune(budget=budget).reduce(features, context)
     with torch.no_grad():
         embeddings = tiny.projector(features)
@@ -61,7 +61,7 @@ def test_divprune_matches_reference(tiny, features, budget):
 
 def test_divprune_uses_the_projected_space(tiny, features):
     """Selecting on the raw features would give another set: the projector really is used."""
-    context = PruneContext(["q", "q"], model=tiny.model)
+    context = PruneContext(["q", "q"], model=tiny.model, lm=tiny)
     DivPrune(budget=32).reduce(features, context)
     assert context.stats["kept_indices"][0] != reference_divprune(features[0], 32)
 
@@ -75,7 +75,7 @@ def documented_seed(image: torch.Tensor, seed: int) -> int:
 
 def test_random_matches_documented_draw(tiny, pixels):
     method = RandomK(budget=16)
-    context = PruneContext(["q"] * 3, seed=3, model=tiny.model)
+    context = PruneContext(["q"] * 3, seed=3, model=tiny.model, lm=tiny)
     context.pixels_float32 = pixels  # as llava15.to_model hands them over
     features = method.encode(tiny.vision_tower, pixels, -2, context)
     out = method.reduce(features, context)
@@ -90,7 +90,7 @@ def test_random_matches_documented_draw(tiny, pixels):
 
 def test_random_seed_batch_and_sharing(tiny, pixels):
     def kept(method, images, seed):
-        context = PruneContext(["q"] * len(images), seed=seed, model=tiny.model)
+        context = PruneContext(["q"] * len(images), seed=seed, model=tiny.model, lm=tiny)
         context.pixels_float32 = images
         method.reduce(method.encode(tiny.vision_tower, images, -2, context), context)
         return context.stats["kept_indices"]
@@ -154,9 +154,9 @@ def test_pooling_impossible_budget(budget):
 def test_every_budget_is_exact_and_deterministic(tiny, pixels, name):
     for budget in BUDGETS:
         method = build_method(name, budget, {})
-        first = encode_images(tiny, method, pixels[:2], PruneContext(["q", "q"], model=tiny.model))
+        first = encode_images(tiny, method, pixels[:2], PruneContext(["q", "q"], model=tiny.model, lm=tiny))
         assert first.shape[:2] == (2, budget)
-    again = encode_images(tiny, method, pixels[:2], PruneContext(["q", "q"], model=tiny.model))
+    again = encode_images(tiny, method, pixels[:2], PruneContext(["q", "q"], model=tiny.model, lm=tiny))
     torch.testing.assert_close(again, first, rtol=0, atol=0)
 
 

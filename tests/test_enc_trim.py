@@ -94,9 +94,13 @@ def test_every_budget_is_exact(clip_folder, features):
 def test_through_the_engine_deterministic(tiny, clip_folder):
     pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(8))
     method = build_method("trim", 16, {"clip_path": str(clip_folder)})
-    out = encode_images(tiny, method, pixels, PruneContext(QUESTIONS, model=tiny.model, instruction=ANSWER_INSTRUCTION))
+
+    def context():
+        return PruneContext(QUESTIONS, model=tiny.model, lm=tiny, instruction=ANSWER_INSTRUCTION)
+
+    out = encode_images(tiny, method, pixels, context())
     assert out.shape[:2] == (2, 16)
-    again = encode_images(tiny, method, pixels, PruneContext(QUESTIONS, model=tiny.model, instruction=ANSWER_INSTRUCTION))
+    again = encode_images(tiny, method, pixels, context())
     torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 

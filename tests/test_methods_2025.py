@@ -251,7 +251,7 @@ def test_holov_zero_slots_reach_the_llm_as_zero_embeddings(tiny, random_images):
 
     pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
                           for img in random_images[:2]])
-    context = PruneContext(questions=None, model=tiny.model)
+    context = PruneContext(questions=None, model=tiny.model, lm=tiny)
     embeds = encode_images(tiny, SinkHoloV(192), to_model(tiny, pixels, context), context)  # (2, 192, d)
     kept = context.stats["kept_indices"]
     assert all(len(k) < 192 for k in kept)  # the sink chunk cannot take its share: the rest is padding
@@ -320,7 +320,7 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
     prompts = [vicuna_prompt(q, ANSWER_INSTRUCTION) for q in questions]
     caches, finals = {}, {}
     for name, method in (("vanilla", Vanilla()), ("tokencarve", TokenCarve(32))):
-        context = PruneContext(questions=questions, model=tiny.model)
+        context = PruneContext(questions=questions, model=tiny.model, lm=tiny)
         state = build_inputs(tiny, prompts, encode_images(tiny, method, to_model(tiny, pixels, context), context))
         caches[name] = new_cache(tiny)
         finals[name], counts, groups = prefill_states(tiny, state, method, context, caches[name])

@@ -95,7 +95,7 @@ def test_shared_prefix_prefill_matches_whole_prompt_prefill(tiny, random_images)
     pixels = torch.stack([preprocess_image(img) for img in images])
     prompts = [vicuna_prompt(q, INSTRUCTION) for q in questions]
     with torch.no_grad():
-        embeds = encode_images(tiny, SvdPrune(16), pixels, PruneContext(questions, model=tiny.model))
+        embeds = encode_images(tiny, SvdPrune(16), pixels, PruneContext(questions, model=tiny.model, lm=tiny))
         full, _, _ = prefill(tiny, build_inputs(tiny, prompts, embeds), Vanilla(576),
                              PruneContext(questions), new_cache(tiny))
         prefix, _ = split_prompt(tiny, prompts[0], 16)
@@ -274,7 +274,7 @@ def test_memory_a_carried_prefix_holds_its_own_image_only(tiny, random_images):
         for keys, values in prefix.kv:
             for t in (keys, values):
                 assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
-    context = PruneContext(["q"] * 3, model=tiny.model)
+    context = PruneContext(["q"] * 3, model=tiny.model, lm=tiny)
     encode_images(tiny, SvdPrune(budget=16), pixels, context)
     assert context.vision_hidden_states is None and context.encoder_aux == {}
 
