@@ -38,10 +38,13 @@ class RandomK(EncoderPruner):
     PARAMS = {"per_image": Flag(default=True)}
 
     def __init__(self, budget: int, per_image: bool = True):
-        self.budget = check_budget(NAME, budget)
+        self.budget = check_budget(NAME, budget, high=None)  # the model's own token count: check() and reduce()
         if not isinstance(per_image, bool):
             raise UserError(f"{NAME}: method.params.per_image={per_image!r}; allowed: true, false")
         self.per_image = per_image
+
+    def check(self, lm) -> None:
+        check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     def seeds(self, context, batch: int) -> list[int]:
         """One seed per image of the batch. Per image: from the float32 pixels the engine put on the context (the

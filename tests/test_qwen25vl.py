@@ -598,7 +598,7 @@ def test_half_precision_loading_equals_from_pretrained(qwen, inputs, tmp_path, d
         assert torch.equal(ours(**hf).logits, theirs(**hf).logits)
 
 
-@pytest.mark.parametrize("name, kept", [("divprune", 600), ("dart", 4 + 8 * (600 // 8)), ("svd", 600)])
+@pytest.mark.parametrize("name, kept", [("divprune", 600), ("dart", 4 + 8 * (600 // 8)), ("svd", 600), ("random", 600)])
 def test_count_budgets_beyond_576_on_a_large_image(tmp_path, name, kept):
     """Budgets are checked against the model's own token counts, not LLaVA-1.5's 576: a 1008 x 672 image has
     36 x 24 = 864 tokens, budget=600 keeps 600 of them (DART: its pivots plus T per pivot, as released)."""
