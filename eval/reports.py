@@ -18,7 +18,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,17 +47,34 @@ class MethodInfo:
     in_paper: bool  # a row of the paper's Table 1
 
 
-def registered_methods() -> dict[str, MethodInfo]:
+class _RegisteredMethods(Mapping):
     """Every registered method as the reports show it, in Table 1's row order (each method's ``table_row``: vanilla,
     encoder-side (the paper's, then the extras, SVD-Prune last), decoder-side): what the method classes declare
-    (svdprune/pruning.py's registry), not a list kept here."""
-    from svdprune.pruning import METHODS as REGISTRY
+    (svdprune/pruning.py's registry), not a list kept here. Read on first use: the registry imports every method
+    module (and torch), which importing this module for its run readers need not pay."""
 
-    return {cls.name: MethodInfo(cls.label, cls.kind, cls.in_paper)
-            for cls in sorted(REGISTRY.values(), key=lambda cls: cls.table_row)}
+    def __init__(self):
+        self._methods: dict[str, MethodInfo] | None = None
+
+    def _load(self) -> dict[str, MethodInfo]:
+        if self._methods is None:
+            from svdprune.pruning import METHODS as REGISTRY
+
+            self._methods = {cls.name: MethodInfo(cls.label, cls.kind, cls.in_paper)
+                             for cls in sorted(REGISTRY.values(), key=lambda cls: cls.table_row)}
+        return self._methods
+
+    def __getitem__(self, name: str) -> MethodInfo:
+        return self._load()[name]
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
-METHODS: dict[str, MethodInfo] = registered_methods()
+METHODS: Mapping[str, MethodInfo] = _RegisteredMethods()
 
 
 def method_info(name: str, kind: str | None = None) -> MethodInfo:

@@ -174,7 +174,7 @@ def question_ids_sha256(ids: Iterable[str]) -> str:
 
 # Config keys that do not change any prediction: they stay out of the run hash, so that
 # e.g. a rerun with a larger limit or another batch size continues the same run. Where the data and the
-# weights are is not part of it either: what they hold is (their fingerprints, harness/identity.py).
+# weights are is not part of it either: what they hold is (their fingerprints, above).
 _NOT_HASHED_MODEL = ("device", "path")
 _NOT_HASHED_DATASET = ("path", "image_folder", "questions_file", "expect_full", "cache_dir", "verify_images")
 

@@ -143,7 +143,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
         merged = _merge_if_complete(out_dir, records, digest, shard)
         if merged is None:
-            print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}{_params_text(method_name, params)}: shard {shard} "
+            print(f"{_run_line_head(dataset.name, method_name, budget, settings.budget_ratio, params)}: shard {shard} "
                   f"answered its {len(mine)} questions ({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
                   f"-> {out_dir}")
             return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
@@ -175,8 +175,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{dataset.name} {method_name} {budget_text(budget, settings.budget_ratio)}{_params_text(method_name, params)}: "
-          f"accuracy {accuracy} on "
+    print(f"{_run_line_head(dataset.name, method_name, budget, settings.budget_ratio, params)}: accuracy {accuracy} on "
           f"{this['n']} questions ({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
     return metrics
 
@@ -193,15 +192,17 @@ def _skipped_in_folder(out_dir: Path, digest: str, skipped: list[str], finished:
     return [q for q in dict.fromkeys(before + skipped) if q not in finished]
 
 
+def _run_line_head(dataset: str, method_name: str, budget: int | None, ratio: float | None, params: dict) -> str:
+    """The start of a run's printed line: ``gqa svd k=16 tau=0.5`` (with the parameters that differ from the
+    defaults, so that the jobs of a parameter sweep say which is which)."""
+    return f"{dataset} {method_name} {budget_text(budget, ratio)}{_params_text(method_name, params)}"
+
+
 def _params_text(method_name: str, params: dict) -> str:
-    """The method parameters that differ from ``configs/method/<name>.yaml``, for the run's printed line
-    (`` tau=0.5``), so that the jobs of a parameter sweep say which is which; "" for the defaults."""
+    """The method parameters that differ from ``configs/method/<name>.yaml`` (`` tau=0.5``); "" for the defaults."""
     from svdprune.pruning import default_params
 
-    try:
-        defaults = default_params(method_name)
-    except UserError:
-        defaults = {}
+    defaults = default_params(method_name)
     changed = [f"{key}={value}" for key, value in params.items() if key not in defaults or defaults[key] != value]
     return "".join(f" {text}" for text in changed)
 
@@ -238,8 +239,6 @@ def _write_errors_are_user_errors(out_dir: Path):
     a file-size limit (``ulimit -f``): each is the user's to fix, never a traceback."""
     try:
         yield
-    except UserError:
-        raise
     except OSError as exc:
         message = write_error_message(exc, out_dir)
         if message is None:

@@ -116,7 +116,7 @@ def check_config(cfg: DictConfig) -> Settings:
     if not isinstance(budget, int) or isinstance(budget, bool):
         raise UserError(f"budget={budget!r} must be an integer number of vision tokens")
     patches = read_num_patches(cfg.model)  # known without loading the model (tiny; a local folder), else None
-    if not 1 <= budget or (patches is not None and budget > patches and not _ignores_budget(cfg.method.name)):
+    if not 1 <= budget or (patches is not None and budget > patches and METHODS[cfg.method.name].kind != "none"):
         high = patches if patches is not None else 576
         raise UserError(f"budget={budget} is outside 1..{high} (vision tokens of {cfg.model.name})")
     budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), FRONTS[family].CAPABILITIES, cfg.method.name)
@@ -183,6 +183,7 @@ def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
     if any(arg.split("=")[0] in _OTHER_CONFIGS for arg in args):
         return  # another config tree: Hydra checks against that one
     parser = OverridesParser.create()
+    known = top_level_keys(configs)
     for previous, arg in zip([""] + args, args):
         if arg.startswith("-") or (previous in _FLAGS_WITH_VALUE and "=" not in previous):
             continue
@@ -196,7 +197,7 @@ def check_overrides(args: list[str], configs: Path = CONFIGS) -> None:
         group = override.key_or_group
         if override.package is None and not override.is_add() and not override.is_force_add() \
                 and not override.is_delete():
-            _check_key(group, override, args, configs)
+            _check_key(group, override, args, configs, known)
         if group not in CHECKED_GROUPS or override.is_delete():
             continue
         if override.is_sweep_override():
@@ -244,7 +245,7 @@ def _group_keys(group: str, choice: str, configs: Path) -> set[str] | None:
     return keys
 
 
-def _check_key(key: str, override, args: list[str], configs: Path) -> None:
+def _check_key(key: str, override, args: list[str], configs: Path, known: list[str]) -> None:
     """A plain ``key=value`` override of a key the configuration does not have (``tau=0.5``, ``budgte=16``,
     ``method.params.taux=0.5``): one line with a "did you mean" where a key of that name or a near spelling exists,
     instead of Hydra's message (Hydra refuses such keys: only ``+key=value`` adds one)."""
@@ -254,7 +255,6 @@ def _check_key(key: str, override, args: list[str], configs: Path) -> None:
         override.sweep_string_iterator()) if override.is_choice_sweep() else None
     shown = f"={value}" if value is not None else ""
     head = key.split(".")[0]
-    known = top_level_keys(configs)
     if head not in GROUPS:
         if head in known:
             return
@@ -290,15 +290,6 @@ def _positive(cfg: DictConfig, key: str, other: str = "null") -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(f"{key}={value!r} must be a positive integer (or {other})")
     return value
-
-
-def _ignores_budget(method: str) -> bool:
-    from svdprune.pruning import method_class
-
-    try:
-        return method_class(method).kind == "none"
-    except Exception:  # noqa: BLE001 - a broken method module is reported when the method is built
-        return False
 
 
 def read_num_patches(model_cfg) -> int | None:

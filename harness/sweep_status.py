@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from harness.sweeps import is_hydra_override
+from harness.sweeps import is_hydra_override, sweeper_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -108,11 +108,8 @@ def find_sweeps(path: Path) -> list[Path]:
 def expand_jobs(multirun) -> list[list[str]]:
     """Each job's overrides, in Hydra's order (hydra.sweeper.params + command-line overrides, as BasicSweeper)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = multirun.hydra.sweeper.get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(multirun.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(arguments)
+    parsed = sweeper_arguments(multirun.hydra.sweeper.get("params"), multirun.hydra.overrides.task)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

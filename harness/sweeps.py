@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from eval.reports import GRID, read_jsonl
-from harness.settings import read_num_patches
+from harness.settings import CONFIGS, check_config, read_num_patches
 
 
 def _num_patches(model_cfg) -> int:
@@ -128,6 +128,14 @@ def is_hydra_override(override: str) -> bool:
     return override.lstrip("+~").startswith(("hydra/", "hydra."))
 
 
+def sweeper_arguments(params, overrides: list[str]) -> list:
+    """What Hydra's basic sweeper expands, parsed: the config's ``hydra.sweeper.params`` axes, then the command-line
+    overrides (a command-line axis replaces the config's axis of the same key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(overrides))
+
+
 def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[str]] | None:
     """The axes of ``python run.py -m <args>``: each key's override strings (``["budget=16", "budget=32"]``), in
     Hydra's order (the experiment's ``hydra.sweeper.params``, then the command line, which replaces an axis of the
@@ -136,16 +144,13 @@ def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[s
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness.settings import CONFIGS
-
     flags = [a for a in args if a.startswith("-")]
     if not flags or any(f not in _RUN_FLAGS for f in flags):
         return None
     overrides = [a for a in args if not a.startswith("-")]
     if any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
         return None
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
+    parsed = OverridesParser.create().parse_overrides(overrides)
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return None  # range/interval sweeps: Hydra's basic sweeper refuses them itself
     # one value per sweep, to read the experiment's sweep axes (hydra.sweeper.params)
@@ -154,9 +159,8 @@ def sweep_axes(args: list[str], configs: Path | None = None) -> dict[str, list[s
     with initialize_config_dir(config_dir=str((configs or CONFIGS).resolve()), version_base="1.3"):
         hydra_cfg = compose("config", overrides=[o for o in first if not is_hydra_override(o)],
                             return_hydra_config=True).hydra
-    params = hydra_cfg.sweeper.get("params") or {}
     axes: dict[str, list[str]] = {}
-    for override in parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides):
+    for override in sweeper_arguments(hydra_cfg.sweeper.get("params"), overrides):
         key = override.get_key_element()
         axes[key] = ([f"{key}={v}" for v in override.sweep_string_iterator()] if override.is_sweep_override()
                      else [f"{key}={override.get_value_element_as_str()}"])
@@ -172,7 +176,6 @@ def check_sweep(args: list[str], configs: Path | None = None) -> list[str]:
     the axis's first budget (a note says so) rather than nowhere."""
     from hydra import compose, initialize_config_dir
 
-    from harness.settings import CONFIGS, check_config
     from svdprune.errors import UserError
 
     axes = sweep_axes(args, configs)

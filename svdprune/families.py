@@ -43,7 +43,6 @@ def load_model(cfg, progress: bool = True) -> LoadedModel:
     raise UserError(f"unknown model.kind {cfg.kind!r}; allowed: pretrained, tiny")
 
 
-
 def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
     """The engine's view of a model someone else loaded: a ``LlavaForConditionalGeneration`` (LLaVA-1.5) or a
     ``Qwen2_5_VLForConditionalGeneration`` (any dtype, any device; used by :func:`svdprune.prune`). Nothing is moved or

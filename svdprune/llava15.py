@@ -95,8 +95,6 @@ def build_inputs_from_ids(lm: LoadedModel, rows: list[list[int]], image_embeds: 
 def _generate_full(lm: LoadedModel, method, prompts: list[str], image_embeds: torch.Tensor, context: PruneContext,
                    max_new_tokens: int, stats: dict | None = None) -> Generation:
     """Whole-prompt prefill (with the method's decoder-side cuts) + greedy decoding; image_embeds (B, k, d)."""
-    if context.lm is None:  # a context made by the caller: the family fills what methods read
-        context.lm = lm
     state = build_inputs(lm, prompts, image_embeds)
     prompt_lengths = (~state.padding).sum(-1).tolist()
     cache = new_cache(lm)

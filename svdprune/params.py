@@ -42,8 +42,8 @@ class Param:
     choices: tuple = ()
     nullable: bool = False
     min_items: int = 0
-    #: the value run.py's configs/method/<name>.yaml gives it (and prune() uses when none is given), or ``NO_DEFAULT``
-    #: for a parameter the config leaves out (the constructor's default applies)
+    #: with ``has_default``: the value configs/method/<name>.yaml gives it (what prune() uses when none is given);
+    #: without: the config leaves the parameter out and the constructor's default applies
     default: Any = None
     has_default: bool = False
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-from collections.abc import Mapping
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -332,7 +332,6 @@ class _Registry(Mapping):
         if not self._loaded:
             import pkgutil
 
-            self._loaded = True
             for module in METHOD_MODULES:
                 importlib.import_module(module)
             for package_name in METHOD_PACKAGES:
@@ -340,6 +339,7 @@ class _Registry(Mapping):
                 for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
                     if not info.name.startswith("_"):
                         importlib.import_module(f"{package_name}.{info.name}")
+            self._loaded = True  # after every import: a module that fails is raised again, never a partial registry
         return _REGISTERED
 
     def __getitem__(self, name: str) -> type:
