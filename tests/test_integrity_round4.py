@@ -420,8 +420,9 @@ def test_prune_from_a_non_editable_install(tmp_path):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(target), str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--target", str(target), str(source)],
+                   check=True, capture_output=True, timeout=300)  # offline: the build uses the installed setuptools
     assert not (target / "configs").exists()
     code = ("import json, svdprune; from svdprune.models import build_tiny; from svdprune.pruning import default_params; "
             "model = build_tiny(vision_layers=2, text_layers=17).model; "
