@@ -18,7 +18,7 @@ from svdprune.svd import top_k_raster  # re-exported: top-k, ties to the lower i
 
 __all__ = ["LLAVA15_GRID", "LLAVA15_PATCHES", "check_budget", "check_int", "check_runtime_budget",
            "cls_attention_and_keys", "cls_patch_attention", "gather_tokens", "image_seeds", "producing_layer",
-           "split_heads", "stash", "top_k_raster", "unstash"]
+           "split_heads", "stash", "top_k_raster", "unstash", "vision_layers", "embed_patches"]
 
 # LLaVA-1.5 geometry (CLIP ViT-L/14-336): used to validate budgets at construction, before a model is loaded.
 # Every method checks the real geometry again when it runs.
@@ -39,6 +39,24 @@ def check_runtime_budget(method: str, budget: int, num_patches: int) -> None:
     """The model's real patch count can be smaller than LLaVA-1.5's 576."""
     if budget > num_patches:
         raise UserError(f"{method}: budget={budget} is more than the {num_patches} patch tokens of this vision tower")
+
+
+# ---------------------------------------------------------------- the ``vision_layers`` capability
+#
+# A family that declares ``vision_layers`` (and ``cls_attention``) hands the methods a CLIP vision transformer in
+# transformers' layout (``CLIPVisionTransformer``: ``embeddings``, ``pre_layrnorm``, ``encoder.layers`` of
+# ``CLIPEncoderLayer``, [CLS] first), as its ``LoadedModel.vision_tower``. These two functions are the only places
+# that read that layout; the methods that run CLIP's layers themselves go through them.
+
+def vision_layers(vision_tower: nn.Module) -> nn.ModuleList:
+    """The tower's encoder layers (``CLIPEncoderLayer``), in order."""
+    return vision_tower.encoder.layers
+
+
+def embed_patches(vision_tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) pixels -> (B, 1 + N, D): patch and position embeddings after the pre-LayerNorm, [CLS] first (what
+    enters encoder layer 0, ``hidden_states[0]``)."""
+    return vision_tower.pre_layrnorm(vision_tower.embeddings(pixel_values))
 
 
 def producing_layer(feature_layer: int, num_layers: int) -> int:
@@ -88,7 +106,7 @@ def cls_patch_attention(vision_tower: nn.Module, feature_layer: int, context) ->
     """(B, N) float32: the CLS query's post-softmax attention to the patches, averaged over heads, in the layer
     that produces ``hidden_states[feature_layer]`` (FasterVLM, VisPruner, HoloV: ``attentions[-2][:, :, 0, 1:]``
     head-mean). Needs ``context.vision_hidden_states`` (filled by ``EncoderPruner.encode``)."""
-    layers = vision_tower.encoder.layers
+    layers = vision_layers(vision_tower)
     index = producing_layer(feature_layer, len(layers))
     cls_attn, _ = cls_attention_and_keys(layers[index], context.vision_hidden_states[index])  # (B, H, 1 + N)
     return cls_attn[:, :, 1:].mean(dim=1)

@@ -30,7 +30,7 @@ import torch
 from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
-                              producing_layer, stash, top_k_raster, unstash)
+                              producing_layer, stash, top_k_raster, unstash, vision_layers)
 
 NAME = "fastervlm"
 
@@ -48,7 +48,7 @@ class FasterVLM(EncoderPruner):
         self.budget = check_budget(NAME, budget)
 
     def check(self, lm) -> None:
-        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower)))
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @torch.no_grad()

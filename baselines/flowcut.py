@@ -48,7 +48,8 @@ import torch
 from svdprune.errors import UserError
 from svdprune.pruning import EncoderPruner, register
 
-from ._encoder_common import check_budget, check_runtime_budget, producing_layer, split_heads
+from ._encoder_common import (check_budget, check_runtime_budget, embed_patches, producing_layer, split_heads,
+                              vision_layers)
 
 NAME = "flowcut"
 
@@ -116,16 +117,16 @@ class FlowCut(EncoderPruner):
         self.budget = check_budget(NAME, budget)
 
     def check(self, lm) -> None:
-        check_tower_depth(producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers)))
+        check_tower_depth(producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower))))
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @torch.no_grad()
     def encode(self, vision_tower, pixel_values, feature_layer, context):
-        layers = vision_tower.encoder.layers
+        layers = vision_layers(vision_tower)
         select = check_tower_depth(producing_layer(feature_layer, len(layers)))  # S: its output is the features
         features, kept, trace = [], [], []
         for image in pixel_values.split(1):  # per image: the released cut counts depend on the whole batch
-            hidden = vision_tower.pre_layrnorm(vision_tower.embeddings(image))  # (1, 1 + N, D)
+            hidden = embed_patches(vision_tower, image)  # (1, 1 + N, D)
             check_runtime_budget(NAME, self.budget, hidden.shape[1] - 1)
             patches = torch.arange(hidden.shape[1] - 1, device=hidden.device)  # original index of each patch
             cumulative, counts = None, []

@@ -39,7 +39,7 @@ from svdprune.params import Integer, Number
 from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_int, check_runtime_budget, cls_patch_attention, gather_tokens,
-                              producing_layer, stash, unstash)
+                              producing_layer, stash, unstash, vision_layers)
 
 NAME = "holov"
 EPS = 1e-6
@@ -124,7 +124,7 @@ class HoloV(EncoderPruner):
         return {"chunks": self.chunks, "alpha": self.alpha}
 
     def check(self, lm) -> None:
-        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower)))
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ above 24) is refused. ``mode: max`` uses adaptive max pooling instead (ablation)
 On Qwen2.5-VL (**Decision**, no published reference) the grid is the image's own h x w merged-token grid (after the
 patch merger, LLM-input embeddings) and the pooled shape is :func:`fitted_grid_shape`: exactly k cells with the
 aspect closest to the image's where k factorises within the grid, else the largest count below k that does.
-A pooled cell takes the 3-D position of the first cell of its bin (svdprune/qwen25vl.py), so the pooled grid keeps
+A pooled cell takes the 3-D position of the first cell of its bin (svdprune/families/qwen25vl.py), so the pooled grid keeps
 the image's layout at the original scale and the text keeps its positions.
 """
 from __future__ import annotations

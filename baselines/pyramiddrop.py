@@ -20,7 +20,7 @@ Checked against Cooperx521/PyramidDrop ``llava/model/modeling_llama_pdrop.py`` (
   from the new length and, when decoding, shifts them by the number of dropped tokens): layer group s
   decodes at position (its prompt length) + step.
 
-On Qwen2.5-VL (svdprune/qwen25vl.py; the authors published no Qwen version, nor does llmc run its PyramidDrop on one):
+On Qwen2.5-VL (svdprune/families/qwen25vl.py; the authors published no Qwen version, nor does llmc run its PyramidDrop on one):
 the same ranking and stages, with two differences the model forces. (1) Positions: M-RoPE gives image tokens 3-D
 positions that have no "renumbered" form, so the kept tokens keep their own (as DART's and FlowCut's Qwen code do);
 a 1-D LLaVA run renumbers as released. (2) Schedule: each image has its own token count N and the LLM 28 layers, so

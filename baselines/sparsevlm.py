@@ -30,7 +30,7 @@ candidates) with :func:`attention.top_k` (ties to the lower index) instead of th
 fp16 ranking has exact ties at the k-th place that CUDA's topk breaks arbitrarily; where it has none, the two
 agree unless fp16 rounding reorders near-equal scores).
 
-On Qwen2.5-VL (svdprune/qwen25vl.py; the authors published LLaVA and Video-LLaVA code only, and llmc runs its
+On Qwen2.5-VL (svdprune/families/qwen25vl.py; the authors published LLaVA and Video-LLaVA code only, and llmc runs its
 SparseVLM on LLaVA): the same raters, scores, keep rule and recycling, with two differences the model forces.
 (1) Positions: M-RoPE's 3-D positions have no "renumbered" form, so kept tokens keep their own (as DART's and
 FlowCut's Qwen code do) and each cluster token takes the position of its cluster's centre (the density peak, itself a

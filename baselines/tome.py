@@ -73,7 +73,8 @@ from svdprune.errors import UserError
 from svdprune.params import Flag, IntList, Number
 from svdprune.pruning import EncoderPruner, register
 
-from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, producing_layer, split_heads)
+from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, embed_patches, producing_layer,
+                              split_heads, vision_layers)
 from ._scatter import scatter_sum_in_order
 
 NAME = "tome"
@@ -257,7 +258,7 @@ class ToMe(EncoderPruner):
 
     def check(self, lm) -> None:
         """The schedule must reach the budget in the loaded tower's layers (50% cap per layer)."""
-        merge_layers = producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers)) + 1
+        merge_layers = producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower))) + 1
         check_runtime_budget(NAME, self.budget, lm.num_patches)
         try:
             self.schedule = self.schedule_for(lm.num_patches, merge_layers)
@@ -266,9 +267,9 @@ class ToMe(EncoderPruner):
 
     @torch.no_grad()
     def encode(self, vision_tower, pixel_values, feature_layer, context):
-        layers = vision_tower.encoder.layers
+        layers = vision_layers(vision_tower)
         last = producing_layer(feature_layer, len(layers))
-        hidden = vision_tower.pre_layrnorm(vision_tower.embeddings(pixel_values))  # (B, 1 + N, D)
+        hidden = embed_patches(vision_tower, pixel_values)  # (B, 1 + N, D)
         batch, tokens = hidden.shape[:2]
         num_patches = tokens - 1
         check_runtime_budget(NAME, self.budget, num_patches)

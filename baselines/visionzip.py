@@ -45,7 +45,7 @@ from svdprune.params import Number, Table
 from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (LLAVA15_PATCHES, check_budget, check_runtime_budget, cls_attention_and_keys,
-                              gather_tokens, producing_layer, stash, top_k_raster, unstash)
+                              gather_tokens, producing_layer, stash, top_k_raster, unstash, vision_layers)
 
 NAME = "visionzip"
 OFFICIAL_SPLITS = {192: (162, 30), 128: (108, 20), 64: (54, 10), 32: (27, 5), 16: (13, 3)}
@@ -141,14 +141,14 @@ class VisionZip(EncoderPruner):
         return {"dominant": self.dominant, "contextual": self.contextual}
 
     def check(self, lm) -> None:
-        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower)))
         check_runtime_budget(NAME, self.dominant - 1 + self.contextual, lm.num_patches)
 
     @torch.no_grad()
     def encode(self, vision_tower, pixel_values, feature_layer, context):
         features = super().encode(vision_tower, pixel_values, feature_layer, context)
         check_runtime_budget(NAME, self.dominant - 1 + self.contextual, features.shape[1])
-        layers = vision_tower.encoder.layers
+        layers = vision_layers(vision_tower)
         index = producing_layer(feature_layer, len(layers))
         states = context.vision_hidden_states
         cls_attn, metric = cls_attention_and_keys(layers[index], states[index])  # input of that layer

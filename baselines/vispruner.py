@@ -47,7 +47,7 @@ from svdprune.params import Number
 from svdprune.pruning import EncoderPruner, register
 
 from ._encoder_common import (check_budget, check_runtime_budget, cls_patch_attention, gather_tokens,
-                              producing_layer, stash, unstash)
+                              producing_layer, stash, unstash, vision_layers)
 
 NAME = "vispruner"
 MAX_DROP_PER_STEP = 8  # the official loop removes at most 8 duplicates per iteration
@@ -122,7 +122,7 @@ class VisPruner(EncoderPruner):
         return {"important": self.important, "diverse": self.diverse}
 
     def check(self, lm) -> None:
-        producing_layer(lm.feature_layer, len(lm.vision_tower.encoder.layers))
+        producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower)))
         check_runtime_budget(NAME, self.budget, lm.num_patches)
 
     @torch.no_grad()

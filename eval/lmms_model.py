@@ -70,17 +70,24 @@ class _SvdpruneModel(lmms):
     ids and pixels in the subclass (what run.py feeds that family), the pruning through :func:`svdprune.prune`."""
 
     model_id = ""
+    family = ""  # the svdprune model family (svdprune/families/<family>.py)
 
     def __init__(self, pretrained: str, revision: str | None, method: str, budget: int, device: str, dtype: str,
-                 batch_size: int, seed: int, method_params: dict, **load_kwargs) -> None:
+                 batch_size: int, seed: int, method_params: dict, **load_settings) -> None:
         super().__init__()
+        from omegaconf import OmegaConf
+
         import svdprune
         from svdprune.errors import check_int
+        from svdprune.families import family, load_model
         from svdprune.pruning import reads_question_text
 
         as_int = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
         self.batch_size_per_gpu = check_int("batch_size", as_int, 1)  # lmms-eval hands --batch_size over as text
-        self._lm = self._load(str(pretrained), revision, dtype, device, **load_kwargs)
+        self._family = family(self.family)
+        model_cfg = {"family": self.family, "kind": "pretrained", "path": str(pretrained), "revision": revision,
+                     "dtype": dtype, "device": device, **{k: v for k, v in load_settings.items() if v is not None}}
+        self._lm = load_model(OmegaConf.create(model_cfg), progress=False)  # as run.py loads the family
         params = {key: _method_param(value) for key, value in method_params.items()}
         self.handle = svdprune.prune(self._lm.model, str(method), int(budget), seed=int(seed),
                                      tokenizer=self._lm.tokenizer, **params)
@@ -102,26 +109,25 @@ class _SvdpruneModel(lmms):
     def batch_size(self):
         return self.batch_size_per_gpu
 
-    # ------------------------------------------------------------------ the family's part
-
-    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
-        raise NotImplementedError
+    # ------------------------------------------------------------------ the family's part (svdprune/families/)
 
     def _prompt(self, context: str) -> str:
-        """The prompt text of one task context (the question turn, the image placeholder where run.py puts it)."""
-        raise NotImplementedError
+        """The prompt text of one task context: run.py's prompt for the family with the context as the question."""
+        return self._family.prompt(context.replace("<image>", "").strip(), None)
 
     def _answer_text(self, prompt: str, continuation: str) -> str:
         """The prompt followed by an assistant turn holding ``continuation`` (loglikelihood)."""
-        raise NotImplementedError
+        return self._family.answer_text(self._lm, prompt, continuation)
 
     def _tokens(self, prompt: str, image) -> list[int]:
         """The token ids of a prompt whose image placeholder is expanded to the image's unpruned token count (as the
         family's HF processor expands it; the pruned forward replaces the run with the kept tokens)."""
-        raise NotImplementedError
+        return self._family.full_prompt_ids(self._lm, prompt, image)
 
     def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
-        raise NotImplementedError
+        if self.reads_question:  # TRIM: the question line as run.py hands it over (the task's whole context)
+            self.handle.questions = list(contexts)
+        return self._family.model_inputs(self._lm, prompts, images)
 
     def _image(self, request_args) -> "PIL.Image.Image":  # noqa: F821
         doc_to_visual, doc_id, task, split = request_args[2:6]
@@ -189,92 +195,26 @@ class SvdpruneLlava(_SvdpruneModel):
     """LLaVA-1.5 with one svdprune method, for lmms-eval."""
 
     model_id = MODEL_ID
+    family = "llava15"
 
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", revision: str | None = None,
                  method: str = "vanilla", budget: int = 576, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 1, seed: int = 0, **method_params) -> None:
         super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params)
 
-    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
-        from svdprune.models import load_pretrained
-
-        return load_pretrained(pretrained, revision, dtype, device)
-
-    def _prompt(self, context: str) -> str:
-        from svdprune.prompts import vicuna_prompt
-
-        return vicuna_prompt(context.replace("<image>", "").strip(), None)
-
-    def _answer_text(self, prompt: str, continuation: str) -> str:
-        return f"{prompt} {continuation}{self.tokenizer.eos_token or '</s>'}"
-
-    def _tokens(self, prompt: str, image=None) -> list[int]:
-        from svdprune.prompts import tokenizer_image_token
-
-        lm = self._lm
-        return tokenizer_image_token(prompt, lm.tokenizer, lm.image_token_id, lm.num_patches)
-
-    def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
-        import torch
-
-        from svdprune.prompts import preprocess_image
-        from svdprune.surgery import left_pad
-
-        lm = self._lm
-        ids, padding = left_pad(lm, [self._tokens(p) for p in prompts])  # the engine's left padding
-        pixels = torch.stack([preprocess_image(img, lm.image_size, lm.image_mean, lm.image_std) for img in images])
-        if self.reads_question:  # TRIM: the question line as run.py hands it over (the task's whole context)
-            self.handle.questions = list(contexts)
-        return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels}
-
 
 class SvdpruneQwen25VL(_SvdpruneModel):
-    """Qwen2.5-VL with one svdprune method (those of ``svdprune.families.supported_methods("qwen25vl")``), for lmms-eval: the model card's
-    image processor at ``min_pixels``..``max_pixels`` and chat prompt, as run.py's ``model=qwen25vl_7b``."""
+    """Qwen2.5-VL with one svdprune method (those of ``svdprune.families.supported_methods("qwen25vl")``), for
+    lmms-eval: the model card's image processor at ``min_pixels``..``max_pixels`` and chat prompt, as run.py's
+    ``model=qwen25vl_7b``."""
 
     model_id = QWEN_MODEL_ID
+    family = "qwen25vl"
 
     def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", revision: str | None = None,
                  method: str = "vanilla", budget: int = 64, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 1, seed: int = 0, min_pixels: int | None = None, max_pixels: int | None = None,
                  **method_params) -> None:
-        from svdprune import qwen25vl
-
-        pixels = {"min_pixels": int(min_pixels or qwen25vl.DEFAULT_MIN_PIXELS),
-                  "max_pixels": int(max_pixels or qwen25vl.DEFAULT_MAX_PIXELS)}
         super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params,
-                         **pixels)
-
-    def _load(self, pretrained: str, revision, dtype: str, device: str, **kwargs):
-        from svdprune import qwen25vl
-
-        return qwen25vl.load_pretrained(pretrained, revision, dtype, device, progress=False, **kwargs)
-
-    def _prompt(self, context: str) -> str:
-        from svdprune.qwen25vl import chat_prompt
-
-        return chat_prompt(context.replace("<image>", "").strip(), None)
-
-    def _answer_text(self, prompt: str, continuation: str) -> str:
-        from svdprune.qwen25vl import IM_END
-
-        return f"{prompt}{continuation}{IM_END}"
-
-    def _tokens(self, prompt: str, image) -> list[int]:
-        from svdprune import qwen25vl
-
-        return qwen25vl.text_ids(self._lm, prompt, qwen25vl.preprocess(self._lm, image).num_tokens)
-
-    def _batch(self, prompts: list[str], images: list, contexts: list[str]) -> dict:
-        import torch
-
-        from svdprune import qwen25vl
-        from svdprune.surgery import left_pad
-
-        lm = self._lm
-        prepared = [qwen25vl.preprocess(lm, image) for image in images]
-        ids, padding = left_pad(lm, [qwen25vl.text_ids(lm, p, image.num_tokens) for p, image in zip(prompts, prepared)])
-        return {"input_ids": ids, "attention_mask": (~padding).long(),
-                "pixel_values": torch.cat([image.patches for image in prepared]),
-                "image_grid_thw": torch.stack([image.grid for image in prepared]),
-                "mm_token_type_ids": (ids == lm.image_token_id).long()}
+                         min_pixels=int(min_pixels) if min_pixels else None,
+                         max_pixels=int(max_pixels) if max_pixels else None)

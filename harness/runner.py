@@ -22,7 +22,7 @@ from eval.datasets import Record, check_images_readable, check_references, load_
 from eval.scoring import SCORERS, score
 
 from svdprune.errors import UserError
-from svdprune.families import FRONTS, check_method, load_model
+from svdprune.families import family_of, fit_budget, load_model
 from svdprune.pruning import build_method
 from svdprune.surgery import kept_tokens
 
@@ -52,7 +52,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     method_name, budget, shard = cfg.method.name, settings.budget, settings.shard
     params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
-    method.check_family(FRONTS[cfg.model.get("family", "llava15")].CAPABILITIES)  # e.g. a budget without a schedule
+    method.check_family(family_of(cfg.model).CAPABILITIES)  # e.g. a budget without a schedule, before loading
 
     dataset = load_dataset(cfg.dataset)
     if dataset.scorer not in SCORERS:
@@ -71,13 +71,8 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         lm = models.get(cfg.model, model_print, progress)
     else:
         lm = load_model(cfg.model, progress=progress)
-    if method.kind == "none":
-        budget = method.budget = lm.num_patches
-    elif settings.budget_ratio is not None:  # each image keeps its own share (svdprune/qwen25vl.py); no count
-        budget, method.budget_ratio = None, settings.budget_ratio
-    if budget is not None and not 1 <= budget <= lm.num_patches:
-        raise UserError(f"budget={budget} is outside 1..{lm.num_patches} (vision tokens of {cfg.model.name})")
-    check_method(lm, method)  # a method the model family does not run, then the method's own checks
+    # vanilla: every token; budget_ratio: each image its own share (no count); then the family's and the method's checks
+    budget = fit_budget(lm, method, budget, settings.budget_ratio, model_name=cfg.model.name)
     if settings.on_bad_image == "error":  # skip: such questions are left out where their image is decoded
         check_images_readable(records)
     batch_size = settings.batch_size

@@ -6,7 +6,6 @@ key, not SVD-Prune's ``method.params.tau``) is an error instead of a silent tau 
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ GROUPS = ("model", "method", "dataset")
 # keys that come from configs/experiment/*.yaml or Hydra itself rather than config.yaml's own list
 EXTRA_TOP_LEVEL = ("experiment", "sweep", "hydra")
 ON_BAD_IMAGE = ("error", "skip")
-TINY_GRID = 24  # the tiny model's patch grid side (svdprune.models.build_tiny: 336 px / 14 px)
 
 
 @dataclass(frozen=True)
@@ -102,12 +100,10 @@ def check_config(cfg: DictConfig) -> Settings:
         raise UserError(f"unknown dataset {cfg.dataset.name!r}; allowed: {', '.join(sorted(LOADERS))}")
     if cfg.model.kind not in ("pretrained", "tiny"):
         raise UserError(f"unknown model.kind {cfg.model.kind!r}; allowed: pretrained, tiny")
-    family = cfg.model.get("family", "llava15")
-    from svdprune.families import FRONTS, check_family_method
+    from svdprune.families import check_family_method, family_of
 
-    if family not in FRONTS:
-        raise UserError(f"unknown model.family {family!r}; allowed: {', '.join(FRONTS)}")
-    check_family_method(family, cfg.method.name)  # a method the family lacks a capability for: before anything loads
+    family = family_of(cfg.model)  # an unknown model.family: one line
+    check_family_method(family.NAME, cfg.method.name)  # a method the family lacks a capability for: before anything loads
     device_type(str(cfg.model.get("device", "auto")))  # a device torch does not know: one line
     if cfg.model.get("dtype") not in DTYPE_SETTINGS:
         raise UserError(f"unknown model.dtype {cfg.model.get('dtype')!r}; allowed: {', '.join(DTYPE_SETTINGS)}")
@@ -119,7 +115,7 @@ def check_config(cfg: DictConfig) -> Settings:
     if not 1 <= budget or (patches is not None and budget > patches and METHODS[cfg.method.name].kind != "none"):
         high = patches if patches is not None else 576
         raise UserError(f"budget={budget} is outside 1..{high} (vision tokens of {cfg.model.name})")
-    budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), FRONTS[family].CAPABILITIES, cfg.method.name)
+    budget_ratio = check_budget_ratio(cfg.get("budget_ratio"), family.CAPABILITIES, cfg.method.name)
     on_bad_image = cfg.get("on_bad_image", "error")
     if on_bad_image not in ON_BAD_IMAGE:
         raise UserError(f"on_bad_image={on_bad_image!r}; allowed: {', '.join(ON_BAD_IMAGE)}")
@@ -293,26 +289,8 @@ def _positive(cfg: DictConfig, key: str, other: str = "null") -> int | None:
 
 
 def read_num_patches(model_cfg) -> int | None:
-    """Image tokens of the model without loading it: 24 x 24 = 576 for the tiny model; a local llava-hf
-    folder's (or the HF cache's) config.json when it is there; None when unknown. Qwen2.5-VL: the most tokens an
-    image can have, ``max_pixels`` / (28 x 28)."""
-    if model_cfg.get("family") == "qwen25vl":
-        from svdprune.qwen25vl import DEFAULT_MAX_PIXELS, TOKEN_PIXELS
+    """Image tokens of the model without loading it, as its family knows them (``max_image_tokens``: the tiny
+    model's; a local folder's or the HF cache's config.json; Qwen2.5-VL's most tokens per image); None when unknown."""
+    from svdprune.families import max_image_tokens
 
-        return int(model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS) // TOKEN_PIXELS
-    if model_cfg.get("kind") != "pretrained":
-        return TINY_GRID * TINY_GRID
-    from harness.identity import hub_snapshot
-    from svdprune.models import in_project
-
-    path = in_project(str(model_cfg.get("path") or ""))
-    config = Path(path).expanduser() / "config.json"
-    if not config.is_file():
-        snapshot = hub_snapshot(path, model_cfg.get("revision"))
-        config = snapshot / "config.json" if snapshot is not None else config
-    try:
-        vision = json.loads(config.read_text())["vision_config"]
-        return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
+    return max_image_tokens(model_cfg)

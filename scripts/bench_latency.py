@@ -36,6 +36,8 @@ files; pass ``--output-dir results/efficiency`` to refresh those). The tag and e
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,8 +171,8 @@ def build_geometry7b(device: torch.device, dtype: torch.dtype, tokenizer_path: s
     """
     from transformers import LlavaForConditionalGeneration
 
-    from svdprune.models import LoadedModel, build_tiny_tokenizer
-    from svdprune.prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER
+    from svdprune.models import build_tiny_tokenizer
+    from svdprune.prompts import IMAGE_PLACEHOLDER
 
     if tokenizer_path:
         from flops import load_tokenizer
@@ -186,15 +188,13 @@ def build_geometry7b(device: torch.device, dtype: torch.dtype, tokenizer_path: s
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     model.eval()
-    grid = config.vision_config.image_size // config.vision_config.patch_size
-    return LoadedModel(model=model, tokenizer=tokenizer, name="geometry7b", revision=None,
-                       image_size=config.vision_config.image_size, image_mean=CLIP_MEAN, image_std=CLIP_STD,
-                       image_token_id=config.image_token_id, feature_layer=config.vision_feature_layer,
-                       num_patches=grid * grid, device=device, dtype=dtype)
+    from svdprune.families import llava15
+
+    return dataclasses.replace(llava15.from_model(model, tokenizer), name="geometry7b")
 
 
 def load_model(args, device: torch.device):
-    from svdprune.models import build_tiny, load_pretrained
+    from svdprune.families.llava15 import build_tiny, load_pretrained
 
     if args.model_path:
         return load_pretrained(args.model_path, None, args.dtype or "float16", str(device))

@@ -38,7 +38,7 @@ QUESTION = "What color is the largest circle?"
 @torch.inference_mode()
 def first_token(lm, method, image) -> dict[str, float]:
     """Seconds of each stage up to the first answer token's logits, for one question on one image."""
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import PruneContext
     from svdprune.surgery import new_cache, prefill
@@ -67,7 +67,7 @@ def shared_prefix_rows(lm, args) -> list[dict]:
     """Several questions on one image (448 x 448), answered to their first token, vanilla and SVD-Prune: every prompt
     prefilled whole vs the image's prefix once and the question suffixes after it (``generate_by_image``), side by
     side in alternating rounds; the answers must be the same."""
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import Vanilla, build_method
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                              "(shared_prefix_qwen25vl_<tag>.{csv,md}; --budget 64 is the svd variant's)")
     args = parser.parse_args(argv)
 
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
     from svdprune.pruning import Vanilla, build_method
 
     if args.model == "tiny":

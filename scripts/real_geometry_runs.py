@@ -29,9 +29,6 @@ from pathlib import Path
 from bench_latency import cpu_model  # scripts/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["vanilla", "svd", "tome", "visionzip", "trim", "fastervlm", "divprune", "vispruner", "cdpruner", "holov",
-           "random", "pooling", "fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve", "flowcut"]
-DECODER = {"fastv", "pyramiddrop", "sparsevlm", "dart", "tokencarve"}
 
 
 def time_v(stderr: str) -> tuple[float | None, float | None]:
@@ -270,7 +267,9 @@ def main(argv=None) -> int:
         args.limit = len(QWEN_IMAGES)
         fixture = write_qwen_fixture(runs / "fixture")
     else:
-        args.methods = args.methods or METHODS
+        from svdprune.pruning import METHODS
+
+        args.methods = args.methods or list(METHODS)  # every registered method, in Table 1's row order
         fixture = write_local_fixture(runs / "fixture", questions=max(args.limit, 2), images=2, seed=0)
     out = Path(args.output_dir) if args.output_dir else Path(tempfile.gettempdir()) / "svdprune-bench"
     planned = {(m, b) for m in args.methods for b in ([192] if m == "vanilla" else args.budgets)}

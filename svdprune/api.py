@@ -10,7 +10,7 @@ After :func:`prune`, the user's own code runs unchanged::
 
 How: ``prune`` puts a forward on the model *instance* (the class is untouched; ``remove`` takes it away). That
 forward is a thin adapter from HF's calling convention to the project's engine (:mod:`svdprune.surgery` and LLaVA-1.5's
-front, :mod:`svdprune.llava15`), the same functions run.py's per-question path calls, so the runner and the API are
+front, :mod:`svdprune.families.llava15`), the same functions run.py's per-question path calls, so the runner and the API are
 one mechanism with two loop owners:
 
 * prefill (a call with ``pixel_values``): each row's real tokens (``attention_mask``) are taken as the user gave
@@ -28,7 +28,7 @@ tokens, some merged, none of them the user's 576) and padding get zeros. ``label
 cross-entropy over those logits (LLaVA's labels are -100 at image positions).
 
 Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``, the model card's processor): the same adapter with that family's
-front (svdprune/qwen25vl.py): ``pixel_values`` are split per image by ``image_grid_thw``, each row's run of
+front (svdprune/families/qwen25vl.py): ``pixel_values`` are split per image by ``image_grid_thw``, each row's run of
 ``<|image_pad|>`` is replaced by its image's kept tokens at their own 3-D positions (the positions HF's
 ``get_rope_index`` gives the unpruned prompt), decoding continues at the last prompt position + 1. Images only (no
 video); a decoder-side method needs the images of one call to have one size (as run.py groups them).
@@ -48,8 +48,8 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .families import FRONTS, check_method, from_model
-from .pruning import PruneContext, build_method, check_budget_ratio, default_params, reads_question_text
+from .families import fit_budget, from_model, front
+from .pruning import build_method, check_budget_ratio, default_params, reads_question_text
 
 __all__ = ["PruneHandle", "prune", "pruned"]
 
@@ -89,16 +89,11 @@ class PruneHandle:
         self.questions: list[str] | None = None
         self._lm = from_model(model, tokenizer)
         self.method = build_method(method_name, budget, params)
-        if self.method.kind == "none":
-            budget = self.method.budget = self._lm.num_patches
-        if not 1 <= budget <= self._lm.num_patches:
-            raise UserError(f"budget={budget} is outside 1..{self._lm.num_patches} (vision tokens of this model)")
-        self.budget = budget
-        # Qwen2.5-VL: each image keeps this share of its own tokens (svdprune/qwen25vl.py); budget is then unused
-        capabilities = FRONTS[self._lm.family].CAPABILITIES
-        self.budget_ratio = self.method.budget_ratio = check_budget_ratio(budget_ratio, capabilities, method_name)
-
-        check_method(self._lm, self.method)  # a method the family does not run (Qwen2.5-VL), then its own checks
+        budget_ratio = check_budget_ratio(budget_ratio, front(self._lm).CAPABILITIES, method_name)
+        # run.py's reconciliation: vanilla keeps every token, a ratio is each image's share, then the family's checks
+        fitted = fit_budget(self._lm, self.method, budget, budget_ratio, model_name="this model")
+        self.budget = fitted if fitted is not None else budget
+        self.budget_ratio = budget_ratio
         self._decoding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._previous_forward = model.__dict__.get("forward")  # an instance forward (e.g. accelerate's hook)
         self._signature = _public_signature(model)
@@ -182,11 +177,10 @@ class PruneHandle:
         elif cache.get_seq_length() != 0:
             raise UserError("svdprune: prefill into a cache that already holds tokens is not supported; start "
                             "from an empty cache (generate() does)")
-        if lm.family == "qwen25vl":
-            state, method, context, token_rows, row_stats = self._qwen_inputs(
-                rows, input_ids, attention_mask, pixel_values, values.get("image_grid_thw"))
-        else:
-            state, method, context, token_rows, row_stats = self._llava_inputs(rows, pixel_values)
+        questions = self._question_texts(rows) if reads_question_text(self.method) else None
+        state, method, context, token_rows, row_stats = front(lm).prefill_inputs(
+            lm, self.method, rows, {**values, "input_ids": input_ids, "attention_mask": attention_mask},
+            seed=self.seed, questions=questions)
         final, image_counts, groups = prefill_states(lm, state, method, context, cache)
         self._decoding[cache] = _Decoding(groups)
         self._record(token_rows, image_counts, {**row_stats, **context.stats})
@@ -198,57 +192,7 @@ class PruneHandle:
             loss = lm.model.loss_function(logits=logits, labels=values["labels"],
                                           vocab_size=logits.shape[-1], **extra)
         use_cache = extra.get("use_cache", values.get("use_cache"))
-        return _output(lm.family, logits, loss, cache if use_cache is not False else None, extra)
-
-    def _llava_inputs(self, rows, pixel_values):
-        """LLaVA-1.5 (svdprune/llava15.py): vision tower, cut and projector over the batch's images, each row's image
-        run replaced by the k kept tokens, left-padded."""
-        from .llava15 import build_inputs_from_ids, encode_images, to_model
-
-        lm, method = self._lm, self.method
-        if pixel_values is None or pixel_values.shape[0] != len(rows):
-            got = "none" if pixel_values is None else pixel_values.shape[0]
-            raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images in pixel_values "
-                            f"(one per prompt, LLaVA-1.5); got {got}")
-        questions = self._question_texts(rows) if reads_question_text(method) else None
-        context = PruneContext(questions=questions, seed=self.seed, model=lm.model, lm=lm, instruction=None)
-        # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
-        embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
-        k = embeds.shape[1]
-        token_rows = [prefix + [lm.image_token_id] * k + suffix for prefix, suffix in rows]
-        return build_inputs_from_ids(lm, token_rows, embeds), method, context, token_rows, {}
-
-    def _qwen_inputs(self, rows, input_ids, attention_mask, pixel_values, image_grid_thw):
-        """Qwen2.5-VL (svdprune/qwen25vl.py): the user's pixel_values split per image by ``image_grid_thw``, vision
-        tower + merger and the cut per image, each row's image run replaced by its kept tokens at their 3-D
-        positions, left-padded. A decoder-side cut needs images of one size in the batch (as run.py's groups)."""
-        from . import qwen25vl
-
-        lm = self._lm
-        if pixel_values is None or image_grid_thw is None or image_grid_thw.shape[0] != len(rows):
-            got = "none" if pixel_values is None or image_grid_thw is None else image_grid_thw.shape[0]
-            raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images (pixel_values and "
-                            f"image_grid_thw, one image per prompt); got {got}")
-        grid = image_grid_thw.cpu()
-        patches = torch.split(pixel_values.to(torch.float32), [int(g.prod()) for g in grid])
-        images = [qwen25vl.QwenImage(p, g) for p, g in zip(patches, grid)]
-        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        pads = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
-        for b, (count, image) in enumerate(zip(pads, images)):
-            if count != image.num_tokens:
-                raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_grid_thw "
-                                f"{grid[b].tolist()} makes {image.num_tokens}")
-        cuts = qwen25vl.cut_images(lm, self.method, images, seed=self.seed, instruction=None)
-        q_rows = [qwen25vl.make_row(lm, self.method, before, after, image, cut)
-                  for (before, after), image, cut in zip(rows, images, cuts)]
-        parts = qwen25vl.decoder_parts(lm, self.method, q_rows)
-        if len(parts) != 1:
-            sizes = sorted({image.num_tokens for image in images})
-            raise UserError(f"svdprune: {self.method_name} cuts inside the LLM, which needs the images of one call to "
-                            f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
-        context = PruneContext(questions=None, seed=self.seed, model=lm.model, lm=lm, instruction=None)
-        return (qwen25vl._state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows],
-                qwen25vl.stat_columns([row.stats for row in q_rows]))
+        return _output(front(lm), logits, loss, cache if use_cache is not False else None, extra)
 
     def _prefill_logits(self, final, input_ids, attention_mask, logits_to_keep, has_labels: bool) -> torch.Tensor:
         """Logits of the prefill: (B, 1, V) of each row's last real token when only the last is asked for; else
@@ -279,7 +223,7 @@ class PruneHandle:
         hidden = decode_step(self._lm, input_ids[:, 0].to(self._lm.device), decoding.step, decoding.groups, cache)
         decoding.step += 1
         logits = self._lm.model.lm_head(hidden)[:, None]  # (B, 1, V)
-        return _output(self._lm.family, logits, None, cache, extra)
+        return _output(front(self._lm), logits, None, cache, extra)
 
     # ------------------------------------------------------------------ per-prompt facts
 
@@ -300,12 +244,7 @@ class PruneHandle:
         if self.tokenizer is None:
             raise UserError(f"svdprune: {self.method_name} reads the question text: pass tokenizer= to prune() or "
                             "set handle.questions")
-        texts = []
-        for _, suffix in rows:
-            text = self.tokenizer.decode(suffix, skip_special_tokens=True)
-            text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
-            texts.append(text.strip())
-        return texts
+        return [front(self._lm).question_text(self._lm, suffix) for _, suffix in rows]
 
 
 def _public_signature(model) -> inspect.Signature:
@@ -319,7 +258,7 @@ def _public_signature(model) -> inspect.Signature:
 def _split_rows(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                 image_token_id: int) -> list[tuple[list[int], list[int]]]:
     """(B, L) ids (+ mask) -> per row (ids before the image, ids after it), padding dropped. Each row must hold
-    one contiguous run of image tokens (LLaVA-1.5: one image per prompt)."""
+    one contiguous run of image tokens (one image per prompt)."""
     if input_ids is None:
         raise UserError("svdprune: pass input_ids with the image token(s) and pixel_values")
     ids = input_ids.tolist()
@@ -332,17 +271,14 @@ def _split_rows(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | N
             raise UserError(f"svdprune: prompt {b} has no image token ({image_token_id}); with pixel_values every "
                             "prompt needs one image")
         if at[-1] + 1 - at[0] != len(at):
-            raise UserError(f"svdprune: prompt {b} has more than one image; allowed: one image per prompt (LLaVA-1.5)")
+            raise UserError(f"svdprune: prompt {b} has more than one image; allowed: one image per prompt")
         rows.append((row[:at[0]], row[at[-1] + 1:]))
     return rows
 
 
-def _output(family: str, logits, loss, cache, extra: dict):
-    if family == "qwen25vl":
-        from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast as Output
-    else:
-        from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast as Output
-    output = Output(loss=loss, logits=logits, cache=cache)
+def _output(family, logits, loss, cache, extra: dict):
+    """The family's HF output (``return_dict=False``: its tuple)."""
+    output = family.model_output(logits, loss, cache)
     return output if extra.get("return_dict", True) is not False else output.to_tuple()
 
 

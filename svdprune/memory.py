@@ -28,6 +28,8 @@ margin is applied by ``batch_size=auto`` (``AUTO_MARGIN``). On a CPU, ``batch_si
 from __future__ import annotations
 
 import sys
+
+from omegaconf import OmegaConf
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,33 +145,36 @@ def auto_batch_size(config, method, dtype: torch.dtype, max_new_tokens: int, dev
 
 def read_config(model_cfg):
     """The LlavaConfig of a model setting, without loading weights: a local folder's or the HF cache's
-    config.json; the tiny model's is built; LLaVA-1.5-7B's geometry stands in for its hub id when not cached."""
+    config.json; the tiny model's is built; LLaVA-1.5-7B's geometry stands in for its hub id when not cached. The
+    memory model covers LLaVA-1.5's architecture (``model_type`` llava) only: any other is a one-line UserError."""
     from transformers import LlavaConfig
 
-    if model_cfg.get("family", "llava15") != "llava15":
-        raise UserError(f"model.family={model_cfg.get('family')}: the memory model covers LLaVA-1.5 only")
+    from .families import family_of, load_model
+    from .models import in_project, read_config_json
+
+    family = family_of(model_cfg)
+    if family.MODEL_TYPE != "llava":
+        raise UserError(f"model.family={family.NAME}: the memory model covers LLaVA-1.5 only (model_type 'llava', "
+                        f"not {family.MODEL_TYPE!r})")
     if model_cfg.get("kind") == "tiny":
-        from .models import build_tiny
-
-        keys = ("vision_layers", "text_layers", "initializer_range")
-        return build_tiny(seed=0, **{k: model_cfg[k] for k in keys if k in model_cfg}).model.config
-    from .models import in_project
-
-    path = in_project(str(model_cfg.get("path") or ""))
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file():
-        return LlavaConfig.from_pretrained(folder)
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot = Path(snapshot_download(path, revision=model_cfg.get("revision"), local_files_only=True))
-        return LlavaConfig.from_pretrained(snapshot)
-    except Exception:  # noqa: BLE001 - not cached: the default hub id's geometry is known
-        if path == "llava-hf/llava-1.5-7b-hf":
+        config = load_model(OmegaConf.merge(model_cfg, {"device": "cpu", "dtype": "float32"}), progress=False).model.config
+    else:
+        path = in_project(str(model_cfg.get("path") or ""))
+        raw = read_config_json(model_cfg)
+        if raw is None and path != "llava-hf/llava-1.5-7b-hf":
+            raise UserError(f"model.path={path!r}: no config.json there and not in the HF cache")
+        if raw is None:  # not cached: the default hub id's geometry is known
             from .flops import llava15_7b_config
 
             return llava15_7b_config()
-        raise UserError(f"model.path={path!r}: no config.json there and not in the HF cache") from None
+        config = LlavaConfig.from_dict(raw) if raw.get("model_type") == "llava" else None
+        if config is None:
+            raise UserError(f"model {model_cfg.get('name')}: the memory model covers LLaVA-1.5 (model_type 'llava') "
+                            f"only, not {raw.get('model_type')!r}")
+    if getattr(config, "model_type", None) != "llava":
+        raise UserError(f"model {model_cfg.get('name')}: the memory model covers LLaVA-1.5 (model_type 'llava') only, "
+                        f"not {config.model_type!r}")
+    return config
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -1,7 +1,9 @@
-"""Loading LLaVA-1.5 (hub id or local folder) and building the random ``tiny`` model for tests.
+"""What every model family hands the engine, and the loading helpers the families share.
 
-Whatever the source, loading returns a :class:`LoadedModel`: the HF ``LlavaForConditionalGeneration``,
-its tokenizer and the preprocessing constants the engine needs.
+A family's loader (``svdprune/families/<family>.py``: a hub id, a local folder, a model the user loaded, the random
+tiny model) returns a :class:`LoadedModel`: the HF model, its tokenizer, the modules and constants the engine and
+the methods read. Here also: dtype and device settings, the float32-to-half cast ``from_pretrained`` does, the
+one-line errors of a failed hub load, and the tiny byte-level tokenizer and CLIP towers the offline tests build.
 """
 from __future__ import annotations
 
@@ -15,27 +17,32 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER
+from .prompts import IMAGE_PLACEHOLDER
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module  # LlavaForConditionalGeneration
+    """One loaded model as its family describes it (``svdprune/families/<family>.py``); the engine and the methods
+    read the model through these fields, never through the HF model's attribute paths."""
+
+    model: torch.nn.Module  # the HF model (LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, ...)
     tokenizer: object
     name: str
     revision: str | None
-    image_size: int
+    image_size: int  # the square side pixels are resized to (0: the image's own size, set by the processor)
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     image_token_id: int
     feature_layer: int  # index into the vision tower's hidden_states (LLaVA-1.5: -2)
-    num_patches: int  # image tokens LLaVA feeds the LLM unpruned (576 for 336 px / 14 px patches)
+    num_patches: int  # the most image tokens one image feeds the LLM unpruned (576 for LLaVA-1.5's 336 px / 14 px)
     device: torch.device
     dtype: torch.dtype
-    family: str = "llava15"  # "llava15" or "qwen25vl" (svdprune/qwen25vl.py)
-    image_processor: object = None  # Qwen2.5-VL's (LLaVA-1.5's preprocessing is svdprune.prompts')
+    family: str  # the family's NAME (svdprune.families)
+    vision_tower: torch.nn.Module | None = None  # what the family's vision call runs (methods' ``encode`` gets it)
+    projector: torch.nn.Module | None = None  # vision features -> LLM-input embeddings (None: inside the tower)
+    image_processor: object = None  # the family's own image processor, when preprocessing is not svdprune.prompts'
     stop_token_ids: tuple[int, ...] = ()  # greedy decoding stops at any of them; empty: the tokenizer's eos
 
     @property
@@ -50,16 +57,6 @@ class LoadedModel:
         if pad is None:
             pad = getattr(getattr(self.model.config, "text_config", self.model.config), "pad_token_id", None)
         return pad if pad is not None else 0
-
-    @property
-    def vision_tower(self):
-        """LLaVA's CLIP tower; Qwen2.5-VL's ViT with its patch merger."""
-        return self.model.model.visual if self.family == "qwen25vl" else self.model.model.vision_tower
-
-    @property
-    def projector(self):
-        """LLaVA's projector (Qwen2.5-VL's merger is part of its vision tower)."""
-        return self.model.model.multi_modal_projector
 
     @property
     def language_model(self):
@@ -122,30 +119,9 @@ def resolve_dtype(name: str, device: str = "auto") -> str:
     return "bfloat16" if kind == "cpu" and cpu_has_native_bf16() else "float32"
 
 
-def _dtype(name: str, device: str = "auto") -> torch.dtype:
+def dtype_of(name: str, device: str = "auto") -> torch.dtype:
+    """``model.dtype`` (``auto`` resolved for ``device``) as a torch dtype."""
     return DTYPES[resolve_dtype(name, device)]
-
-
-def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
-    model.to(device=device).eval()  # the dtype is the loader's business: see cast_like_from_pretrained
-    return _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype)
-
-
-def _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
-    """The engine's view of a LLaVA-1.5 model (its geometry, checked); moves and casts nothing."""
-    config = model.config
-    if config.vision_feature_select_strategy != "default":
-        raise UserError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} "
-                        "is not LLaVA-1.5's; allowed: 'default' (CLS dropped)")
-    if not isinstance(config.vision_feature_layer, int):
-        raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (LLaVA-1.5: -2)")
-    vision = config.vision_config
-    grid = vision.image_size // vision.patch_size
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
-        image_mean=tuple(image_mean), image_std=tuple(image_std), image_token_id=config.image_token_id,
-        feature_layer=config.vision_feature_layer, num_patches=grid * grid, device=device, dtype=dtype,
-    )
 
 
 def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -160,17 +136,6 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
         if param.is_floating_point() and not keep.intersection(name.split(".")):
             param.data = param.data.to(dtype)
     return model
-
-
-def llava_from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
-    """The engine's view of a ``LlavaForConditionalGeneration`` someone else loaded (any dtype, any device; used by
-    :func:`svdprune.prune` through :func:`svdprune.families.from_model`). Nothing is moved or cast: the device and dtype
-    are those of the model's own parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's
-    LLaVA does)."""
-    embed = model.model.language_model.embed_tokens.weight
-    tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
-    return _describe(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__, None,
-                     CLIP_MEAN, CLIP_STD, embed.device, tower_dtype)
 
 
 def check_local_folder(path: str, what: str) -> None:
@@ -199,24 +164,6 @@ def hub_loading(path: str, revision: str | None, progress: bool):
             hf_logging.enable_progress_bar()
 
 
-def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
-    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf).
-    ``progress=False`` hides transformers' "Loading weights" bar."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    path = in_project(path)
-    check_local_folder(path, "a llava-hf format folder (config.json, *.safetensors, tokenizer files)")
-    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
-    with hub_loading(path, revision, progress):
-        # on a GPU the weights go straight to it (accelerate's device_map), never through host RAM first
-        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    image_mean, image_std = _preprocessor_stats(path, revision)
-    return _finish(model, tokenizer, path, revision, image_mean, image_std, torch_device, torch_dtype)
-
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -228,17 +175,25 @@ def in_project(path: str) -> str:
     return path
 
 
-def _preprocessor_stats(path: str, revision: str | None):
-    """image_mean / image_std from preprocessor_config.json (CLIP's when the file is absent)."""
-    try:
-        from huggingface_hub import hf_hub_download
+def read_config_json(model_cfg) -> dict | None:
+    """A pretrained model setting's config.json without loading the model: the local folder's, else the HF cache's
+    snapshot of the hub id (no download); None when neither is there or the file does not parse."""
+    path = in_project(str(model_cfg.get("path") or ""))
+    file = Path(path).expanduser() / "config.json"
+    if not file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
 
-        local = Path(path) / "preprocessor_config.json"
-        file = local if local.is_file() else Path(hf_hub_download(path, "preprocessor_config.json", revision=revision))
-        stats = json.loads(file.read_text())
-        return stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD)
-    except Exception:  # noqa: BLE001 - the CLIP constants are LLaVA-1.5's anyway
-        return CLIP_MEAN, CLIP_STD
+            cached = try_to_load_from_cache(path, "config.json", revision=model_cfg.get("revision"))
+        except Exception:  # noqa: BLE001 - an odd id or cache layout: not resolvable offline
+            return None
+        if not isinstance(cached, str):
+            return None
+        file = Path(cached)
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- tiny random model (tests, first runs)
@@ -270,38 +225,6 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="<pad>")
-
-
-def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, vision_hidden: int = 32,
-               vision_layers: int = 24, text_hidden: int = 64, text_layers: int = 32, heads: int = 4,
-               initializer_range: float = 0.2, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """A random-weight LlavaForConditionalGeneration with LLaVA-1.5's token geometry (577 = CLS + 24 x 24).
-
-    Same classes and forward code as the 7B model, built from a LlavaConfig in milliseconds, no download.
-    Default depth is LLaVA-1.5-7B's (24 CLIP layers, 32 LLM layers) so that every method runs with its LLaVA
-    schedule (ToMe's 23 merging layers, SparseVLM's layer 15, PyramidDrop's layer 16); tests that only need
-    the plumbing pass smaller depths.
-    ``initializer_range`` is larger than HF's 0.02 so that image features visibly move the logits.
-    """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    tokenizer = build_tiny_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
-                              patch_size=patch_size, projection_dim=vision_hidden)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-                       num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       initializer_range=initializer_range)
-    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default",
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
-                         initializer_range=initializer_range)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), _dtype(dtype, device))
-    return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), _dtype(dtype, device))
 
 
 def build_clip_tokenizer():

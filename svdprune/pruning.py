@@ -1,7 +1,7 @@
 """The pruning interface every method implements, and the method registry.
 
-Two kinds of method, one engine (``svdprune.surgery`` with the model family's front, ``svdprune.llava15`` or
-``svdprune.qwen25vl``):
+Two kinds of method, one engine (``svdprune.surgery`` with the model family's front, ``svdprune.families.llava15`` or
+``svdprune.families.qwen25vl``):
 
 * **Encoder-side** (``kind = "encoder"``): ``reduce(features, context)`` receives the patch features of
   the vision layer LLaVA uses, before the projector, ``(B, N, D)`` (on Qwen2.5-VL: one image's merged tokens,
@@ -99,7 +99,7 @@ class BudgetMixin:
     label: str
     in_paper: bool = False
     table_row: int = 1000
-    #: capabilities a model family must provide to run the method (svdprune/families.py: ``CAPABILITIES``)
+    #: capabilities a model family must provide to run the method (svdprune/families/: ``CAPABILITIES``)
     needs: frozenset = frozenset()
     #: True when every patch still reaches some token the LLM sees (merged or pooled in; eval/evidence.py)
     reaches_all: bool = False
@@ -111,12 +111,12 @@ class BudgetMixin:
         """Parameters that fit the method's LLaVA-7B schedule to a shallow LLM of ``n_layers`` decoder layers (the
         project's mini and scenes models, harness/mini_protocol.py and scenes_protocol.py); {} when it needs none."""
         return {}
-    #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/qwen25vl.py)
+    #: set by the runner for ``budget_ratio=``: each image keeps this share of its own tokens (svdprune/families/qwen25vl.py)
     budget_ratio: float | None = None
 
     def check_family(self, capabilities: frozenset) -> None:
         """Raise UserError if the method's settings cannot run on a model family that provides ``capabilities`` (its
-        ``CAPABILITIES``, svdprune/families.py); called before the model loads and again with the loaded model (e.g. a
+        ``CAPABILITIES``, svdprune/families/); called before the model loads and again with the loaded model (e.g. a
         budget without a schedule where every image has the same token count)."""
 
     def with_budget(self, budget: int):
@@ -283,7 +283,7 @@ class DecoderPruner(BudgetMixin):
 
     def for_image_tokens(self, image_tokens: int, budget: int, n_layers: int):
         """This method for a batch whose images have ``image_tokens`` tokens each, to keep ``budget`` of them, in an LLM
-        of ``n_layers`` layers (Qwen2.5-VL, whose images have their own token counts: svdprune/qwen25vl.py). Default:
+        of ``n_layers`` layers (Qwen2.5-VL, whose images have their own token counts: svdprune/families/qwen25vl.py). Default:
         the same method with that budget. A method whose schedule was fitted to 576 tokens and 32 layers refits it."""
         return self.with_budget(budget)
 
@@ -346,7 +346,10 @@ class _Registry(Mapping):
         return self._load()[name]
 
     def __iter__(self):
-        return iter(self._load())
+        """Names in Table 1's row order (each class's ``table_row``, then its name): the order reports, sweeps and
+        error messages list methods in, whatever order the files were found in."""
+        registered = self._load()
+        return iter(sorted(registered, key=lambda name: (registered[name].table_row, name)))
 
     def __len__(self) -> int:
         return len(self._load())
@@ -354,7 +357,7 @@ class _Registry(Mapping):
 
 register(Vanilla)
 
-#: every registered method: name -> class (in registration order: vanilla, svd, then the baselines by file name)
+#: every registered method: name -> class, iterated in Table 1's row order (``table_row``)
 METHODS: Mapping[str, type] = _Registry()
 
 

@@ -1,7 +1,7 @@
 """The engine: the LLM half every model family shares. It imports no model family (:mod:`svdprune.families` picks one).
 
-A model family's *front* (:func:`svdprune.families.front`) is one file: ``svdprune/llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side
-cut] -> projector, the vicuna prompt, 1-D positions, the per-image prompt prefix) and ``svdprune/qwen25vl.py``
+A model family's *front* (:func:`svdprune.families.front`) is one file: ``svdprune/families/llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side
+cut] -> projector, the vicuna prompt, 1-D positions, the per-image prompt prefix) and ``svdprune/families/qwen25vl.py``
 (Qwen2.5-VL: its own-size images, window-attention tower + merger, chat prompt, 3-D M-RoPE positions). A front turns
 questions and images into a :class:`~svdprune.pruning.TokenState` (LLM-input embeddings with the kept image tokens,
 positions, padding) and calls the shared part here:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from eval.fixtures import write_local_fixture
-from svdprune.models import build_tiny
+from svdprune.families.llava15 import build_tiny
 
 
 @pytest.fixture(scope="session")

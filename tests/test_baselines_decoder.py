@@ -19,12 +19,12 @@ from baselines.fastv import FastV
 from baselines.pyramiddrop import PyramidDrop
 from baselines.sparsevlm import SparseVLM, dpc_knn_merge
 from svdprune.errors import UserError
-from svdprune.models import build_tiny
+from svdprune.families.llava15 import build_tiny
 from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import LayerView, PruneContext, TokenState, Vanilla, build_method
 from svdprune.families import generate
 from svdprune.surgery import _attention_mask, decode_step, prefill
-from svdprune.llava15 import build_inputs, encode_images
+from svdprune.families.llava15 import build_inputs, encode_images
 from tests.conftest import QUESTIONS
 
 INSTRUCTION = "Answer the question using a single word or phrase."
@@ -392,14 +392,14 @@ def test_schedules_that_do_not_fit_the_model_are_clear_errors(tiny, random_image
 def test_budgets_without_a_schedule_are_refused_on_llava(tiny, name, match):
     """LLaVA runs the table as it is; a budget without an entry is refused before anything runs (Qwen2.5-VL fits the
     schedule per image instead: tests/test_qwen25vl.py)."""
-    from svdprune.families import FRONTS, check_method
+    from svdprune.families import check_method, family
 
     method = build_method(name, 100, config_params(name))
     with pytest.raises(UserError, match=match):
         check_method(tiny, method)
     with pytest.raises(UserError, match=match):  # what the runner asks before loading the model
-        method.check_family(FRONTS["llava15"].CAPABILITIES)
-    method.check_family(FRONTS["qwen25vl"].CAPABILITIES)
+        method.check_family(family("llava15").CAPABILITIES)
+    method.check_family(family("qwen25vl").CAPABILITIES)
 
 
 def test_pyramiddrop_fit_rule_gives_the_table_on_llava_geometry():

@@ -147,3 +147,9 @@ def test_kernel_time_counts_each_device_kernel_once():
     events = EventList([op, kernel, memcpy], use_device="cuda")
     assert bench_latency.device_kernel_ms(events) == pytest.approx(0.055)
     assert sum(e.self_device_time_total for e in events) / 1000 == pytest.approx(0.105)  # the old, double sum
+
+
+def test_the_flops_table_lists_the_papers_methods_as_the_registry_does():
+    from svdprune.pruning import METHODS
+
+    assert set(flops_script.PAPER_METHODS) == {name for name, cls in METHODS.items() if cls.in_paper}

@@ -16,7 +16,7 @@ from baselines.fastervlm import FasterVLM
 from baselines.visionzip import OFFICIAL_SPLITS, VisionZip, split_for
 from svdprune.errors import UserError
 from svdprune.pruning import PruneContext, build_method
-from svdprune.llava15 import encode_images
+from svdprune.families.llava15 import encode_images
 
 BUDGETS = (192, 128, 64, 32, 16)
 

@@ -55,7 +55,7 @@ def test_the_comparison_can_fail(tiny, random_images, unpruned):
 def test_check_against_the_loaded_model(tiny):
     """``method.check(lm)`` refuses, before any result is written, what the loaded tower cannot do."""
     from svdprune.errors import UserError
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     tome = build_method("tome", 64, config_params("tome"))  # CLIP-L has 23 merge layers, the tiny tower 2
     with pytest.raises(UserError, match="tome: budget=64"):

@@ -11,8 +11,8 @@ from baselines.pooling import SpatialPooling, grid_shape
 from baselines.random_k import RandomK
 from svdprune.errors import UserError
 from svdprune.pruning import PruneContext, build_method
-from svdprune.llava15 import encode_images
-from svdprune.models import build_tiny
+from svdprune.families.llava15 import encode_images
+from svdprune.families.llava15 import build_tiny
 
 BUDGETS = (192, 128, 64, 32, 16)
 

@@ -9,7 +9,7 @@ import torch
 from baselines.tome import (LLAVA15_MERGE_LAYERS, ToMe, bipartite_soft_matching, check_schedule,
                             decreasing_schedule, merge_weighted)
 from svdprune.errors import UserError
-from svdprune.models import build_tiny
+from svdprune.families.llava15 import build_tiny
 from svdprune.pruning import PruneContext, Vanilla, build_method
 
 BUDGETS = (192, 128, 64, 32, 16)

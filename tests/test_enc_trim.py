@@ -10,7 +10,7 @@ from svdprune.errors import UserError
 from svdprune.models import build_tiny_clip
 from svdprune.pruning import PruneContext, build_method
 from svdprune.prompts import ANSWER_INSTRUCTION
-from svdprune.llava15 import encode_images
+from svdprune.families.llava15 import encode_images
 
 QUESTIONS = ["What color is the shape?", "How many circles are there in the image?\nReference OCR token: A, b"]
 
@@ -123,7 +123,7 @@ def test_impossible_budget(budget, clip_folder):
 
 
 def test_check_refuses_a_clip_of_another_width(tiny, clip_folder):
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     method = Trim(budget=16, clip_path=str(clip_folder))
     method.check(tiny)  # vision width 32 = the tiny LLaVA tower's

@@ -9,7 +9,7 @@ from svdprune import flops as F
 from svdprune.prompts import preprocess_image
 from svdprune.pruning import DecoderPruner, EncoderPruner, PruneContext, Vanilla
 from svdprune.surgery import prefill
-from svdprune.llava15 import build_inputs, encode_images
+from svdprune.families.llava15 import build_inputs, encode_images
 from tests.conftest import QUESTIONS
 
 INSTRUCTION = "Answer the question using a single word or phrase."

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from svdprune.families import load_model
-from svdprune.models import build_tiny, build_tiny_tokenizer
+from svdprune.families.llava15 import build_tiny
+from svdprune.models import build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

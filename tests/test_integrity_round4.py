@@ -166,7 +166,7 @@ def test_prune_arguments_are_typed():
     import yaml
 
     import svdprune
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     model = build_tiny(vision_layers=2, text_layers=2).model
     for value in ("false", "maybe", yaml.safe_load("maybe")):
@@ -424,7 +424,7 @@ def test_prune_from_a_non_editable_install(tmp_path):
                     "--disable-pip-version-check", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=300)  # offline: the build uses the installed setuptools
     assert not (target / "configs").exists()
-    code = ("import json, svdprune; from svdprune.models import build_tiny; from svdprune.pruning import default_params; "
+    code = ("import json, svdprune; from svdprune.families.llava15 import build_tiny; from svdprune.pruning import default_params; "
             "model = build_tiny(vision_layers=2, text_layers=17).model; "
             "[svdprune.prune(model, name, 64).remove() for name in ('svd', 'pyramiddrop', 'sparsevlm')]; "
             "print(json.dumps({'file': svdprune.__file__, 'pyramiddrop': default_params('pyramiddrop')}))")

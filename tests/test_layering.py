@@ -32,18 +32,23 @@ PACKAGES = ("svdprune", "baselines", "eval", "harness")
 
 def _import_graph() -> dict[str, set[str]]:
     """module -> the project modules it imports (every import statement, also inside functions)."""
-    modules = {f"{package}.{path.stem}" if path.stem != "__init__" else package: path
-               for package in PACKAGES for path in (ROOT / package).glob("*.py")}
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph = {}
     for name, path in modules.items():
-        package, targets = name.split(".")[0], set()
+        # the package a relative import starts from: the module's own for an __init__.py, else its parent's
+        package, targets = name if path.stem == "__init__" else name.rsplit(".", 1)[0], set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = package + (f".{base}" if base else "")
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = anchor + (f".{base}" if base else "")
                 targets.update(([base] if node.module else []) + [f"{base}.{alias.name}" for alias in node.names])
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
@@ -66,13 +71,32 @@ def test_no_import_cycles():
     assert not cycles, sorted(cycles)[:5]
 
 
+def _family_names() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "svdprune" / "families").glob("*.py") if not p.stem.startswith("_"))
+
+
+FAMILY_NAMES = _family_names()
+FAMILY_MODULES = {f"svdprune.families.{name}" for name in FAMILY_NAMES} | {"svdprune.families"}
+#: the shared engine, the API and the harness: they reach a family only through svdprune.families' registry
+ENGINE_FILES = ("svdprune/surgery.py", "svdprune/pruning.py", "svdprune/params.py", "svdprune/models.py",
+                "svdprune/api.py", "run.py", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "harness").glob("*.py")))
+
+
 def test_the_engine_imports_no_family():
-    """svdprune/surgery.py is the LLM half every family shares; svdprune/families.py is the one place that picks one."""
-    assert not _import_graph()["svdprune.surgery"] & {"svdprune.llava15", "svdprune.qwen25vl", "svdprune.families"}
+    """svdprune/surgery.py is the LLM half every family shares; svdprune/families/ is the one place that picks one."""
+    graph = _import_graph()
+    for module in ("svdprune.surgery", "svdprune.pruning", "svdprune.models"):
+        assert not graph[module] & FAMILY_MODULES, module
 
 
-FAMILY_NAMES = ("llava15", "qwen25vl")
-ENGINE_FILES = ("svdprune/surgery.py", "svdprune/pruning.py", "svdprune/params.py")
+def test_only_the_registry_imports_a_family_module():
+    """Outside svdprune/families/, code reaches a family through the registry (svdprune.families), never a family
+    module by name."""
+    graph = _import_graph()
+    offending = {f"{module} imports {target}" for module, targets in graph.items()
+                 if not module.startswith("svdprune.families")
+                 for target in targets & (FAMILY_MODULES - {"svdprune.families"})}
+    assert not offending, sorted(offending)
 
 
 def _code_words(path: Path) -> set[str]:
@@ -108,4 +132,4 @@ def test_a_family_names_no_method(family):
     identity the fronts use for an image at or under its budget, excepted)."""
     from svdprune.pruning import METHODS
 
-    assert not _code_words(ROOT / "svdprune" / f"{family}.py") & (set(METHODS) - {"vanilla"})
+    assert not _code_words(ROOT / "svdprune" / "families" / f"{family}.py") & (set(METHODS) - {"vanilla"})

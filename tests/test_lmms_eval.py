@@ -183,7 +183,7 @@ def test_lmms_eval_qwen25vl_gives_run_py_answers(method, budget, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from eval.fixtures import write_local_fixture
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
 
     folder = tmp_path / "qwen"
     lm = qwen25vl.build_tiny(seed=0, text_layers=4)
@@ -218,7 +218,7 @@ def test_qwen25vl_loglikelihood_is_the_summed_log_probability(tmp_path):
     from PIL import Image
 
     from eval.lmms_model import SvdpruneQwen25VL
-    from svdprune import qwen25vl
+    from svdprune.families import qwen25vl
 
     folder = tmp_path / "qwen"
     lm = qwen25vl.build_tiny(seed=0, text_layers=4)

@@ -239,7 +239,7 @@ def test_holov_zero_slots_reach_the_llm_as_zero_embeddings(tiny, random_images):
     from baselines._encoder_common import stash
     from svdprune.prompts import preprocess_image
     from svdprune.pruning import PruneContext
-    from svdprune.llava15 import encode_images, to_model
+    from svdprune.families.llava15 import encode_images, to_model
 
     class SinkHoloV(HoloV):  # the tower's attention replaced by one with sinks in the third chunk (as CLIP-L has)
         def encode(self, vision_tower, pixel_values, feature_layer, context):
@@ -312,7 +312,7 @@ def test_tokencarve_cuts_earlier_caches_to_the_kept_tokens(tiny, random_images):
     from svdprune.prompts import preprocess_image, vicuna_prompt
     from svdprune.pruning import PruneContext, Vanilla
     from svdprune.surgery import new_cache, prefill_states
-    from svdprune.llava15 import build_inputs, encode_images, to_model
+    from svdprune.families.llava15 import build_inputs, encode_images, to_model
 
     questions = ["What is it?", "Where is the red circle on the left side of the picture?"]
     pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
@@ -387,7 +387,7 @@ def test_flowcut_batched_equals_one_image_at_a_time(tiny, random_images):
 
 
 def test_flowcut_refuses_a_tower_without_a_layer_before_the_feature_layer():
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     shallow = build_tiny(seed=0, vision_layers=2, text_layers=1)  # features = layer 0's output
     with pytest.raises(UserError, match="flowcut: the vision layer that produces LLaVA's features is layer 0"):

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL through the engine (svdprune/qwen25vl.py), on a random tiny Qwen2_5_VLForConditionalGeneration: positions
+"""Qwen2.5-VL through the engine (svdprune/families/qwen25vl.py), on a random tiny Qwen2_5_VLForConditionalGeneration: positions
 equal HF's get_rope_index, vanilla equals HF generate (batch 1 and images of different sizes in one batch), every
 supported method batched equals one question at a time, kept tokens keep their 3-D positions, unsupported methods are
 refused in one line."""
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from baselines.divprune import cosine_distance, max_min_select
-from svdprune import qwen25vl
+from svdprune.families import qwen25vl
 from svdprune.errors import UserError
 from svdprune.pruning import METHODS, PruneContext, TokenState, Vanilla, build_method, default_params
 from svdprune.families import generate, generate_by_image, supported_methods
@@ -349,7 +349,7 @@ def test_a_llava_folder_is_not_loaded_as_qwen(tmp_path):
     from omegaconf import OmegaConf
 
     from svdprune.families import load_model
-    from svdprune.models import build_tiny
+    from svdprune.families.llava15 import build_tiny
 
     llava = build_tiny(vision_layers=1, text_layers=1)
     llava.model.save_pretrained(tmp_path)
@@ -571,7 +571,7 @@ def test_prune_api_budget_ratio(qwen, inputs):
     for j, answer in enumerate(want.token_ids):
         assert out[j, hf["input_ids"].shape[1]:].tolist()[:len(answer)] == answer
     with pytest.raises(UserError, match="budget_ratio=0.5 is for models whose images have their own token counts"):
-        from svdprune.models import build_tiny
+        from svdprune.families.llava15 import build_tiny
 
         svdprune.prune(build_tiny(vision_layers=1, text_layers=1).model, "svd", budget_ratio=0.5)
 

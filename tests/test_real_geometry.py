@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def lm():
-    from svdprune.models import load_pretrained
+    from svdprune.families.llava15 import load_pretrained
 
     model = load_pretrained(FOLDER, None, "bfloat16", "cpu")
     text, vision = model.model.config.text_config, model.model.config.vision_config

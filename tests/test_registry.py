@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from svdprune.families import FRONTS, supported_methods
+from svdprune.families import family, names, supported_methods
 from svdprune.pruning import METHODS, EncoderPruner, register
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,10 @@ def test_table_rows_are_distinct():
 
 
 def test_needs_are_capabilities_a_family_can_declare():
-    known = set().union(*(front.CAPABILITIES | set(front.LACKS) for front in FRONTS.values()))
+    known = set().union(*(front.CAPABILITIES | set(front.LACKS) for front in map(family, names())))
     for cls in METHODS.values():
         assert set(cls.needs) <= known, cls.name
-    for front in FRONTS.values():  # a family explains every capability it lacks
+    for front in map(family, names()):  # a family explains every capability it lacks
         assert known - front.CAPABILITIES == set(front.LACKS)
 
 
@@ -108,7 +108,7 @@ def test_the_readme_method_runs_pasted_into_a_copy(tmp_path, shapes_folder):
         [predictions] = out.glob(f"local/{name}/*/predictions.jsonl")
         rows = [json.loads(line) for line in predictions.read_text().splitlines()]
         assert len(rows) == 3 and all(r["kept_tokens"] == min(16, r.get("image_tokens_unpruned", 576)) for r in rows)
-    code = ("import svdprune; from svdprune.models import build_tiny; "
+    code = ("import svdprune; from svdprune.families.llava15 import build_tiny; "
             "model = build_tiny(vision_layers=2, text_layers=2).model; "
             f"handle = svdprune.prune(model, {name!r}, 16); print(type(handle.method).__module__); handle.remove()")
     result = subprocess.run([sys.executable, "-c", code], cwd=clone, capture_output=True, text=True, env=env,

@@ -489,7 +489,8 @@ def test_image_tables_are_fingerprinted_by_content(tmp_path, fmt):
 
 def test_trims_clip_weights_are_part_of_the_run(two_sets, tmp_path):
     """TRIM reads weights of its own (clip_path): retrained CLIP weights in the same folder are another run."""
-    from svdprune.models import build_tiny, build_tiny_clip
+    from svdprune.families.llava15 import build_tiny
+    from svdprune.models import build_tiny_clip
 
     vision_config = build_tiny(vision_layers=3, text_layers=4).model.config.vision_config
     folder = tmp_path / "clip"

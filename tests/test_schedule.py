@@ -17,8 +17,8 @@ from svdprune.prompts import preprocess_image, vicuna_prompt
 from svdprune.pruning import Vanilla
 from svdprune.families import generate, generate_by_image
 from svdprune.surgery import new_cache, prefill
-from svdprune.llava15 import build_inputs, encode_images
-from svdprune.llava15 import prefill_prefixes, split_prompt
+from svdprune.families.llava15 import build_inputs, encode_images
+from svdprune.families.llava15 import prefill_prefixes, split_prompt
 from svdprune.surgery import prefill_suffixes
 from svdprune.svd import SvdPrune
 from svdprune.pruning import PruneContext
@@ -265,7 +265,7 @@ def test_a_cublas_oom_halves_and_frees_the_failed_batch_first(shapes_folder, tmp
 def test_memory_a_carried_prefix_holds_its_own_image_only(tiny, random_images):
     """Issue 22: a prefix carried on to the next batch is its own tensor, not a view that keeps the KV of every
     image of its batch alive; the vision tower's hidden states are dropped after the encoder-side cut."""
-    from svdprune.llava15 import encode_prefixes
+    from svdprune.families.llava15 import encode_prefixes
 
     pixels = torch.stack([preprocess_image(img, tiny.image_size, tiny.image_mean, tiny.image_std)
                           for img in random_images[:3]])

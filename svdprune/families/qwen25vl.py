@@ -38,14 +38,16 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .errors import UserError
-from .models import (LoadedModel, _dtype, cast_like_from_pretrained, check_local_folder, hub_loading, in_project,
+from ..errors import UserError
+from ..models import (LoadedModel, dtype_of, cast_like_from_pretrained, check_local_folder, hub_loading, in_project,
                      resolve_device)
-from .prompts import CLIP_MEAN, CLIP_STD
-from .pruning import PruneContext, TokenState, Vanilla
-from .surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
+from ..prompts import CLIP_MEAN, CLIP_STD
+from ..pruning import PruneContext, TokenState, Vanilla
+from ..surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
 
-FAMILY = "qwen25vl"
+NAME = "qwen25vl"  # model.family
+MODEL_TYPE = "qwen2_5_vl"  # its config.json's model_type
+MODEL_CLASS = "Qwen2_5_VLForConditionalGeneration"  # what svdprune.prune() accepts for this family
 SYSTEM = "You are a helpful assistant."
 IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -419,7 +421,8 @@ def _describe(model, tokenizer, processor, name: str, revision, device, dtype, m
         model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=0,
         image_mean=tuple(mean), image_std=tuple(std),
         image_token_id=config.image_token_id, feature_layer=-1, num_patches=int(max_pixels) // TOKEN_PIXELS,
-        device=device, dtype=dtype, family=FAMILY, image_processor=processor, stop_token_ids=tuple(stops))
+        device=device, dtype=dtype, family=NAME, vision_tower=model.model.visual, image_processor=processor,
+        stop_token_ids=tuple(stops))
 
 
 def from_model(model, tokenizer=None) -> LoadedModel:
@@ -454,7 +457,7 @@ def load_pretrained(path: str, revision: str | None, dtype: str, device: str, *,
 
     path = in_project(path)
     check_local_folder(path, "a Qwen2.5-VL folder")
-    torch_dtype, torch_device = _dtype(dtype, device), resolve_device(device)
+    torch_dtype, torch_device = dtype_of(dtype, device), resolve_device(device)
     with hub_loading(path, revision, progress):
         model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
         if model_type != "qwen2_5_vl":  # before any weight is read
@@ -535,9 +538,100 @@ def build_tiny(seed: int = 0, text_layers: int = 28, vision_layers: int = 4, ini
                                                            vision_layers=vision_layers,
                                                            initializer_range=initializer_range))
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
-    model = cast_like_from_pretrained(model, _dtype(dtype, device))
+    model = cast_like_from_pretrained(model, dtype_of(dtype, device))
     torch_device = resolve_device(device)
     model.to(device=torch_device).eval()
     return _describe(model, tokenizer, image_processor(min_pixels, max_pixels), "qwen25vl-tiny", None, torch_device,
-                     _dtype(dtype, device), max_pixels)
+                     dtype_of(dtype, device), max_pixels)
 
+
+def load(model_cfg, progress: bool = True) -> LoadedModel:
+    """``model.kind``: ``pretrained`` (a hub id or local folder, :func:`load_pretrained`) or ``tiny``
+    (:func:`build_tiny`); ``model.min_pixels`` / ``max_pixels`` set the image processor (the model card's by default)."""
+    pixels = {"min_pixels": model_cfg.get("min_pixels") or DEFAULT_MIN_PIXELS,
+              "max_pixels": model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS}
+    if model_cfg.kind == "pretrained":
+        return load_pretrained(model_cfg.path, model_cfg.get("revision"), model_cfg.dtype, model_cfg.device,
+                               progress=progress, **pixels)
+    return build_tiny(seed=model_cfg.seed, device=model_cfg.device, dtype=model_cfg.dtype, **pixels,
+                      **{k: model_cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in model_cfg})
+
+
+def max_image_tokens(model_cfg) -> int:
+    """The most tokens an image can have, without loading the model: ``max_pixels`` / (28 x 28)."""
+    return int(model_cfg.get("max_pixels") or DEFAULT_MAX_PIXELS) // TOKEN_PIXELS
+
+
+# ---------------------------------------------------------------- a user's own inputs (svdprune.prune, lmms-eval)
+
+def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int]]], inputs: dict, *, seed: int,
+                   questions: list[str] | None):
+    """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): ``pixel_values`` split per
+    image by ``image_grid_thw``, vision tower + merger and the cut per image, each row's image run replaced by its kept
+    tokens at their 3-D positions, left-padded. A decoder-side cut needs images of one size in the call (as run.py's
+    groups). Returns (TokenState, the method to run, its context, the token rows, per-row stats)."""
+    pixel_values, image_grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
+    input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+    if pixel_values is None or image_grid_thw is None or image_grid_thw.shape[0] != len(rows):
+        got = "none" if pixel_values is None or image_grid_thw is None else image_grid_thw.shape[0]
+        raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images (pixel_values and "
+                        f"image_grid_thw, one image per prompt); got {got}")
+    grid = image_grid_thw.cpu()
+    patches = torch.split(pixel_values.to(torch.float32), [int(g.prod()) for g in grid])
+    images = [QwenImage(p, g) for p, g in zip(patches, grid)]
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    pads = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
+    for b, (count, image) in enumerate(zip(pads, images)):
+        if count != image.num_tokens:
+            raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_grid_thw "
+                            f"{grid[b].tolist()} makes {image.num_tokens}")
+    cuts = cut_images(lm, method, images, seed=seed, instruction=None)
+    q_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
+    parts = decoder_parts(lm, method, q_rows)
+    if len(parts) != 1:
+        sizes = sorted({image.num_tokens for image in images})
+        raise UserError(f"svdprune: {type(method).name} cuts inside the LLM, which needs the images of one call to "
+                        f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=None)
+    return _state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows], stat_columns([row.stats for row in q_rows])
+
+
+def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
+    """The question of a prompt from the ids after its image: the user turn up to its ``<|im_end|>``."""
+    text = lm.tokenizer.decode(suffix_ids, skip_special_tokens=False)
+    text = text[len(VISION_END):] if text.startswith(VISION_END) else text
+    return text[:text.find(IM_END)].strip() if IM_END in text else text.strip()
+
+
+def model_output(logits, loss, cache):
+    """The HF output class of this family's forward."""
+    from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
+
+    return MultimodalCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+
+def prompt(question: str, instruction: str | None = None) -> str:
+    """The prompt run.py feeds for one question (:func:`chat_prompt`; its image pad expanded later)."""
+    return chat_prompt(question, instruction)
+
+
+def full_prompt_ids(lm: LoadedModel, prompt_text: str, image: Image.Image) -> list[int]:
+    """A prompt's ids with its image pad expanded to the image's own token count, as the model card's processor
+    expands it."""
+    return text_ids(lm, prompt_text, preprocess(lm, image).num_tokens)
+
+
+def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image]) -> dict:
+    """The forward's keyword arguments for prompts and their images (one each), left-padded: what the model card's
+    processor gives (``pixel_values`` of all images, ``image_grid_thw``, ``mm_token_type_ids``)."""
+    prepared = [preprocess(lm, image) for image in images]
+    ids, padding = left_pad(lm, [text_ids(lm, text, image.num_tokens) for text, image in zip(prompts, prepared)])
+    return {"input_ids": ids, "attention_mask": (~padding).long(),
+            "pixel_values": torch.cat([image.patches for image in prepared]),
+            "image_grid_thw": torch.stack([image.grid for image in prepared]),
+            "mm_token_type_ids": (ids == lm.image_token_id).long()}
+
+
+def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
+    """The prompt followed by the assistant turn holding ``continuation`` (lmms-eval's loglikelihood)."""
+    return f"{prompt_text}{continuation}{IM_END}"

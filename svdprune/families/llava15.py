@@ -9,18 +9,26 @@ and its questions share its KV cache.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .models import LoadedModel
-from .prompts import preprocess_image, tokenizer_image_token, vicuna_prompt
-from .pruning import PruneContext, TokenState, reads_question_text
-from .surgery import (Generation, finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
+from ..errors import UserError
+from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrained, check_local_folder, dtype_of,
+                      hub_loading, in_project, read_config_json, resolve_device)
+from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, preprocess_image, tokenizer_image_token, vicuna_prompt
+from ..pruning import PruneContext, TokenState, reads_question_text
+from ..surgery import (Generation, finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
                       shares_prefix)
 
+NAME = "llava15"  # model.family (the default when a model config names none)
 LABEL = "LLaVA-1.5"
+MODEL_TYPE = "llava"  # its config.json's model_type
+MODEL_CLASS = "LlavaForConditionalGeneration"  # what svdprune.prune() accepts for this family
+TINY_GRID = 336 // 14  # the tiny model's patch grid side (build_tiny: 336 px images, 14 px patches)
 #: what this family provides to the methods (their ``needs``, svdprune/pruning.py): a CLIP vision tower with a [CLS]
 #: token and its attention, whose encoder layers a method may prune inside, whose text tower scores patches against
 #: the question, and one token count (576) for every image
@@ -294,3 +302,193 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     n_layers = len(lm.language_model.layers)
     return finish(lm, generated, prompts, [[k] * n_layers for _ in questions],
                    [len(prefix_ids) + len(suffix) for suffix in suffixes], stats)
+
+
+# ---------------------------------------------------------------- loading
+
+def _finish(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
+    model.to(device=device).eval()  # the dtype is the loader's business: see cast_like_from_pretrained
+    return _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype)
+
+
+def _describe(model, tokenizer, name, revision, image_mean, image_std, device, dtype) -> LoadedModel:
+    """The engine's view of a LLaVA-1.5 model (its geometry, checked); moves and casts nothing."""
+    config = model.config
+    if config.vision_feature_select_strategy != "default":
+        raise UserError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} "
+                        "is not LLaVA-1.5's; allowed: 'default' (CLS dropped)")
+    if not isinstance(config.vision_feature_layer, int):
+        raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (LLaVA-1.5: -2)")
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
+        image_mean=tuple(image_mean), image_std=tuple(image_std), image_token_id=config.image_token_id,
+        feature_layer=config.vision_feature_layer, num_patches=grid * grid, device=device, dtype=dtype, family=NAME,
+        vision_tower=model.model.vision_tower, projector=model.model.multi_modal_projector,
+    )
+
+
+
+
+def from_model(model: torch.nn.Module, tokenizer=None) -> LoadedModel:
+    """The engine's view of a ``LlavaForConditionalGeneration`` someone else loaded (any dtype, any device; used by
+    :func:`svdprune.prune` through :func:`svdprune.families.from_model`). Nothing is moved or cast: the device and dtype
+    are those of the model's own parameters (the vision tower's dtype: pixels and kept features are cast to it, as HF's
+    LLaVA does)."""
+    embed = model.model.language_model.embed_tokens.weight
+    tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
+    return _describe(model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__, None,
+                     CLIP_MEAN, CLIP_STD, embed.device, tower_dtype)
+
+
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
+    """Load a llava-hf format checkpoint from a local folder or a hub id (e.g. llava-hf/llava-1.5-7b-hf).
+    ``progress=False`` hides transformers' "Loading weights" bar."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    path = in_project(path)
+    check_local_folder(path, "a llava-hf format folder (config.json, *.safetensors, tokenizer files)")
+    torch_dtype, torch_device = dtype_of(dtype, device), resolve_device(device)
+    with hub_loading(path, revision, progress):
+        # on a GPU the weights go straight to it (accelerate's device_map), never through host RAM first
+        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    image_mean, image_std = _preprocessor_stats(path, revision)
+    return _finish(model, tokenizer, path, revision, image_mean, image_std, torch_device, torch_dtype)
+
+
+
+
+def _preprocessor_stats(path: str, revision: str | None):
+    """image_mean / image_std from preprocessor_config.json (CLIP's when the file is absent)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(path) / "preprocessor_config.json"
+        file = local if local.is_file() else Path(hf_hub_download(path, "preprocessor_config.json", revision=revision))
+        stats = json.loads(file.read_text())
+        return stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD)
+    except Exception:  # noqa: BLE001 - the CLIP constants are LLaVA-1.5's anyway
+        return CLIP_MEAN, CLIP_STD
+
+
+
+
+def build_tiny(seed: int = 0, image_size: int = 336, patch_size: int = 14, vision_hidden: int = 32,
+               vision_layers: int = 24, text_hidden: int = 64, text_layers: int = 32, heads: int = 4,
+               initializer_range: float = 0.2, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """A random-weight LlavaForConditionalGeneration with LLaVA-1.5's token geometry (577 = CLS + 24 x 24).
+
+    Same classes and forward code as the 7B model, built from a LlavaConfig in milliseconds, no download.
+    Default depth is LLaVA-1.5-7B's (24 CLIP layers, 32 LLM layers) so that every method runs with its LLaVA
+    schedule (ToMe's 23 merging layers, SparseVLM's layer 15, PyramidDrop's layer 16); tests that only need
+    the plumbing pass smaller depths.
+    ``initializer_range`` is larger than HF's 0.02 so that image features visibly move the logits.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                              patch_size=patch_size, projection_dim=vision_hidden)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                       num_hidden_layers=text_layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       initializer_range=initializer_range)
+    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default",
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+                         initializer_range=initializer_range)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = cast_like_from_pretrained(LlavaForConditionalGeneration(config), dtype_of(dtype, device))
+    return _finish(model, tokenizer, "tiny", None, CLIP_MEAN, CLIP_STD, resolve_device(device), dtype_of(dtype, device))
+
+
+def load(model_cfg, progress: bool = True) -> LoadedModel:
+    """``model.kind``: ``pretrained`` (a llava-hf hub id or local folder, :func:`load_pretrained`) or ``tiny``
+    (:func:`build_tiny`)."""
+    if model_cfg.kind == "pretrained":
+        return load_pretrained(model_cfg.path, model_cfg.get("revision"), model_cfg.dtype, model_cfg.device, progress)
+    return build_tiny(seed=model_cfg.seed, device=model_cfg.device, dtype=model_cfg.dtype,
+                      **{k: model_cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in model_cfg})
+
+
+def max_image_tokens(model_cfg) -> int | None:
+    """Image tokens per image without loading the model: 24 x 24 = 576 for the tiny model; a local folder's (or the HF
+    cache's) config.json when it is there; None when unknown."""
+    if model_cfg.get("kind") != "pretrained":
+        return TINY_GRID * TINY_GRID
+    config = read_config_json(model_cfg)
+    try:
+        vision = config["vision_config"]
+        return (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------- a user's own inputs (svdprune.prune, lmms-eval)
+
+def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int]]], inputs: dict, *, seed: int,
+                   questions: list[str] | None):
+    """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): vision tower, cut and
+    projector over the batch's images (``inputs["pixel_values"]``, one per row), each row's image run (``rows``: the
+    ids before and after it) replaced by the k kept tokens, left-padded. Returns (TokenState, the method to run, its
+    context, the token rows, per-row stats)."""
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is None or pixel_values.shape[0] != len(rows):
+        got = "none" if pixel_values is None else pixel_values.shape[0]
+        raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images in pixel_values "
+                        f"(one per prompt, {LABEL}); got {got}")
+    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=None)
+    # float32 pixels on the context as run.py hands them over (random-k seeds), cast to the model's dtype
+    embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
+    k = embeds.shape[1]
+    token_rows = [prefix + [lm.image_token_id] * k + suffix for prefix, suffix in rows]
+    return build_inputs_from_ids(lm, token_rows, embeds), method, context, token_rows, {}
+
+
+def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
+    """The question of a prompt from the ids after its image: the user turn up to vicuna_v1's " ASSISTANT:" (exact
+    when the tokenizer's decode inverts its encode)."""
+    text = lm.tokenizer.decode(suffix_ids, skip_special_tokens=True)
+    text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
+    return text.strip()
+
+
+def model_output(logits, loss, cache):
+    """The HF output class of this family's forward."""
+    from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
+
+    return LlavaCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+
+def prompt(question: str, instruction: str | None = None) -> str:
+    """The prompt run.py feeds for one question (vicuna_v1, the image first; ``<image>`` expanded later)."""
+    return vicuna_prompt(question, instruction)
+
+
+def full_prompt_ids(lm: LoadedModel, prompt_text: str, image: Image.Image | None = None) -> list[int]:
+    """A prompt's ids with its image placeholder expanded to the unpruned count (576), as LLaVA's
+    ``tokenizer_image_token`` and llava-hf's processor give them (every image has the same count)."""
+    return tokenizer_image_token(prompt_text, lm.tokenizer, lm.image_token_id, lm.num_patches)
+
+
+def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image]) -> dict:
+    """The forward's keyword arguments for prompts and their images (one each), left-padded: what llava-hf's
+    processor gives, with official LLaVA-1.5's pixels (:func:`preprocess`)."""
+    ids, padding = left_pad(lm, [full_prompt_ids(lm, text) for text in prompts])
+    pixels = torch.stack([preprocess(lm, image) for image in images])
+    return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels}
+
+
+def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
+    """The prompt followed by an assistant turn holding ``continuation`` (lmms-eval's loglikelihood; its own llava
+    model's text: prompt + " " + continuation + "</s>")."""
+    return f"{prompt_text} {continuation}{lm.tokenizer.eos_token or '</s>'}"
