@@ -31,7 +31,9 @@ Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``, the model card's processor):
 front (svdprune/families/qwen25vl.py): ``pixel_values`` are split per image by ``image_grid_thw``, each row's run of
 ``<|image_pad|>`` is replaced by its image's kept tokens at their own 3-D positions (the positions HF's
 ``get_rope_index`` gives the unpruned prompt), decoding continues at the last prompt position + 1. Images only (no
-video); a decoder-side method needs the images of one call to have one size (as run.py groups them).
+video). A decoder-side method's cut needs one image size per prefill: the rows of a call are prefilled in groups of
+one size (as run.py groups them) and their caches merged into the one HF ``generate`` decodes
+(:func:`svdprune.surgery.merge_prefills`).
 
 Not supported (one-line errors): ``inputs_embeds``, more or fewer than one image per row when an image is given,
 continuing a pruned cache with more than one new token per call (assisted decoding, a second chat turn),
@@ -168,7 +170,7 @@ class PruneHandle:
         return type(self.model).forward(self.model, *args, **kwargs)
 
     def _prefill(self, input_ids, attention_mask, pixel_values, cache, values: dict, extra: dict):
-        from .surgery import new_cache, prefill_states
+        from .surgery import merge_prefills, new_cache, prefill_states
 
         lm = self._lm
         rows = _split_rows(input_ids, attention_mask, lm.image_token_id)
@@ -178,12 +180,25 @@ class PruneHandle:
             raise UserError("svdprune: prefill into a cache that already holds tokens is not supported; start "
                             "from an empty cache (generate() does)")
         questions = self._question_texts(rows) if reads_question_text(self.method) else None
-        state, method, context, token_rows, row_stats = front(lm).prefill_inputs(
+        parts, token_rows, row_stats = front(lm).prefill_inputs(
             lm, self.method, rows, {**values, "input_ids": input_ids, "attention_mask": attention_mask},
             seed=self.seed, questions=questions)
-        final, image_counts, groups = prefill_states(lm, state, method, context, cache)
+        if len(parts) == 1:
+            _, state, method, context = parts[0]
+            final, image_counts, groups = prefill_states(lm, state, method, context, cache)
+            stats = {**row_stats, **context.stats}
+        else:  # rows the method cuts in groups (Qwen2.5-VL: one image size each), decoded as one batch
+            prefills = [(members, prefill_states(lm, state, method, context, part_cache := new_cache(lm)), part_cache)
+                        for members, state, method, context in parts]
+            final, image_counts, groups = merge_prefills(lm, prefills, cache)
+            stats = dict(row_stats)
+            for members, _, _, context in parts:
+                for key, values_of_part in context.stats.items():
+                    column = stats.setdefault(key, [None] * len(rows))
+                    for j, i in enumerate(members):
+                        column[i] = values_of_part[j]
         self._decoding[cache] = _Decoding(groups)
-        self._record(token_rows, image_counts, {**row_stats, **context.stats})
+        self._record(token_rows, image_counts, stats)
 
         logits = self._prefill_logits(final, input_ids, attention_mask, values.get("logits_to_keep") or 0,
                                       values.get("labels") is not None)
@@ -285,8 +300,8 @@ def _output(family, logits, loss, cache, extra: dict):
 def prune(model, method: str = "svd", budget: int = 64, *, budget_ratio: float | None = None, seed: int = 0,
           tokenizer=None, **params) -> PruneHandle:
     """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration`` or
-    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL: ``svdprune.families.supported_methods("qwen25vl")``; a
-    decoder-side method there takes images of one size per call).
+    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL:
+    ``svdprune.families.supported_methods("qwen25vl")``).
 
     params: the method's parameters as in ``configs/method/<method>.yaml`` (its defaults are used for the rest),
     e.g. ``tau=0.9`` for svd, ``agg_layer=1`` for fastv. seed: as run.py's ``seed`` (random-k).

@@ -144,6 +144,65 @@ def prefill_states(lm: LoadedModel, state: TokenState, method, context: PruneCon
     return state, torch.stack(image_counts, dim=1), groups
 
 
+def _left_pad_rows(x: torch.Tensor, length: int, dim: int, value) -> torch.Tensor:
+    """Left-pad ``x`` along ``dim`` to ``length`` with ``value``."""
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([torch.full(shape, value, dtype=x.dtype, device=x.device), x], dim=dim)
+
+
+def merge_prefills(lm: LoadedModel, parts: list, cache):
+    """One batch's prefill from prefills of disjoint row groups (``parts``: per group (row indices, the
+    :func:`prefill_states` result, the group's own cache)), as if the rows had been prefilled together: each layer's
+    KV cache left-padded to the longest group's length and the rows put back in their order into ``cache``; the
+    decoding groups split wherever any group's cut changes the length; the final states left-padded alike.
+
+    For a caller that must hand one cache to its own decoding loop (:func:`svdprune.prune` under HF ``generate``) while
+    a method's cut needs its rows grouped (Qwen2.5-VL: one image size per decoder-side prefill). Returns what
+    :func:`prefill_states` returns for the whole batch."""
+    order = torch.tensor([i for members, _, _ in parts for i in members])
+    back = torch.argsort(order)  # merged position of each original row
+
+    # the cache, layer by layer: (B_p, H, L_p, hd) -> (B, H, max L_p, hd), zeros where padded (never attended)
+    n_layers = len(lm.language_model.layers)
+    for layer_idx in range(n_layers):
+        keys = [part_cache.layers[layer_idx].keys for _, _, part_cache in parts]
+        values = [part_cache.layers[layer_idx].values for _, _, part_cache in parts]
+        length = max(k.shape[2] for k in keys)
+        k = torch.cat([_left_pad_rows(t, length, 2, 0) for t in keys])[back.to(keys[0].device)]
+        v = torch.cat([_left_pad_rows(t, length, 2, 0) for t in values])[back.to(values[0].device)]
+        cache.update(k, v, layer_idx)
+
+    # decoding groups: a boundary wherever any part's group ends
+    ends = sorted({group.layers[-1] for _, (_, _, groups), _ in parts for group in groups})
+    groups, start = [], 0
+    for end in ends:
+        paddings, positions = [], []
+        for _, (_, _, part_groups), _ in parts:
+            group = next(g for g in part_groups if start in g.layers)
+            paddings.append(group.padding)
+            positions.append(group.next_position)
+        length = max(p.shape[1] for p in paddings)
+        padding = torch.cat([_left_pad_rows(p, length, 1, True) for p in paddings])[back.to(paddings[0].device)]
+        next_position = torch.cat(positions, dim=-1)[..., back.to(positions[0].device)]
+        groups.append(_LayerCache(range(start, end + 1), padding, next_position))
+        start = end + 1
+
+    finals = [final for _, (final, _, _), _ in parts]
+    length = max(f.hidden.shape[1] for f in finals)
+    index = back.to(finals[0].hidden.device)
+    final = TokenState(
+        hidden=torch.cat([_left_pad_rows(f.hidden, length, 1, 0) for f in finals])[index],
+        position_ids=torch.cat([_left_pad_rows(f.position_ids, length, -1, 0) for f in finals], dim=-2)[..., index, :],
+        padding=torch.cat([_left_pad_rows(f.padding, length, 1, True) for f in finals])[index],
+        is_image=torch.cat([_left_pad_rows(f.is_image, length, 1, False) for f in finals])[index])
+    image_counts = torch.cat([counts for _, (_, counts, _), _ in parts])[back.to(parts[0][1][1].device)]
+    return final, image_counts, groups
+
+
 def shares_prefix(method) -> bool:
     """Whether the LLM prefill of the image prefix can be shared by the image's questions: only when every
     layer sees the same image tokens whatever the question (no question-dependent selection, no cut between

@@ -439,14 +439,14 @@ def test_the_memory_model_says_it_covers_llava_only():
 @pytest.mark.parametrize("name", supported_methods("qwen25vl"))
 def test_prune_api_equals_the_engine(qwen, inputs, name):
     """``svdprune.prune`` on a Qwen2_5_VLForConditionalGeneration + HF ``generate`` on the processor's inputs (pads,
-    patches, grids) gives the engine's answers and per-question records: one mechanism. Encoder-side methods: the
-    four image sizes in one left-padded call; decoder-side ones: one prompt per call (their cut needs one size)."""
+    patches, grids) gives the engine's answers and per-question records: one mechanism. The four image sizes in one
+    left-padded call, also for decoder-side methods (prefilled per size as run.py groups them, decoded as one batch)."""
     import svdprune
 
     keys = [0, 1, 2, 3]
     want = generate_by_image(qwen, build_method(name, 32, default_params(name)), QUESTIONS, keys, inputs,
                              instruction=None, max_new_tokens=4)
-    calls = [[k] for k in keys] if build_method(name, 32, default_params(name)).kind == "decoder" else [keys]
+    calls = [keys]
     with svdprune.pruned(qwen.model, name, 32) as handle:
         got = {}
         for rows in calls:
@@ -478,14 +478,30 @@ def test_prune_api_refusals_and_remove(qwen, inputs):
     with pytest.raises(UserError, match="method=visionzip does not run on Qwen2.5-VL"):
         svdprune.prune(qwen.model, "visionzip", 32)
     handle = svdprune.prune(qwen.model, "fastv", 32)
-    with pytest.raises(UserError, match=r"fastv cuts inside the LLM, .* \[64, 165\] tokens"):
-        qwen.model.generate(**hf, max_new_tokens=2, do_sample=False)
     bad = dict(hf, image_grid_thw=hf["image_grid_thw"].flip(0))
     with pytest.raises(UserError, match="prompt 0 has 165 image tokens but its image_grid_thw"):
         qwen.model(**bad)
     handle.remove()
     with torch.inference_mode():
         assert torch.equal(qwen.model(**hf).logits, before)  # the unpruned model, bit for bit
+
+
+def test_prune_api_full_forward_of_mixed_sizes_equals_one_prompt_per_call(qwen, inputs):
+    """A decoder-side cut on images of two sizes in one full forward (``model(**inputs)``: logits at every text
+    position, e.g. loglikelihood scoring): each row's text logits are those of the row run alone."""
+    import svdprune
+
+    hf = hf_inputs(qwen, QUESTIONS[:2], [inputs[0], inputs[1]])
+    assert len({int(g.prod()) for g in hf["image_grid_thw"]}) == 2
+    with svdprune.pruned(qwen.model, "fastv", 32) as handle, torch.inference_mode():
+        together = qwen.model(**hf).logits
+        alone = [qwen.model(**hf_inputs(qwen, [QUESTIONS[i]], [inputs[i]])).logits[0] for i in range(2)]
+        counts = [r["image_tokens_per_layer"] for r in handle.records]
+    assert counts[:2] == counts[2:]  # the same cut per row, together or alone
+    for i in range(2):
+        text = hf["attention_mask"][i].bool() & (hf["input_ids"][i] != qwen.image_token_id)
+        own = alone[i][alone[i].abs().sum(-1) > 0]  # its text positions, in order
+        torch.testing.assert_close(together[i][text], own, rtol=1e-4, atol=1e-4)
 
 
 def test_attention_rows_equal_the_qwen_layers_eager_attention(qwen, inputs):

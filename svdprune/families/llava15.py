@@ -439,8 +439,8 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
                    questions: list[str] | None):
     """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): vision tower, cut and
     projector over the batch's images (``inputs["pixel_values"]``, one per row), each row's image run (``rows``: the
-    ids before and after it) replaced by the k kept tokens, left-padded. Returns (TokenState, the method to run, its
-    context, the token rows, per-row stats)."""
+    ids before and after it) replaced by the k kept tokens, left-padded. Returns (parts, the token rows, per-row
+    stats); parts: one (row indices, TokenState, the method to run, its context) per prefill, here one for all rows."""
     pixel_values = inputs.get("pixel_values")
     if pixel_values is None or pixel_values.shape[0] != len(rows):
         got = "none" if pixel_values is None else pixel_values.shape[0]
@@ -451,7 +451,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
     embeds = encode_images(lm, method, to_model(lm, pixel_values.to(torch.float32), context), context)  # (B, k, d)
     k = embeds.shape[1]
     token_rows = [prefix + [lm.image_token_id] * k + suffix for prefix, suffix in rows]
-    return build_inputs_from_ids(lm, token_rows, embeds), method, context, token_rows, {}
+    return [(list(range(len(rows))), build_inputs_from_ids(lm, token_rows, embeds), method, context)], token_rows, {}
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:

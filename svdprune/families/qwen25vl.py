@@ -568,8 +568,9 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
                    questions: list[str] | None):
     """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): ``pixel_values`` split per
     image by ``image_grid_thw``, vision tower + merger and the cut per image, each row's image run replaced by its kept
-    tokens at their 3-D positions, left-padded. A decoder-side cut needs images of one size in the call (as run.py's
-    groups). Returns (TokenState, the method to run, its context, the token rows, per-row stats)."""
+    tokens at their 3-D positions, left-padded. Returns (parts, the token rows, per-row stats); parts: one (row
+    indices, TokenState, the method to run, its context) per prefill: all rows for vanilla and encoder-side methods,
+    one group per image size for a decoder-side cut, fitted to that size (:func:`decoder_parts`, as run.py's)."""
     pixel_values, image_grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
     input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
     if pixel_values is None or image_grid_thw is None or image_grid_thw.shape[0] != len(rows):
@@ -587,13 +588,12 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
                             f"{grid[b].tolist()} makes {image.num_tokens}")
     cuts = cut_images(lm, method, images, seed=seed, instruction=None)
     q_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
-    parts = decoder_parts(lm, method, q_rows)
-    if len(parts) != 1:
-        sizes = sorted({image.num_tokens for image in images})
-        raise UserError(f"svdprune: {type(method).name} cuts inside the LLM, which needs the images of one call to "
-                        f"have one size (here {sizes} tokens); pass one prompt per call or images of one size")
-    context = PruneContext(questions=questions, seed=seed, model=lm.model, lm=lm, instruction=None)
-    return _state(lm, q_rows), parts[0][1], context, [row.ids for row in q_rows], stat_columns([row.stats for row in q_rows])
+    parts = []
+    for members, part_method in decoder_parts(lm, method, q_rows):
+        context = PruneContext(questions=[questions[i] for i in members] if questions is not None else None,
+                               seed=seed, model=lm.model, lm=lm, instruction=None)
+        parts.append((members, _state(lm, [q_rows[i] for i in members]), part_method, context))
+    return parts, [row.ids for row in q_rows], stat_columns([row.stats for row in q_rows])
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
