@@ -44,6 +44,7 @@ from ..models import (LoadedModel, dtype_of, cast_like_from_pretrained, check_lo
 from ..prompts import CLIP_MEAN, CLIP_STD
 from ..pruning import PruneContext, TokenState, Vanilla
 from ..surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
+from ._per_image import group_indices, image_budget, parts_by_image_tokens, stat_columns
 
 NAME = "qwen25vl"  # model.family
 MODEL_TYPE = "qwen2_5_vl"  # its config.json's model_type
@@ -167,14 +168,6 @@ def vision_tokens(lm: LoadedModel, images: list[QwenImage]) -> list[torch.Tensor
     return list(torch.split(merged, [image.num_tokens for image in images]))
 
 
-def image_budget(method, num_tokens: int) -> int:
-    """The tokens an image of ``num_tokens`` keeps: ``budget``, or with ``budget_ratio`` set, that share of its own
-    tokens rounded down (at least 1)."""
-    if method.budget_ratio is None:
-        return method.budget
-    return max(1, int(method.budget_ratio * num_tokens))
-
-
 def select(lm: LoadedModel, method, tokens: torch.Tensor, image: QwenImage, seed: int,
            instruction: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One image's encoder-side cut: (kept embeddings (k, d), the grid cell (row, column) each takes its 3-D position
@@ -241,31 +234,9 @@ def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, image
             for question, key in zip(questions, image_keys)]
 
 
-def _group_indices(values: list) -> dict:
-    """value -> the indices that have it, in first-seen order (rows that can share one prefill)."""
-    groups: dict = {}
-    for i, value in enumerate(values):
-        groups.setdefault(value, []).append(i)
-    return groups
-
-
-def stat_columns(per_row: list[dict]) -> dict[str, list]:
-    """Per-row stat dicts -> {key: one value per row (None where a row lacks it)}, keys in first-seen order."""
-    keys = list(dict.fromkeys(key for stats in per_row for key in stats))
-    return {key: [stats.get(key) for stats in per_row] for key in keys}
-
-
 def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[int], object]]:
-    """(row indices, the method for them) groups of one prefill each: an encoder-side method or vanilla runs all rows
-    together; a decoder-side cut needs the same number of image tokens in every row, so its rows go in groups of
-    equal image size, each with the method fitted to that size (``for_image_tokens``; an image at or under its
-    budget without a cut)."""
-    if method.kind != "decoder":
-        return [(list(range(len(rows))), method)]
-    n_layers = lm.language_model.config.num_hidden_layers
-    return [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
-             if n > image_budget(method, n) else Vanilla())
-            for n, members in _group_indices([len(row.embeds) for row in rows]).items()]
+    """:func:`svdprune.families._per_image.decoder_parts` of the rows' image token counts."""
+    return parts_by_image_tokens(lm, method, [len(row.embeds) for row in rows])
 
 
 def _state(lm: LoadedModel, rows: list[_Row]):
@@ -361,7 +332,7 @@ def encode_prefixes(lm: LoadedModel, method, images: list[QwenImage], *, instruc
     cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
     rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
     kv: list = [None] * len(rows)
-    for members in _group_indices([len(row.ids) for row in rows]).values():
+    for members in group_indices([len(row.ids) for row in rows]).values():
         cache = new_cache(lm)
         prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
         for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
@@ -386,7 +357,7 @@ def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image
         before, after = question_parts(lm, question, instruction)
         assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
         suffixes.append(after)
-    by_length = _group_indices([len(prefixes[key].row.ids) for key in image_keys])
+    by_length = group_indices([len(prefixes[key].row.ids) for key in image_keys])
     n_layers = len(lm.language_model.layers)
     out: list = [None] * len(questions)
     for length, members in by_length.items():

@@ -1,0 +1,41 @@
+"""What the families whose images each have their own token count share (Qwen2.5-VL, LLaVA-NeXT): a budget per
+image, and the groups of rows a decoder-side cut prefills together."""
+from __future__ import annotations
+
+from ..models import LoadedModel
+from ..pruning import Vanilla
+
+
+def image_budget(method, num_tokens: int) -> int:
+    """The tokens an image of ``num_tokens`` keeps: ``budget``, or with ``budget_ratio`` set, that share of its own
+    tokens rounded down (at least 1)."""
+    if method.budget_ratio is None:
+        return method.budget
+    return max(1, int(method.budget_ratio * num_tokens))
+
+
+def group_indices(values: list) -> dict:
+    """value -> the indices that have it, in first-seen order (rows that can share one prefill)."""
+    groups: dict = {}
+    for i, value in enumerate(values):
+        groups.setdefault(value, []).append(i)
+    return groups
+
+
+def stat_columns(per_row: list[dict]) -> dict[str, list]:
+    """Per-row stat dicts -> {key: one value per row (None where a row lacks it)}, keys in first-seen order."""
+    keys = list(dict.fromkeys(key for stats in per_row for key in stats))
+    return {key: [stats.get(key) for stats in per_row] for key in keys}
+
+
+def parts_by_image_tokens(lm: LoadedModel, method, image_tokens: list[int]) -> list[tuple[list[int], object]]:
+    """(row indices, the method for them) groups of one prefill each (``image_tokens``: each row's image token
+    count): an encoder-side method or vanilla runs all rows together; a decoder-side cut needs the same number of image tokens in every row, so its rows go in groups of
+    equal image size, each with the method fitted to that size (``for_image_tokens``; an image at or under its
+    budget without a cut)."""
+    if method.kind != "decoder":
+        return [(list(range(len(image_tokens))), method)]
+    n_layers = lm.language_model.config.num_hidden_layers
+    return [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
+             if n > image_budget(method, n) else Vanilla())
+            for n, members in group_indices(image_tokens).items()]
