@@ -1,0 +1,440 @@
+"""LLaVA-NeXT (LLaVA-1.6), the third model family: AnyRes inputs in front of the shared engine.
+
+What differs from LLaVA-1.5, and how this file meets the engine (:mod:`svdprune.surgery`):
+
+* **AnyRes views.** The model card's image processor picks, from ``image_grid_pinpoints``, the resolution that keeps
+  most of the image at its aspect (``select_best_resolution``), resizes the image into it and pads it, and cuts it into
+  tiles of the CLIP tower's size (336 px on the 7B); a base view is the whole image resized to one tile. CLIP encodes
+  the base view and every tile (576 patch features each on the 7B, [CLS] dropped), the projector maps them to LLM
+  inputs, and HF's ``pack_image_features`` lays them out: the base view's 576 tokens, then the tiles' feature map
+  unpadded back to the image's aspect, row by row, with the learned ``image_newline`` token after each row. So an
+  image has its own token count N = 576 + rows x (columns + 1) (:func:`token_layout`), up to 2,928 on the 7B.
+* **Positions** are LLaVA's 1-D RoPE positions: the kept tokens are placed contiguously in the prompt (k image ids
+  where ``<image>`` stands), as on LLaVA-1.5.
+* **Prompt.** The vicuna_v1 conversation of LLaVA-NeXT's eval for the vicuna model, the same text as LLaVA-1.5's
+  (:func:`svdprune.prompts.vicuna_prompt`).
+
+Budgets (a decision; the authors' LLaVA-NeXT code is not yet the reference here, see below). A count ``budget=640``
+means 640 image tokens reach the LLM, whatever the image's own count; ``budget_ratio`` a share of the image's own
+tokens. An encoder-side method (SVD-Prune, DivPrune, random-k) cuts an image's *patch* tokens (base view and
+unpadded tiles, in that order, after the projector: the tokens the LLM would see) and the newline tokens are not
+candidates and are left out of a cut image (they mark rows of a grid a cut no longer has); the budget is over patch
+tokens. A decoder-side method (FastV, PyramidDrop, SparseVLM, DART) sees every image position, newlines included,
+as image tokens, as the HF model lays them out. An image with at most its budget of patch tokens keeps everything.
+
+Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run. Methods that read CLIP's
+[CLS] attention, run inside CLIP's layers, use CLIP's text tower or a fixed token count are refused with the reason
+(:data:`LACKS`): on AnyRes each of those is a per-view decision that each method's authors make in their own
+LLaVA-NeXT code (VisionZip, VisPruner, HoloV, FlowCut, CDPruner publish one), which this family does not model yet.
+Pooling is refused by its own check (an AnyRes image is not one h x w grid).
+
+Batches: the vision tower runs once per distinct image; every question's whole prompt is prefilled (no prefix
+sharing yet); a decoder-side cut prefills rows in groups of one image token count (:mod:`._per_image`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrained, check_local_folder, dtype_of,
+                      hub_loading, in_project, read_config_json, resolve_device)
+from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_token, vicuna_prompt
+from ..pruning import PruneContext, TokenState
+from ..surgery import finish, greedy, left_pad, new_cache, padded_positions, prefill
+from ._per_image import image_budget, parts_by_image_tokens, stat_columns
+
+NAME = "llava_next"  # model.family
+LABEL = "LLaVA-NeXT"
+MODEL_TYPE = "llava_next"  # its config.json's model_type
+MODEL_CLASS = "LlavaNextForConditionalGeneration"  # what svdprune.prune() accepts for this family
+CAPABILITIES = frozenset()
+LACKS = {
+    "cls_attention": "it reads the vision tower's [CLS] attention, and an AnyRes image is a base view and tiles, each "
+                     "with its own [CLS]; how to combine them is a per-method LLaVA-NeXT decision not modelled yet",
+    "vision_layers": "it works inside CLIP's encoder layers, and an AnyRes image is several CLIP views packed after "
+                     "the projector; per-view pruning inside CLIP is not modelled yet",
+    "clip_text": "it scores patches against the question with CLIP's text tower, per view on AnyRes; not modelled yet",
+    "fixed_grid": "its schedule is fitted to one token count for every image (LLaVA-1.5's 576), and LLaVA-NeXT's "
+                  "images each have their own",
+}
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass
+class NextImage:
+    """One preprocessed image: ``pixels`` (V, 3, S, S) float32, its base view and tiles as the image processor emits
+    them; ``image_size`` (2,) long, the image's (height, width); ``layout`` (base tokens, rows, columns) of its packed
+    tokens (:func:`token_layout`)."""
+
+    pixels: torch.Tensor
+    image_size: torch.Tensor
+    layout: tuple[int, int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        base, rows, cols = self.layout
+        return base + rows * (cols + 1)
+
+    def newline_mask(self) -> torch.Tensor:
+        """(N,) bool: True at the newline tokens (the last of each unpadded row)."""
+        base, rows, cols = self.layout
+        mask = torch.zeros(self.num_tokens, dtype=torch.bool)
+        mask[base + cols::cols + 1] = True
+        return mask
+
+
+def token_layout(config, image_size) -> tuple[int, int, int]:
+    """(base view tokens, rows, columns) of an image's packed tokens, as HF's ``pack_image_features`` lays them out:
+    the tile grid ``get_anyres_image_grid_shape`` picks, unpadded to the image's aspect (``unpad_image``'s rule)."""
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    height, width = (int(v) for v in image_size)
+    tiles_h, tiles_w = get_anyres_image_grid_shape([height, width], config.image_grid_pinpoints, vision.image_size)
+    rows, cols = tiles_h * side, tiles_w * side
+    if width / height > cols / rows:
+        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
+    return side * side, rows, cols
+
+
+def most_tokens(config) -> int:
+    """The most image tokens one image can have: an image at a pinpoint's exact aspect (nothing unpadded)."""
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    return max(side * side + (h // vision.patch_size) * (w // vision.patch_size + 1)
+               for h, w in config.image_grid_pinpoints)
+
+
+def image_processor(config, path: str | None = None, revision: str | None = None):
+    """The model card's image processor (the PIL implementation), or one built from the model's config (the tiny
+    model, a model the user loaded): CLIP's mean and std, bicubic resize, the config's tile size and pinpoints."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    if path is not None:
+        return LlavaNextImageProcessorPil.from_pretrained(path, revision=revision)
+    side = config.vision_config.image_size
+    return LlavaNextImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                      image_grid_pinpoints=[list(p) for p in config.image_grid_pinpoints],
+                                      image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+
+def preprocess(lm: LoadedModel, image: Image.Image) -> NextImage:
+    out = lm.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+    size = out["image_sizes"][0]
+    layout = token_layout(lm.model.config, size)
+    views = _views(lm.model.config, size)
+    return NextImage(pixels=out["pixel_values"][0, :views].to(torch.float32), image_size=size, layout=layout)
+
+
+def _views(config, image_size) -> int:
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    return image_size_to_num_patches([int(v) for v in image_size], config.image_grid_pinpoints,
+                                     config.vision_config.image_size)
+
+
+def prompt(question: str, instruction: str | None = None) -> str:
+    """The prompt run.py feeds for one question: LLaVA-NeXT's vicuna_v1 conversation, the image first."""
+    return vicuna_prompt(question, instruction)
+
+
+def _parts(lm: LoadedModel, question: str, instruction: str | None) -> tuple[list[int], list[int]]:
+    """(ids before the image, ids after it) of one question's prompt."""
+    ids = tokenizer_image_token(prompt(question, instruction), lm.tokenizer, lm.image_token_id, 1)
+    at = ids.index(lm.image_token_id)
+    return ids[:at], ids[at + 1:]
+
+
+# ---------------------------------------------------------------- vision and the cut
+
+def vision_tokens(lm: LoadedModel, images: list[NextImage]) -> list[torch.Tensor]:
+    """LLM-input image tokens per image, (N_i, d) as HF's ``get_image_features`` packs them (base view, unpadded
+    tiles with a newline after each row): the vision tower over every view of the images together."""
+    pixels = torch.cat([image.pixels for image in images]).to(lm.device, lm.dtype)
+    sizes = torch.stack([image.image_size for image in images]).to(lm.device)
+    out = lm.model.model.get_image_features(pixel_values=pixels, image_sizes=sizes,
+                                            vision_feature_layer=lm.feature_layer,
+                                            vision_feature_select_strategy="default", return_dict=True)
+    tokens = list(out.pooler_output)
+    for t, image in zip(tokens, images):
+        assert t.shape[0] == image.num_tokens, f"packed {t.shape[0]} tokens, layout says {image.num_tokens}"
+    return tokens
+
+
+def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed: int,
+           instruction: str | None) -> tuple[torch.Tensor, dict]:
+    """One image's encoder-side cut over its patch tokens (newlines not candidates, left out of a cut image):
+    (kept tokens (k, d), the method's stats). Vanilla, decoder-side methods and an image with at most its budget of
+    patch tokens keep every token."""
+    patches = ~image.newline_mask().to(tokens.device)
+    n = int(patches.sum())
+    if method.kind != "encoder" or n <= image_budget(method, n):
+        return tokens, {}
+    if method.budget_ratio is not None:
+        method = method.with_budget(image_budget(method, n))
+    context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
+    context.pixels_float32 = image.pixels[None]  # what per-image randomness derives from (random-k)
+    context.features_are_llm_inputs = True  # the projector ran: DivPrune measures distances on these as they are
+    candidates = tokens[patches]  # (n, d): base view, then the unpadded tiles row by row
+    kept = method.reduce(candidates[None], context)[0]  # (k, d)
+    stats = {key: values[0] for key, values in context.stats.items()}
+    if "kept_indices" in stats:
+        index = torch.tensor(stats["kept_indices"], device=tokens.device)
+        if not torch.equal(candidates.index_select(0, index), kept):
+            raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
+    return kept, stats
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    embeds: torch.Tensor  # (k, d)
+    stats: dict
+
+
+def cut_images(lm: LoadedModel, method, images: list[NextImage], *, seed: int, instruction: str | None) -> list:
+    tokens = vision_tokens(lm, images)
+    return [select(lm, method, t, image, seed, instruction) for t, image in zip(tokens, images)]
+
+
+def make_row(lm: LoadedModel, method, before: list[int], after: list[int], image: NextImage, cut) -> _Row:
+    embeds, stats = cut
+    per_image = {"image_tokens_unpruned": image.num_tokens}
+    if method.budget_ratio is not None:
+        per_image["image_budget"] = image_budget(method, image.num_tokens - image.layout[1])
+    return _Row(before + [lm.image_token_id] * len(embeds) + after, embeds, {**per_image, **stats})
+
+
+def _state(lm: LoadedModel, rows: list[_Row]) -> TokenState:
+    """Left-padded rows, each its own number of image tokens, at 1-D positions 0, 1, ... of its real tokens."""
+    ids, padding = left_pad(lm, [row.ids for row in rows])
+    is_image = ids == lm.image_token_id
+    embeds = lm.language_model.embed_tokens(ids)  # (B, L, d)
+    image_embeds = torch.cat([row.embeds for row in rows]).to(embeds.dtype)  # row-major, as masked_scatter fills
+    embeds = embeds.masked_scatter(is_image[..., None], image_embeds)
+    return TokenState(hidden=embeds, position_ids=padded_positions(padding), padding=padding, is_image=is_image)
+
+
+# ---------------------------------------------------------------- generation
+
+@torch.inference_mode()
+def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.Image], *, instruction: str | None,
+             max_new_tokens: int = 128, seed: int = 0):
+    """:func:`svdprune.families.generate` on LLaVA-NeXT (the caller has checked the method)."""
+    prepared = {i: preprocess(lm, image) for i, image in enumerate(images)}
+    return generate_by_image(lm, method, questions, list(prepared), prepared, instruction=instruction,
+                             max_new_tokens=max_new_tokens, seed=seed)
+
+
+@torch.inference_mode()
+def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                      instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
+    """Greedy answers for a batch of questions (``families.generate_by_image``'s contract; ``images``: key ->
+    :class:`NextImage`): the vision tower and the cut once per distinct image, every question's whole prompt
+    prefilled (``prefixes`` is not used: no prefix sharing on this family yet)."""
+    distinct = list(dict.fromkeys(image_keys))
+    cuts = dict(zip(distinct, cut_images(lm, method, [images[key] for key in distinct], seed=seed,
+                                         instruction=instruction)))
+    rows = [make_row(lm, method, *_parts(lm, question, instruction), images[key], cuts[key])
+            for question, key in zip(questions, image_keys)]
+    out: list = [None] * len(rows)
+    for members, part_method in parts_by_image_tokens(lm, method, [len(row.embeds) for row in rows]):
+        group = [rows[i] for i in members]
+        state = _state(lm, group)
+        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model, lm=lm,
+                               instruction=instruction)
+        cache = new_cache(lm)
+        last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
+        generated = greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
+        counts = image_counts.tolist()
+        for j, i in enumerate(members):
+            stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
+            out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    prompts = [prompt(q, instruction) for q in questions]
+    return finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
+                  stat_columns([o[3] for o in out]))
+
+
+# ---------------------------------------------------------------- a user's own inputs (svdprune.prune, lmms-eval)
+
+def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int]]], inputs: dict, *, seed: int,
+                   questions: list[str] | None):
+    """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): ``pixel_values`` (B, V, 3,
+    S, S) cut to each image's views by ``image_sizes``, the vision tower and each image's cut, each row's image run
+    replaced by its kept tokens, left-padded. Returns (parts, the token rows, per-row stats), as the other families."""
+    pixel_values, image_sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
+    input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+    if pixel_values is None or image_sizes is None or image_sizes.shape[0] != len(rows):
+        got = "none" if pixel_values is None or image_sizes is None else image_sizes.shape[0]
+        raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images (pixel_values and "
+                        f"image_sizes, one image per prompt); got {got}")
+    config = lm.model.config
+    images = []
+    for b, size in enumerate(image_sizes.cpu()):
+        views = pixel_values[b] if pixel_values.dim() == 5 else pixel_values
+        images.append(NextImage(views[:_views(config, size)].to(torch.float32), size, token_layout(config, size)))
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    counts = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
+    for b, (count, image) in enumerate(zip(counts, images)):
+        if count != image.num_tokens:
+            raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_sizes "
+                            f"{image.image_size.tolist()} make {image.num_tokens}")
+    cuts = cut_images(lm, method, images, seed=seed, instruction=None)
+    n_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
+    parts = []
+    for members, part_method in parts_by_image_tokens(lm, method, [len(row.embeds) for row in n_rows]):
+        context = PruneContext(questions=[questions[i] for i in members] if questions is not None else None,
+                               seed=seed, model=lm.model, lm=lm, instruction=None)
+        parts.append((members, _state(lm, [n_rows[i] for i in members]), part_method, context))
+    return parts, [row.ids for row in n_rows], stat_columns([row.stats for row in n_rows])
+
+
+def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
+    """The question of a prompt from the ids after its image: the user turn up to vicuna_v1's " ASSISTANT:"."""
+    text = lm.tokenizer.decode(suffix_ids, skip_special_tokens=True)
+    text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
+    return text.strip()
+
+
+def model_output(logits, loss, cache):
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextCausalLMOutputWithPast
+
+    return LlavaNextCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+
+def full_prompt_ids(lm: LoadedModel, prompt_text: str, image: Image.Image) -> list[int]:
+    """A prompt's ids with ``<image>`` expanded to the image's own token count, as llava-hf's processor expands it."""
+    return tokenizer_image_token(prompt_text, lm.tokenizer, lm.image_token_id, preprocess(lm, image).num_tokens)
+
+
+def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image]) -> dict:
+    """The forward's keyword arguments for prompts and their images (one each), left-padded: what llava-hf's
+    processor gives (``pixel_values`` (B, V_max, 3, S, S) zero-padded over views, ``image_sizes``)."""
+    prepared = [preprocess(lm, image) for image in images]
+    ids, padding = left_pad(lm, [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, image.num_tokens)
+                                 for p, image in zip(prompts, prepared)])
+    views = max(image.pixels.shape[0] for image in prepared)
+    pixels = torch.zeros(len(prepared), views, *prepared[0].pixels.shape[1:])
+    for b, image in enumerate(prepared):
+        pixels[b, :image.pixels.shape[0]] = image.pixels
+    return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels,
+            "image_sizes": torch.stack([image.image_size for image in prepared])}
+
+
+def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
+    return f"{prompt_text} {continuation}{lm.tokenizer.eos_token or '</s>'}"
+
+
+# ---------------------------------------------------------------- loading
+
+def _describe(model, tokenizer, processor, name: str, revision, device, dtype) -> LoadedModel:
+    config = model.config
+    if config.vision_feature_select_strategy != "default":
+        raise UserError(f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}; allowed: "
+                        "'default' (CLS dropped, as llava-v1.6)")
+    if not isinstance(config.vision_feature_layer, int):
+        raise UserError(f"vision_feature_layer={config.vision_feature_layer!r}; allowed: one int (llava-v1.6: -2)")
+    vision = config.vision_config
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, revision=revision, image_size=vision.image_size,
+        image_mean=tuple(CLIP_MEAN), image_std=tuple(CLIP_STD), image_token_id=config.image_token_id,
+        feature_layer=config.vision_feature_layer, num_patches=most_tokens(config), device=device, dtype=dtype,
+        family=NAME, vision_tower=model.model.vision_tower, projector=model.model.multi_modal_projector,
+        image_processor=processor if processor is not None else image_processor(config))
+
+
+def from_model(model, tokenizer=None) -> LoadedModel:
+    """The engine's view of a ``LlavaNextForConditionalGeneration`` someone else loaded (:func:`svdprune.prune`):
+    nothing moved or cast; the user's processor makes the pixels."""
+    embed = model.model.language_model.embed_tokens.weight
+    tower_dtype = next(p.dtype for p in model.model.vision_tower.parameters() if p.is_floating_point())
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return _describe(model, tokenizer, None, name, None, embed.device, tower_dtype)
+
+
+def load_pretrained(path: str, revision: str | None, dtype: str, device: str, progress: bool = True) -> LoadedModel:
+    """LLaVA-NeXT in llava-hf format from a hub id (e.g. llava-hf/llava-v1.6-vicuna-7b-hf) or a local folder."""
+    from transformers import AutoConfig, AutoTokenizer, LlavaNextForConditionalGeneration
+
+    path = in_project(path)
+    check_local_folder(path, "a llava-hf LLaVA-NeXT folder")
+    torch_dtype, torch_device = dtype_of(dtype, device), resolve_device(device)
+    with hub_loading(path, revision, progress):
+        model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
+        if model_type != MODEL_TYPE:  # before any weight is read
+            raise UserError(f"model.path={path!r} holds a {model_type!r} model; family {NAME} needs {MODEL_TYPE!r}")
+        on_gpu = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}
+        model = LlavaNextForConditionalGeneration.from_pretrained(
+            path, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", **on_gpu)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        processor = image_processor(model.config, path, revision)
+    model.to(device=torch_device).eval()
+    return _describe(model, tokenizer, processor, path, revision, torch_device, torch_dtype)
+
+
+def tiny_config(tokenizer, *, image_size: int = 112, vision_layers: int = 4, text_layers: int = 32,
+                initializer_range: float = 0.2):
+    """LLaVA-NeXT's structure at a tiny size: a CLIP tower of 112 px views (8 x 8 patches of 14 px), pinpoints of
+    1 x 2, 2 x 1 and 2 x 2 tiles (so an image has 64 + up to 16 x 17 = 336 tokens), the 7B's 32 LLM layers at width 64."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                              num_attention_heads=2, image_size=image_size, patch_size=14, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=text_layers,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range)
+    side = image_size
+    config = LlavaNextConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default",
+                             image_grid_pinpoints=[[side, 2 * side], [2 * side, side], [2 * side, 2 * side]],
+                             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+                             initializer_range=initializer_range)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def build_tiny(seed: int = 0, vision_layers: int = 4, text_layers: int = 32, initializer_range: float = 0.2,
+               device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """A random-weight ``LlavaNextForConditionalGeneration`` (:func:`tiny_config`), built in milliseconds offline."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_config(tokenizer, vision_layers=vision_layers, text_layers=text_layers,
+                         initializer_range=initializer_range)
+    model = cast_like_from_pretrained(LlavaNextForConditionalGeneration(config), dtype_of(dtype, device))
+    torch_device = resolve_device(device)
+    model.to(device=torch_device).eval()
+    return _describe(model, tokenizer, None, "llava-next-tiny", None, torch_device, dtype_of(dtype, device))
+
+
+def load(model_cfg, progress: bool = True) -> LoadedModel:
+    """``model.kind``: ``pretrained`` (:func:`load_pretrained`) or ``tiny`` (:func:`build_tiny`)."""
+    if model_cfg.kind == "pretrained":
+        return load_pretrained(model_cfg.path, model_cfg.get("revision"), model_cfg.dtype, model_cfg.device, progress)
+    return build_tiny(seed=model_cfg.seed, device=model_cfg.device, dtype=model_cfg.dtype,
+                      **{k: model_cfg[k] for k in ("vision_layers", "text_layers", "initializer_range") if k in model_cfg})
+
+
+def max_image_tokens(model_cfg) -> int | None:
+    """The most image tokens an image can have, without loading the model (the tiny config; a local folder's or the
+    HF cache's config.json); None when unknown."""
+    from transformers import LlavaNextConfig
+
+    if model_cfg.get("kind") != "pretrained":
+        return most_tokens(tiny_config(build_tiny_tokenizer()))
+    raw = read_config_json(model_cfg)
+    if raw is None:
+        return None
+    try:
+        return most_tokens(LlavaNextConfig.from_dict(raw))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None

@@ -1,0 +1,185 @@
+"""LLaVA-NeXT through the engine (svdprune/families/llava_next.py), on a random tiny LlavaNextForConditionalGeneration:
+AnyRes inputs as llava-hf's processor makes them, vanilla equal to HF generate on a left-padded batch of image sizes,
+every supported method through the engine, run.py and svdprune.prune()."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from svdprune.errors import UserError
+from svdprune.families import generate_by_image, llava_next, supported_methods
+from svdprune.pruning import METHODS, Vanilla, build_method, default_params
+
+SIZES = [(100, 250), (300, 120), (200, 200), (90, 90)]  # 166, 176, 336 and 136 image tokens (tiny: 112 px views)
+QUESTIONS = ["What color is the shape?", "Is there a circle?", "How many?", "What is on the left?"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def next_lm():
+    return llava_next.build_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def inputs(next_lm, images):
+    return {i: llava_next.preprocess(next_lm, image) for i, image in enumerate(images)}
+
+
+def hf_processor(lm):
+    from transformers import LlavaNextProcessor
+
+    return LlavaNextProcessor(image_processor=lm.image_processor, tokenizer=lm.tokenizer, patch_size=14,
+                              vision_feature_select_strategy="default", image_token="<image>",
+                              num_additional_image_tokens=1)
+
+
+def hf_inputs(lm, questions, image_list):
+    """What llava-hf's processor hands HF generate: the prompts with <image> expanded, left-padded; pixels, sizes."""
+    processor = hf_processor(lm)
+    processor.tokenizer.padding_side = "left"
+    prompts = [llava_next.prompt(q) for q in questions]
+    return dict(processor(images=image_list, text=prompts, padding=True, return_tensors="pt"))
+
+
+def test_inputs_equal_llava_hf_processor(next_lm, images, inputs):
+    """Pixels of every view and the image token count (base + unpadded tiles + newlines) as llava-hf's processor."""
+    assert [inputs[i].num_tokens for i in range(4)] == [166, 176, 336, 136]
+    assert inputs[0].layout == (64, 6, 16) and inputs[1].layout == (64, 16, 6)
+    hf = hf_inputs(next_lm, QUESTIONS, images)
+    counts = (hf["input_ids"] == next_lm.image_token_id).sum(-1).tolist()
+    assert counts == [inputs[i].num_tokens for i in range(4)]
+    for i in range(4):
+        views = inputs[i].pixels.shape[0]
+        assert torch.equal(hf["pixel_values"][i, :views].float(), inputs[i].pixels)
+        assert hf["image_sizes"][i].tolist() == inputs[i].image_size.tolist()
+    ours = llava_next.model_inputs(next_lm, [llava_next.prompt(q) for q in QUESTIONS], images)
+    assert torch.equal(ours["input_ids"], hf["input_ids"]) and torch.equal(ours["attention_mask"], hf["attention_mask"])
+
+
+def test_newlines_are_where_hf_packs_the_image_newline(next_lm, inputs):
+    tokens = llava_next.vision_tokens(next_lm, [inputs[0]])[0]
+    newline = next_lm.model.model.image_newline
+    mask = inputs[0].newline_mask()
+    assert int(mask.sum()) == 6 and torch.equal(tokens[mask], newline.expand(6, -1))
+    assert not (tokens[~mask] == newline).all(-1).any()
+
+
+def test_vanilla_equals_hf_generate(next_lm, images, inputs):
+    """Answers token for token on one left-padded batch of four image sizes, and one image at a time."""
+    keys = [0, 1, 2, 3]
+    ours = generate_by_image(next_lm, Vanilla(), QUESTIONS, keys, inputs, instruction=None, max_new_tokens=6)
+    for rows in ([[k] for k in keys] + [keys]):
+        hf = hf_inputs(next_lm, [QUESTIONS[k] for k in rows], [images[k] for k in rows])
+        out = next_lm.model.generate(**hf, max_new_tokens=6, do_sample=False, pad_token_id=next_lm.pad_token_id)
+        for j, k in enumerate(rows):
+            answer = ours.token_ids[k]
+            assert out[j, hf["input_ids"].shape[1]:].tolist()[:len(answer)] == answer
+    assert [counts[0] for counts in ours.image_tokens_per_layer] == [166, 176, 336, 136]
+
+
+@pytest.mark.parametrize("name", supported_methods("llava_next")[1:])
+def test_supported_methods_keep_their_budget(next_lm, inputs, name):
+    """Each method that runs on the family keeps what its budget says, batched as one question at a time."""
+    if name == "pooling":  # an AnyRes image is not one h x w grid: pooling's own check refuses it
+        with pytest.raises(UserError, match="pooling: budget=32 does not fit"):
+            build_method(name, 32, default_params(name)).check(next_lm)
+        return
+    method = build_method(name, 32, default_params(name))
+    keys = [0, 1, 2, 0]
+    batched = generate_by_image(next_lm, method, QUESTIONS, keys, inputs, instruction=None, max_new_tokens=3)
+    alone = [generate_by_image(next_lm, method, [q], [k], inputs, instruction=None, max_new_tokens=3).token_ids[0]
+             for q, k in zip(QUESTIONS, keys)]
+    assert batched.token_ids == alone
+    for counts, key in zip(batched.image_tokens_per_layer, keys):
+        if method.kind == "encoder":
+            assert counts == [32] * len(counts)
+        else:
+            assert counts[0] == inputs[key].num_tokens and counts[-1] <= inputs[key].num_tokens
+            assert min(counts) < inputs[key].num_tokens
+
+
+def test_encoder_cut_leaves_newlines_out(next_lm, inputs):
+    """An encoder-side cut chooses among the image's patch tokens only (kept_indices index them), and the kept tokens
+    are those patch tokens."""
+    method = build_method("svd", 16, default_params("svd"))
+    tokens = llava_next.vision_tokens(next_lm, [inputs[0]])[0]
+    kept, stats = llava_next.select(next_lm, method, tokens, inputs[0], seed=0, instruction=None)
+    patches = tokens[~inputs[0].newline_mask()]
+    assert kept.shape[0] == 16 and max(stats["kept_indices"]) < patches.shape[0]
+    assert torch.equal(kept, patches[stats["kept_indices"]])
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(supported_methods("llava_next"))))
+def test_methods_it_lacks_a_capability_for_are_refused(name):
+    from svdprune.families import check_family_method
+
+    with pytest.raises(UserError, match=f"method={name} does not run on LLaVA-NeXT: .+; methods that do: vanilla"):
+        check_family_method("llava_next", name)
+
+
+def make_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_run_py_on_the_tiny_llava_next(shapes_folder, tmp_path):
+    import harness.runner as runner
+
+    base = ["model=llava_next_tiny", "model.text_layers=4", "dataset=local", f"dataset.path={shapes_folder}",
+            f"output_dir={tmp_path}", "max_new_tokens=3", "progress=false", "limit=6", "batch_size=3"]
+    for method, budget in (("svd", 32), ("fastv", 32), ("vanilla", 336)):
+        extra = ["method.params.agg_layer=1"] if method == "fastv" else []
+        metrics = runner.run(make_cfg([*base, f"method={method}", f"budget={budget}", *extra]))
+        assert metrics["n"] == 6 and metrics["model"] == "llava-next-tiny"
+        [path] = list(tmp_path.glob(f"local/{method}/*/predictions.jsonl"))
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            assert row["prompt"].startswith("A chat between") and row["image_tokens_unpruned"] > 64
+            assert row["image_tokens_per_layer"][-1] == (row["image_tokens_unpruned"] if method == "vanilla" else 32)
+    with pytest.raises(UserError, match="method=visionzip does not run on LLaVA-NeXT"):
+        runner.run(make_cfg([*base, "method=visionzip", "budget=8"]))
+    with pytest.raises(UserError, match=r"budget=400 is outside 1\.\.336"):
+        runner.run(make_cfg([*base, "method=svd", "budget=400"]))
+
+
+@pytest.mark.parametrize("name", [n for n in supported_methods("llava_next") if n != "pooling"])
+def test_prune_api_equals_the_engine(next_lm, images, inputs, name):
+    """``svdprune.prune`` on a LlavaNextForConditionalGeneration + HF ``generate`` on llava-hf's processor inputs
+    gives the engine's answers and per-question records, four image sizes in one left-padded call."""
+    import svdprune
+
+    keys = [0, 1, 2, 3]
+    method = build_method(name, 32, default_params(name))
+    want = generate_by_image(next_lm, method, QUESTIONS, keys, inputs, instruction=None, max_new_tokens=4)
+    hf = hf_inputs(next_lm, QUESTIONS, images)
+    with svdprune.pruned(next_lm.model, name, 32) as handle:
+        out = next_lm.model.generate(**hf, max_new_tokens=4, do_sample=False, pad_token_id=next_lm.pad_token_id)
+        records = list(handle.records)
+    for k in keys:
+        answer = want.token_ids[k]
+        got = out[k, hf["input_ids"].shape[1]:].tolist()
+        assert got[:len(answer)] == answer
+    assert [r["image_tokens_per_layer"] for r in records] == want.image_tokens_per_layer
+
+
+def test_prune_remove_restores_the_model(next_lm, images):
+    import svdprune
+
+    hf = hf_inputs(next_lm, QUESTIONS[:2], images[:2])
+    with torch.inference_mode():
+        before = next_lm.model(**hf).logits
+        handle = svdprune.prune(next_lm.model, "svd", 16)
+        next_lm.model(**hf)
+        handle.remove()
+        assert torch.equal(next_lm.model(**hf).logits, before)
