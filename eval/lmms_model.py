@@ -1,5 +1,5 @@
-"""lmms-eval models ``svdprune_llava`` and ``svdprune_qwen25vl``: every svdprune method on any lmms-eval task, built on
-:func:`svdprune.prune`.
+"""lmms-eval models ``svdprune_llava``, ``svdprune_qwen25vl`` and ``svdprune_llava_next``: every svdprune method on any
+lmms-eval task, built on :func:`svdprune.prune`.
 
     pip install -e ".[lmms]"
     lmms-eval --model svdprune_llava \\
@@ -44,6 +44,7 @@ from lmms_eval.api.model import lmms
 
 MODEL_ID = "svdprune_llava"
 QWEN_MODEL_ID = "svdprune_qwen25vl"
+NEXT_MODEL_ID = "svdprune_llava_next"
 
 
 def manifest():
@@ -58,6 +59,13 @@ def manifest_qwen25vl():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=QWEN_MODEL_ID, simple_class_path=f"{__name__}.SvdpruneQwen25VL")
+
+
+def manifest_llava_next():
+    """The ``lmms_eval.models`` entry point's payload (LLaVA-NeXT)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=NEXT_MODEL_ID, simple_class_path=f"{__name__}.SvdpruneLlavaNext")
 
 
 def _method_param(value):
@@ -218,3 +226,16 @@ class SvdpruneQwen25VL(_SvdpruneModel):
         super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params,
                          min_pixels=int(min_pixels) if min_pixels else None,
                          max_pixels=int(max_pixels) if max_pixels else None)
+
+
+class SvdpruneLlavaNext(_SvdpruneModel):
+    """LLaVA-NeXT with one svdprune method (those of ``svdprune.families.supported_methods("llava_next")``), for
+    lmms-eval: llava-hf's AnyRes processor and the vicuna_v1 prompt, as run.py's ``model=llava_next_7b``."""
+
+    model_id = NEXT_MODEL_ID
+    family = "llava_next"
+
+    def __init__(self, pretrained: str = "llava-hf/llava-v1.6-vicuna-7b-hf", revision: str | None = None,
+                 method: str = "vanilla", budget: int = 2928, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 1, seed: int = 0, **method_params) -> None:
+        super().__init__(pretrained, revision, method, budget, device, dtype, batch_size, seed, method_params)

@@ -210,6 +210,41 @@ def test_lmms_eval_qwen25vl_gives_run_py_answers(method, budget, tmp_path):
     assert len(set(answers.values())) > 1  # the random model's answers are text, and differ between questions
 
 
+@pytest.mark.parametrize("method, budget", [("svd", 32), ("fastv", 32)])
+def test_lmms_eval_llava_next_gives_run_py_answers(method, budget, tmp_path):
+    """The svdprune_llava_next model (a saved random tiny LLaVA-NeXT folder, llava-hf's AnyRes processor, the vicuna_v1
+    prompt) answers a local task as run.py's ``model=llava_next_7b model.path=<folder>`` does on the same questions."""
+    from hydra import compose, initialize_config_dir
+
+    from eval.fixtures import write_local_fixture
+    from svdprune.families import llava_next
+
+    folder = tmp_path / "next"
+    lm = llava_next.build_tiny(seed=0, text_layers=4)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    lm.image_processor.save_pretrained(folder)
+    data = write_local_fixture(tmp_path / "data", questions=6, images=3, seed=0)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    extra = ["method.params.agg_layer=1"] if method == "fastv" else []
+    with initialize_config_dir(config_dir=os.path.join(root, "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=llava_next_7b", f"model.path={folder}", "model.dtype=float32", "model.device=cpu", "dataset=local",
+            f"dataset.path={data}", f"output_dir={tmp_path / 'runs'}", "max_new_tokens=3", "progress=false",
+            f"method={method}", f"budget={budget}", "batch_size=3", *extra])
+    _, rows = run_and_read(cfg)
+    dataset = load_dataset(cfg.dataset)
+    records = dataset.records
+    _write_task(tmp_path / "task", records, dataset.instruction or "")
+
+    agg = ",agg_layer=1" if method == "fastv" else ""
+    answers = _answers(_run_lmms_eval(tmp_path, "svdprune_llava_next", f"pretrained={folder},method={method},"
+                                      f"budget={budget},device=cpu,dtype=float32{agg}", batch_size=1))
+    by_id = {row["question_id"]: row["prediction"] for row in rows}
+    assert len(answers) == len(records) == 6
+    assert answers == {i: by_id[r.question_id] for i, r in enumerate(records)}
+
+
 def test_qwen25vl_loglikelihood_is_the_summed_log_probability(tmp_path):
     """svdprune_qwen25vl.loglikelihood (vanilla) against plain HF Qwen2.5-VL forwards on the same chat text: the
     prompt, the continuation and ``<|im_end|>`` as the assistant turn."""
