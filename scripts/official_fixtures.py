@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.official_inputs import (FIXTURES, cdpruner_inputs, dart_inputs, holov_inputs,  # noqa: E402
+from tests.official_inputs import (ANYRES, FIXTURES, anyres_image, cdpruner_inputs, dart_inputs, holov_inputs,  # noqa: E402
                                   flowcut_inputs, flowcut_tower, input_digest, tokencarve_inputs,
                                   vispruner_inputs)
 
@@ -375,7 +375,42 @@ def record_flowcut(repo: Path) -> dict:
             "skipped_for_ties": [], "cases": cases}
 
 
-RECORDERS = {"vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov,
+# ---------------------------------------------------------------------------------------------- LLaVA-NeXT AnyRes
+
+LLAVA_NEXT = {"repo": "haotian-liu/LLaVA", "commit": "c121f0432da27facab705978f83c4ada465e46fd",
+              "path": "llava/mm_utils.py"}
+
+
+def record_llava_next_anyres(repo: Path) -> dict:
+    """Official LLaVA-NeXT's ``process_anyres_image`` (with ``select_best_resolution``, ``resize_and_pad_image``,
+    ``divide_to_patches`` from the same file, in one namespace) on seeded images at the tiny model's geometry: a CLIP
+    image processor of 112 px views, as the official eval passes the vision tower's processor. Recorded per image: the
+    resolution chosen (width, height), the number of views, the sha256 of the float32 pixels and their per-view sums."""
+    import math
+
+    from PIL import Image
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from svdprune.prompts import CLIP_MEAN, CLIP_STD
+
+    scope = {"math": math, "torch": torch, "Image": Image, "ast": ast}
+    for name in ("select_best_resolution", "resize_and_pad_image", "divide_to_patches", "process_anyres_image"):
+        scope[name] = official_function(repo, LLAVA_NEXT["commit"], LLAVA_NEXT["path"], name, None, scope)
+        scope[name].__globals__.update(scope)  # each compiled function sees the others, as in their module
+    tile = ANYRES["tile"]
+    clip = CLIPImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    cases = []
+    for case in ANYRES["cases"]:
+        image = anyres_image(case["size"], case["seed"])
+        pixels = scope["process_anyres_image"](image, clip, ANYRES["pinpoints"]).to(torch.float32)
+        cases.append({**case, "best_resolution": list(scope["select_best_resolution"](image.size, ANYRES["pinpoints"])),
+                      "views": pixels.shape[0], "sha256": input_digest(pixels),
+                      "view_sums": [float(v.double().sum()) for v in pixels]})
+    return {**LLAVA_NEXT, "tile": tile, "pinpoints": ANYRES["pinpoints"], "cases": cases, "skipped_for_ties": []}
+
+
+RECORDERS = {"llava_next_anyres": record_llava_next_anyres, "vispruner": record_vispruner, "cdpruner": record_cdpruner, "dart": record_dart, "holov": record_holov,
              "tokencarve": record_tokencarve, "flowcut": record_flowcut}
 
 

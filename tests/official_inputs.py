@@ -136,3 +136,22 @@ def flowcut_inputs(seed: int) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(1000 + seed)
     pixels = torch.randn(1, 3, 336, 336, generator=generator)
     return (pixels, *flowcut_tower(seed).state_dict().values())
+
+
+# ---------------------------------------------------------------------------------------------- LLaVA-NeXT AnyRes
+
+#: images (width, height) at the tiny LLaVA-NeXT's geometry (112 px views, pinpoints of 1 x 2, 2 x 1, 2 x 2 tiles, the
+#: official (width, height) reading of ``[[112, 224], [224, 112], [224, 224]]``): two at most one tile on each side,
+#: where official LLaVA-NeXT and transformers pick different tilings of equal merit, and three that tile alike
+ANYRES = {"tile": 112, "pinpoints": [[112, 224], [224, 112], [224, 224]],
+          "cases": [{"size": [90, 90], "seed": 0}, {"size": [100, 60], "seed": 1}, {"size": [250, 100], "seed": 2},
+                    {"size": [120, 300], "seed": 3}, {"size": [200, 200], "seed": 4}]}
+
+
+def anyres_image(size: list[int], seed: int):
+    """A seeded random RGB image of ``size`` (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))

@@ -203,7 +203,8 @@ def test_memo_sees_a_rewrite_with_its_mtime_restored(tmp_path):
                     "pooling, pyramiddrop, random, sparsevlm, svd, tokencarve, tome, trim, vanilla, visionzip, "
                     "vispruner"),
     ("dataset=nope", "unknown dataset 'nope'; allowed: easyvqa, gqa, local, scenes, textvqa"),
-    ("model=nope", "unknown model 'nope'; allowed: llava15_7b, mini, qwen25vl_7b, qwen25vl_tiny, scenes, tiny"),
+    ("model=nope", "unknown model 'nope'; allowed: "
+                   + ", ".join(sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")))),
     ("experiment=nope", "unknown experiment 'nope'; allowed: table1, tau_ablation"),
     ("budget=[", "cannot parse the override 'budget=[': no viable alternative at input '[' (see Hydra's override "
                  "grammar)"),
