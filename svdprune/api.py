@@ -98,7 +98,8 @@ class PruneHandle:
         self.budget_ratio = budget_ratio
         self._decoding: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._previous_forward = model.__dict__.get("forward")  # an instance forward (e.g. accelerate's hook)
-        self._signature = _public_signature(model)
+        self._extra_inputs = tuple(getattr(front(self._lm), "EXTRA_INPUTS", ()))  # the family's own forward inputs
+        self._signature = _public_signature(model, self._extra_inputs)
         self.active = False
 
     # ------------------------------------------------------------------ install / remove
@@ -165,6 +166,7 @@ class PruneHandle:
         return self._prefill(input_ids, values.get("attention_mask"), pixel_values, cache, values, extra)
 
     def _unpruned(self, *args, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in self._extra_inputs}  # ours, not the model's
         if self._previous_forward is not None:
             return self._previous_forward(*args, **kwargs)
         return type(self.model).forward(self.model, *args, **kwargs)
@@ -262,12 +264,15 @@ class PruneHandle:
         return [front(self._lm).question_text(self._lm, suffix) for _, suffix in rows]
 
 
-def _public_signature(model) -> inspect.Signature:
-    """The model's forward signature without ``mm_encoder_outputs``: generate() then hands pixel_values to the
-    forward instead of running the vision tower itself (a method must see the pixels and the tower's layers)."""
+def _public_signature(model, extra_inputs: tuple[str, ...] = ()) -> inspect.Signature:
+    """The model's forward signature without ``mm_encoder_outputs`` (generate() then hands pixel_values to the
+    forward instead of running the vision tower itself: a method must see the pixels and the tower's layers), with the
+    family's own extra inputs as keyword-only parameters (default None) that generate() passes through."""
     signature = inspect.signature(type(model).forward)
     parameters = [p for name, p in signature.parameters.items() if name not in ("self", "mm_encoder_outputs")]
-    return signature.replace(parameters=parameters)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in extra_inputs]
+    at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    return signature.replace(parameters=parameters[:at] + extra + parameters[at:])
 
 
 def _split_rows(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,

@@ -51,18 +51,57 @@ def hf_inputs(lm, questions, image_list):
 
 
 def test_inputs_equal_llava_hf_processor(next_lm, images, inputs):
-    """Pixels of every view and the image token count (base + unpadded tiles + newlines) as llava-hf's processor."""
+    """Pixels of every view and the image token count (base + unpadded tiles + newlines) as llava-hf's processor, where
+    it tiles as official LLaVA-NeXT (images 0-2); the 90 x 90 image (at most one tile on each side) is tiled 2 x 1 as
+    official, where llava-hf tiles it 1 x 2: the same token count, other pixels."""
     assert [inputs[i].num_tokens for i in range(4)] == [166, 176, 336, 136]
     assert inputs[0].layout == (64, 6, 16) and inputs[1].layout == (64, 16, 6)
+    assert [inputs[i].tiles for i in range(4)] == [(1, 2), (2, 1), (2, 2), (2, 1)]
     hf = hf_inputs(next_lm, QUESTIONS, images)
     counts = (hf["input_ids"] == next_lm.image_token_id).sum(-1).tolist()
     assert counts == [inputs[i].num_tokens for i in range(4)]
     for i in range(4):
         views = inputs[i].pixels.shape[0]
-        assert torch.equal(hf["pixel_values"][i, :views].float(), inputs[i].pixels)
+        assert torch.equal(hf["pixel_values"][i, :views].float(), inputs[i].pixels) == (i != 3)
         assert hf["image_sizes"][i].tolist() == inputs[i].image_size.tolist()
+    assert llava_next.hf_tiles(next_lm.model.config, inputs[3].image_size) == (1, 2)
     ours = llava_next.model_inputs(next_lm, [llava_next.prompt(q) for q in QUESTIONS], images)
     assert torch.equal(ours["input_ids"], hf["input_ids"]) and torch.equal(ours["attention_mask"], hf["attention_mask"])
+    assert ours["image_tiles"].tolist() == [[1, 2], [2, 1], [2, 2], [2, 1]]
+
+
+def test_pixels_equal_official_process_anyres_image(next_lm):
+    """Bit for bit the pixels official LLaVA-NeXT's process_anyres_image gives (recorded from haotian-liu/LLaVA by
+    scripts/official_fixtures.py llava_next_anyres), also where llava-hf's tiling differs (the first two cases)."""
+    from tests.official_inputs import ANYRES, anyres_image, input_digest
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "official" / "llava_next_anyres.json").read_text())
+    config = next_lm.model.config
+    assert fixture["tile"] == config.vision_config.image_size == ANYRES["tile"]
+    assert fixture["pinpoints"] == [list(p) for p in config.image_grid_pinpoints] == ANYRES["pinpoints"]
+    differs = 0
+    for case in fixture["cases"]:
+        image = llava_next.preprocess(next_lm, anyres_image(case["size"], case["seed"]))
+        width, height = case["best_resolution"]
+        assert image.tiles == (height // fixture["tile"], width // fixture["tile"])
+        assert image.pixels.shape[0] == case["views"]
+        assert input_digest(image.pixels) == case["sha256"], case["size"]
+        differs += llava_next.hf_tiles(config, image.image_size) != image.tiles
+    assert differs == 2  # 90 x 90 and 100 x 60: llava-hf tiles them 1 x 2
+
+
+def test_packing_equals_hf_get_image_features(next_lm, inputs):
+    """Vision tower, projector and packing (base view, unpadded tiles, newline per row) bit for bit as transformers'
+    get_image_features, on the images it tiles as we do."""
+    ours = llava_next.vision_tokens(next_lm, [inputs[i] for i in range(3)])
+    pixels = torch.cat([inputs[i].pixels for i in range(3)])
+    sizes = torch.stack([inputs[i].image_size for i in range(3)])
+    with torch.inference_mode():
+        theirs = next_lm.model.model.get_image_features(pixel_values=pixels, image_sizes=sizes,
+                                                        vision_feature_layer=-2,
+                                                        vision_feature_select_strategy="default").pooler_output
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
 
 
 def test_newlines_are_where_hf_packs_the_image_newline(next_lm, inputs):
@@ -74,16 +113,17 @@ def test_newlines_are_where_hf_packs_the_image_newline(next_lm, inputs):
 
 
 def test_vanilla_equals_hf_generate(next_lm, images, inputs):
-    """Answers token for token on one left-padded batch of four image sizes, and one image at a time."""
-    keys = [0, 1, 2, 3]
-    ours = generate_by_image(next_lm, Vanilla(), QUESTIONS, keys, inputs, instruction=None, max_new_tokens=6)
+    """Answers token for token on one left-padded batch of three image sizes, and one image at a time (the images
+    llava-hf tiles as official LLaVA-NeXT; the fourth is tiled as official, which llava-hf does not)."""
+    keys = [0, 1, 2]
+    ours = generate_by_image(next_lm, Vanilla(), QUESTIONS[:3], keys, inputs, instruction=None, max_new_tokens=6)
     for rows in ([[k] for k in keys] + [keys]):
         hf = hf_inputs(next_lm, [QUESTIONS[k] for k in rows], [images[k] for k in rows])
         out = next_lm.model.generate(**hf, max_new_tokens=6, do_sample=False, pad_token_id=next_lm.pad_token_id)
         for j, k in enumerate(rows):
             answer = ours.token_ids[k]
             assert out[j, hf["input_ids"].shape[1]:].tolist()[:len(answer)] == answer
-    assert [counts[0] for counts in ours.image_tokens_per_layer] == [166, 176, 336, 136]
+    assert [counts[0] for counts in ours.image_tokens_per_layer] == [166, 176, 336]
 
 
 @pytest.mark.parametrize("name", supported_methods("llava_next")[1:])
@@ -155,22 +195,23 @@ def test_run_py_on_the_tiny_llava_next(shapes_folder, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in supported_methods("llava_next") if n != "pooling"])
 def test_prune_api_equals_the_engine(next_lm, images, inputs, name):
-    """``svdprune.prune`` on a LlavaNextForConditionalGeneration + HF ``generate`` on llava-hf's processor inputs
-    gives the engine's answers and per-question records, four image sizes in one left-padded call."""
+    """``svdprune.prune`` on a LlavaNextForConditionalGeneration + HF ``generate`` gives the engine's answers and
+    per-question records, four image sizes in one left-padded call: on llava-hf's processor inputs (the three images it
+    tiles as official) and on :func:`llava_next.model_inputs` (official tiling stated by ``image_tiles``, all four)."""
     import svdprune
 
-    keys = [0, 1, 2, 3]
     method = build_method(name, 32, default_params(name))
-    want = generate_by_image(next_lm, method, QUESTIONS, keys, inputs, instruction=None, max_new_tokens=4)
-    hf = hf_inputs(next_lm, QUESTIONS, images)
-    with svdprune.pruned(next_lm.model, name, 32) as handle:
-        out = next_lm.model.generate(**hf, max_new_tokens=4, do_sample=False, pad_token_id=next_lm.pad_token_id)
-        records = list(handle.records)
-    for k in keys:
-        answer = want.token_ids[k]
-        got = out[k, hf["input_ids"].shape[1]:].tolist()
-        assert got[:len(answer)] == answer
-    assert [r["image_tokens_per_layer"] for r in records] == want.image_tokens_per_layer
+    want = generate_by_image(next_lm, method, QUESTIONS, [0, 1, 2, 3], inputs, instruction=None, max_new_tokens=4)
+    calls = [(hf_inputs(next_lm, QUESTIONS[:3], images[:3]), [0, 1, 2]),
+             (llava_next.model_inputs(next_lm, [llava_next.prompt(q) for q in QUESTIONS], images), [0, 1, 2, 3])]
+    for hf, keys in calls:
+        with svdprune.pruned(next_lm.model, name, 32) as handle:
+            out = next_lm.model.generate(**hf, max_new_tokens=4, do_sample=False, pad_token_id=next_lm.pad_token_id)
+            records = list(handle.records)
+        for j, k in enumerate(keys):
+            answer = want.token_ids[k]
+            assert out[j, hf["input_ids"].shape[1]:].tolist()[:len(answer)] == answer
+        assert [r["image_tokens_per_layer"] for r in records] == [want.image_tokens_per_layer[k] for k in keys]
 
 
 def test_prune_remove_restores_the_model(next_lm, images):

@@ -33,6 +33,7 @@ sharing yet); a decoder-side cut prefills rows in groups of one image token coun
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,9 @@ NAME = "llava_next"  # model.family
 LABEL = "LLaVA-NeXT"
 MODEL_TYPE = "llava_next"  # its config.json's model_type
 MODEL_CLASS = "LlavaNextForConditionalGeneration"  # what svdprune.prune() accepts for this family
+#: inputs a pruned forward takes beyond the model's own: ``image_tiles`` (B, 2), each image's (rows, columns) of tiles
+#: when the pixels were not tiled as llava-hf's processor tiles them (:func:`model_inputs` tiles as official LLaVA-NeXT)
+EXTRA_INPUTS = ("image_tiles",)
 CAPABILITIES = frozenset()
 LACKS = {
     "cls_attention": "it reads the vision tower's [CLS] attention, and an AnyRes image is a base view and tiles, each "
@@ -66,12 +70,13 @@ LACKS = {
 
 @dataclass
 class NextImage:
-    """One preprocessed image: ``pixels`` (V, 3, S, S) float32, its base view and tiles as the image processor emits
-    them; ``image_size`` (2,) long, the image's (height, width); ``layout`` (base tokens, rows, columns) of its packed
-    tokens (:func:`token_layout`)."""
+    """One preprocessed image: ``pixels`` (V, 3, S, S) float32, its base view and then its tiles row by row, as the
+    image processor emits them; ``image_size`` (2,) long, the image's (height, width); ``tiles`` (rows, columns) of
+    tiles; ``layout`` (base tokens, rows, columns) of its packed tokens (:func:`token_layout`)."""
 
     pixels: torch.Tensor
     image_size: torch.Tensor
+    tiles: tuple[int, int]
     layout: tuple[int, int, int]
 
     @property
@@ -87,16 +92,37 @@ class NextImage:
         return mask
 
 
-def token_layout(config, image_size) -> tuple[int, int, int]:
-    """(base view tokens, rows, columns) of an image's packed tokens, as HF's ``pack_image_features`` lays them out:
-    the tile grid ``get_anyres_image_grid_shape`` picks, unpadded to the image's aspect (``unpad_image``'s rule)."""
+def official_tiles(config, image_size) -> tuple[int, int]:
+    """(rows, columns) of tiles official LLaVA-NeXT cuts an image of ``image_size`` (height, width) into:
+    ``select_best_resolution`` over the pinpoints read as (width, height), the first of equally good ones winning.
+    transformers reads the same pinpoints as (height, width), so where two resolutions are equally good (an image of
+    at most one tile on each side: e.g. 336 x 2 tiles wide or high) it tiles 1 x 2 where official tiles 2 x 1. The
+    official eval's choice is followed here (tests/test_llava_next.py holds it to official outputs)."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    side = config.vision_config.image_size
+    best_h, best_w = select_best_resolution([int(v) for v in image_size],
+                                            [[int(p[1]), int(p[0])] for p in config.image_grid_pinpoints])
+    return best_h // side, best_w // side
+
+
+def hf_tiles(config, image_size) -> tuple[int, int]:
+    """(rows, columns) of tiles transformers' processor and ``get_image_features`` use (see :func:`official_tiles`):
+    how a user's own llava-hf inputs are laid out."""
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
+    rows, cols = get_anyres_image_grid_shape([int(v) for v in image_size], config.image_grid_pinpoints,
+                                             config.vision_config.image_size)
+    return int(rows), int(cols)
+
+
+def token_layout(config, image_size, tiles: tuple[int, int]) -> tuple[int, int, int]:
+    """(base view tokens, rows, columns) of an image's packed tokens: the ``tiles`` grid of feature maps unpadded to the
+    image's aspect (the rule of official ``unpad_image`` and of transformers')."""
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
     height, width = (int(v) for v in image_size)
-    tiles_h, tiles_w = get_anyres_image_grid_shape([height, width], config.image_grid_pinpoints, vision.image_size)
-    rows, cols = tiles_h * side, tiles_w * side
+    rows, cols = tiles[0] * side, tiles[1] * side
     if width / height > cols / rows:
         rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
     else:
@@ -126,18 +152,19 @@ def image_processor(config, path: str | None = None, revision: str | None = None
 
 
 def preprocess(lm: LoadedModel, image: Image.Image) -> NextImage:
-    out = lm.image_processor(images=[image.convert("RGB")], return_tensors="pt")
-    size = out["image_sizes"][0]
-    layout = token_layout(lm.model.config, size)
-    views = _views(lm.model.config, size)
-    return NextImage(pixels=out["pixel_values"][0, :views].to(torch.float32), image_size=size, layout=layout)
-
-
-def _views(config, image_size) -> int:
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    return image_size_to_num_patches([int(v) for v in image_size], config.image_grid_pinpoints,
-                                     config.vision_config.image_size)
+    """AnyRes pixels of one image as official LLaVA-NeXT's ``process_anyres_image`` makes them: the model card's image
+    processor at the resolution the official rule picks (:func:`official_tiles`; where transformers would pick the
+    same, its pixels are these)."""
+    config = lm.model.config
+    image = image.convert("RGB")
+    size = (image.height, image.width)
+    tiles = official_tiles(config, size)
+    side = config.vision_config.image_size
+    out = lm.image_processor(images=[image], image_grid_pinpoints=[[tiles[0] * side, tiles[1] * side]],
+                             return_tensors="pt")
+    pixels = out["pixel_values"][0, :1 + tiles[0] * tiles[1]].to(torch.float32)
+    return NextImage(pixels=pixels, image_size=out["image_sizes"][0], tiles=tiles,
+                     layout=token_layout(config, size, tiles))
 
 
 def prompt(question: str, instruction: str | None = None) -> str:
@@ -155,17 +182,30 @@ def _parts(lm: LoadedModel, question: str, instruction: str | None) -> tuple[lis
 # ---------------------------------------------------------------- vision and the cut
 
 def vision_tokens(lm: LoadedModel, images: list[NextImage]) -> list[torch.Tensor]:
-    """LLM-input image tokens per image, (N_i, d) as HF's ``get_image_features`` packs them (base view, unpadded
-    tiles with a newline after each row): the vision tower over every view of the images together."""
+    """LLM-input image tokens per image, (N_i, d): the vision tower over every view of the images together, the
+    feature layer without [CLS], the projector, then each image packed (:func:`pack`)."""
     pixels = torch.cat([image.pixels for image in images]).to(lm.device, lm.dtype)
-    sizes = torch.stack([image.image_size for image in images]).to(lm.device)
-    out = lm.model.model.get_image_features(pixel_values=pixels, image_sizes=sizes,
-                                            vision_feature_layer=lm.feature_layer,
-                                            vision_feature_select_strategy="default", return_dict=True)
-    tokens = list(out.pooler_output)
-    for t, image in zip(tokens, images):
-        assert t.shape[0] == image.num_tokens, f"packed {t.shape[0]} tokens, layout says {image.num_tokens}"
-    return tokens
+    hidden = lm.vision_tower(pixels, output_hidden_states=True).hidden_states[lm.feature_layer][:, 1:]  # (V, P, Dv)
+    features = lm.projector(hidden)  # (V, P, d)
+    newline = lm.model.model.image_newline
+    views = torch.split(features, [image.pixels.shape[0] for image in images])
+    return [pack(image_views, image, newline) for image_views, image in zip(views, images)]
+
+
+def pack(views: torch.Tensor, image: NextImage, newline: torch.Tensor) -> torch.Tensor:
+    """(1 + T, P, d) projected views of one image -> its packed tokens (N, d): the base view's P tokens, then the tiles'
+    feature map (rows x columns of tiles, each side x side) cut to the image's aspect, row by row, each row followed by
+    ``newline`` (the layout of official LLaVA-NeXT's ``spatial_unpad`` merge and of transformers'
+    ``pack_image_features``)."""
+    tiles_h, tiles_w = image.tiles
+    side = math.isqrt(views.shape[1])
+    grid = views[1:].view(tiles_h, tiles_w, side, side, -1)  # (th, tw, side, side, d)
+    grid = grid.permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)  # (d, th * side, tw * side)
+    _, rows, cols = image.layout
+    top, left = (grid.shape[1] - rows) // 2, (grid.shape[2] - cols) // 2
+    grid = grid[:, top:top + rows, left:left + cols]  # (d, rows, cols): the image's own aspect
+    grid = torch.cat([grid, newline[:, None, None].expand(-1, rows, 1).to(grid.device, grid.dtype)], dim=-1)
+    return torch.cat([views[0], grid.flatten(1, 2).transpose(0, 1)])  # (P + rows * (cols + 1), d)
 
 
 def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed: int,
@@ -267,8 +307,9 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
 def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int]]], inputs: dict, *, seed: int,
                    questions: list[str] | None):
     """The pruned prefill's inputs from a user's call (:class:`svdprune.api.PruneHandle`): ``pixel_values`` (B, V, 3,
-    S, S) cut to each image's views by ``image_sizes``, the vision tower and each image's cut, each row's image run
-    replaced by its kept tokens, left-padded. Returns (parts, the token rows, per-row stats), as the other families."""
+    S, S) cut to each image's views by ``image_sizes`` (laid out as llava-hf's processor tiles them, :func:`hf_tiles`),
+    the vision tower and each image's cut, each row's image run replaced by its kept tokens, left-padded. Returns
+    (parts, the token rows, per-row stats), as the other families."""
     pixel_values, image_sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
     input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
     if pixel_values is None or image_sizes is None or image_sizes.shape[0] != len(rows):
@@ -276,10 +317,15 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
         raise UserError(f"svdprune: {len(rows)} prompts with an image need {len(rows)} images (pixel_values and "
                         f"image_sizes, one image per prompt); got {got}")
     config = lm.model.config
-    images = []
+    given = inputs.get("image_tiles")
+    images, start = [], 0
     for b, size in enumerate(image_sizes.cpu()):
-        views = pixel_values[b] if pixel_values.dim() == 5 else pixel_values
-        images.append(NextImage(views[:_views(config, size)].to(torch.float32), size, token_layout(config, size)))
+        # the user's pixels are llava-hf's unless image_tiles says how they were tiled (model_inputs: official)
+        tiles = tuple(int(v) for v in given[b]) if given is not None else hf_tiles(config, size)
+        count = 1 + tiles[0] * tiles[1]
+        views = pixel_values[b, :count] if pixel_values.dim() == 5 else pixel_values[start:start + count]
+        start += count
+        images.append(NextImage(views.to(torch.float32), size, tiles, token_layout(config, size, tiles)))
     real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     counts = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
     for b, (count, image) in enumerate(zip(counts, images)):
@@ -315,8 +361,10 @@ def full_prompt_ids(lm: LoadedModel, prompt_text: str, image: Image.Image) -> li
 
 
 def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image]) -> dict:
-    """The forward's keyword arguments for prompts and their images (one each), left-padded: what llava-hf's
-    processor gives (``pixel_values`` (B, V_max, 3, S, S) zero-padded over views, ``image_sizes``)."""
+    """The forward's keyword arguments for prompts and their images (one each), left-padded, as run.py feeds the model:
+    llava-hf's layout (``pixel_values`` (B, V_max, 3, S, S) zero-padded over views, ``image_sizes``) with official
+    LLaVA-NeXT's tiling, which ``image_tiles`` (B, 2) states (it differs from llava-hf's for an image of at most one
+    tile on each side: :func:`official_tiles`)."""
     prepared = [preprocess(lm, image) for image in images]
     ids, padding = left_pad(lm, [tokenizer_image_token(p, lm.tokenizer, lm.image_token_id, image.num_tokens)
                                  for p, image in zip(prompts, prepared)])
@@ -325,7 +373,8 @@ def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image])
     for b, image in enumerate(prepared):
         pixels[b, :image.pixels.shape[0]] = image.pixels
     return {"input_ids": ids, "attention_mask": (~padding).long(), "pixel_values": pixels,
-            "image_sizes": torch.stack([image.image_size for image in prepared])}
+            "image_sizes": torch.stack([image.image_size for image in prepared]),
+            "image_tiles": torch.tensor([list(image.tiles) for image in prepared])}
 
 
 def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
