@@ -3,7 +3,8 @@ image, and the groups of rows a decoder-side cut prefills together."""
 from __future__ import annotations
 
 from ..models import LoadedModel
-from ..pruning import Vanilla
+from ..pruning import PruneContext, Vanilla
+from ..surgery import greedy, new_cache, prefill
 
 
 def image_budget(method, num_tokens: int) -> int:
@@ -39,3 +40,33 @@ def parts_by_image_tokens(lm: LoadedModel, method, image_tokens: list[int]) -> l
     return [(members, method.for_image_tokens(n, image_budget(method, n), n_layers)
              if n > image_budget(method, n) else Vanilla())
             for n, members in group_indices(image_tokens).items()]
+
+
+def prefill_parts(lm: LoadedModel, method, rows: list, make_state, *, seed: int, questions: list[str] | None,
+                  instruction: str | None) -> list[tuple[list[int], object, object, PruneContext]]:
+    """One (row indices, TokenState, the method to run, its context) per prefill (:func:`parts_by_image_tokens`);
+    ``rows``: each with ``embeds`` (its kept image tokens); ``make_state(lm, rows)``: the family's left-padded
+    :class:`~svdprune.pruning.TokenState` of some rows."""
+    parts = []
+    for members, part_method in parts_by_image_tokens(lm, method, [len(row.embeds) for row in rows]):
+        context = PruneContext(questions=[questions[i] for i in members] if questions is not None else None,
+                               seed=seed, model=lm.model, lm=lm, instruction=instruction)
+        parts.append((members, make_state(lm, [rows[i] for i in members]), part_method, context))
+    return parts
+
+
+def generate_parts(lm: LoadedModel, method, questions: list[str], rows: list, make_state, *, instruction: str | None,
+                   seed: int, max_new_tokens: int) -> list[tuple]:
+    """Every row's whole prompt prefilled (a decoder-side cut in groups of one image size) and decoded greedily: per
+    row (generated ids, per-layer image counts, prompt length, stats: the row's and the method's)."""
+    out: list = [None] * len(rows)
+    for members, state, part_method, context in prefill_parts(lm, method, rows, make_state, seed=seed,
+                                                               questions=questions, instruction=instruction):
+        cache = new_cache(lm)
+        last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
+        generated = greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
+        counts = image_counts.tolist()
+        for j, i in enumerate(members):
+            stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
+            out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    return out

@@ -44,8 +44,8 @@ from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrain
                       hub_loading, in_project, read_config_json, resolve_device)
 from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_token, vicuna_prompt
 from ..pruning import PruneContext, TokenState
-from ..surgery import finish, greedy, left_pad, new_cache, padded_positions, prefill
-from ._per_image import image_budget, parts_by_image_tokens, stat_columns
+from ..surgery import finish, left_pad, padded_positions
+from ._per_image import generate_parts, image_budget, prefill_parts, stat_columns
 
 NAME = "llava_next"  # model.family
 LABEL = "LLaVA-NeXT"
@@ -284,19 +284,8 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
                                          instruction=instruction)))
     rows = [make_row(lm, method, *_parts(lm, question, instruction), images[key], cuts[key])
             for question, key in zip(questions, image_keys)]
-    out: list = [None] * len(rows)
-    for members, part_method in parts_by_image_tokens(lm, method, [len(row.embeds) for row in rows]):
-        group = [rows[i] for i in members]
-        state = _state(lm, group)
-        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model, lm=lm,
-                               instruction=instruction)
-        cache = new_cache(lm)
-        last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
-        generated = greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
-        counts = image_counts.tolist()
-        for j, i in enumerate(members):
-            stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
-            out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    out = generate_parts(lm, method, questions, rows, _state, instruction=instruction, seed=seed,
+                         max_new_tokens=max_new_tokens)
     prompts = [prompt(q, instruction) for q in questions]
     return finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
                   stat_columns([o[3] for o in out]))
@@ -334,11 +323,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
                             f"{image.image_size.tolist()} make {image.num_tokens}")
     cuts = cut_images(lm, method, images, seed=seed, instruction=None)
     n_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
-    parts = []
-    for members, part_method in parts_by_image_tokens(lm, method, [len(row.embeds) for row in n_rows]):
-        context = PruneContext(questions=[questions[i] for i in members] if questions is not None else None,
-                               seed=seed, model=lm.model, lm=lm, instruction=None)
-        parts.append((members, _state(lm, [n_rows[i] for i in members]), part_method, context))
+    parts = prefill_parts(lm, method, n_rows, _state, seed=seed, questions=questions, instruction=None)
     return parts, [row.ids for row in n_rows], stat_columns([row.stats for row in n_rows])
 
 

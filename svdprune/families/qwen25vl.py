@@ -44,7 +44,8 @@ from ..models import (LoadedModel, dtype_of, cast_like_from_pretrained, check_lo
 from ..prompts import CLIP_MEAN, CLIP_STD
 from ..pruning import PruneContext, TokenState, Vanilla
 from ..surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
-from ._per_image import group_indices, image_budget, parts_by_image_tokens, stat_columns
+from ._per_image import (generate_parts, group_indices, image_budget, parts_by_image_tokens, prefill_parts,
+                         stat_columns)
 
 NAME = "qwen25vl"  # model.family
 MODEL_TYPE = "qwen2_5_vl"  # its config.json's model_type
@@ -293,19 +294,8 @@ def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: l
     """Every question's whole prompt prefilled (with the method's decoder-side cuts), the vision side once per
     distinct image."""
     rows = _rows(lm, method, questions, image_keys, images, instruction=instruction, seed=seed)
-    out: list = [None] * len(rows)
-    for members, part_method in decoder_parts(lm, method, rows):
-        group = [rows[i] for i in members]
-        state = _state(lm, group)
-        context = PruneContext(questions=[questions[i] for i in members], seed=seed, model=lm.model, lm=lm,
-                               instruction=instruction)
-        cache = new_cache(lm)
-        last_hidden, image_counts, layer_groups = prefill(lm, state, part_method, context, cache)
-        generated = greedy(lm, last_hidden, layer_groups, cache, max_new_tokens)
-        counts = image_counts.tolist()
-        for j, i in enumerate(members):
-            stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
-            out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    out = generate_parts(lm, method, questions, rows, _state, instruction=instruction, seed=seed,
+                         max_new_tokens=max_new_tokens)
     return _collect(lm, questions, instruction, out)
 
 
@@ -559,11 +549,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
                             f"{grid[b].tolist()} makes {image.num_tokens}")
     cuts = cut_images(lm, method, images, seed=seed, instruction=None)
     q_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
-    parts = []
-    for members, part_method in decoder_parts(lm, method, q_rows):
-        context = PruneContext(questions=[questions[i] for i in members] if questions is not None else None,
-                               seed=seed, model=lm.model, lm=lm, instruction=None)
-        parts.append((members, _state(lm, [q_rows[i] for i in members]), part_method, context))
+    parts = prefill_parts(lm, method, q_rows, _state, seed=seed, questions=questions, instruction=None)
     return parts, [row.ids for row in q_rows], stat_columns([row.stats for row in q_rows])
 
 
