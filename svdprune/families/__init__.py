@@ -16,7 +16,8 @@ front of the shared LLM engine (:mod:`svdprune.surgery`). It provides:
 * a user's own inputs (:mod:`svdprune.api`, the lmms-eval models): ``prefill_inputs(lm, method, rows, inputs, *,
   seed, questions)``, ``question_text(lm, suffix_ids)``, ``model_output(logits, loss, cache)``, ``prompt(question,
   instruction)``, ``full_prompt_ids(lm, prompt, image)``, ``model_inputs(lm, prompts, images)``,
-  ``answer_text(lm, prompt, continuation)``.
+  ``answer_text(lm, prompt, continuation)``; optionally ``EXTRA_INPUTS`` (names of inputs a pruned forward takes
+  beyond the model's own, e.g. LLaVA-NeXT's ``image_tiles``; they become keyword parameters HF ``generate`` passes).
 
 Adding a family is adding its module here (and its configs and tests); nothing else names it. The engine and the
 family modules import nothing from this file, so the imports run one way: families -> family modules -> engine ->
