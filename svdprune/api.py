@@ -1,4 +1,5 @@
-"""Any method on a transformers LLaVA-1.5 or Qwen2.5-VL the user loaded: ``svdprune.prune(model, "svd", 32)``.
+"""Any method on a transformers LLaVA-1.5, Qwen2.5-VL or LLaVA-NeXT the user loaded:
+``svdprune.prune(model, "svd", 32)``.
 
 After :func:`prune`, the user's own code runs unchanged::
 
@@ -34,6 +35,10 @@ front (svdprune/families/qwen25vl.py): ``pixel_values`` are split per image by `
 video). A decoder-side method's cut needs one image size per prefill: the rows of a call are prefilled in groups of
 one size (as run.py groups them) and their caches merged into the one HF ``generate`` decodes
 (:func:`svdprune.surgery.merge_prefills`).
+
+LLaVA-NeXT (``LlavaNextForConditionalGeneration``, llava-hf's processor): ``pixel_values`` (B, views, 3, S, S) cut
+to each image's views by ``image_sizes``, read with llava-hf's tiling (or the tiling an ``image_tiles`` input
+states: svdprune/families/llava_next.py), each row's image run replaced by its kept tokens at 1-D positions.
 
 Not supported (one-line errors): ``inputs_embeds``, more or fewer than one image per row when an image is given,
 continuing a pruned cache with more than one new token per call (assisted decoding, a second chat turn),
@@ -304,14 +309,14 @@ def _output(family, logits, loss, cache, extra: dict):
 
 def prune(model, method: str = "svd", budget: int = 64, *, budget_ratio: float | None = None, seed: int = 0,
           tokenizer=None, **params) -> PruneHandle:
-    """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration`` or
-    ``Qwen2_5_VLForConditionalGeneration`` (the methods that run on Qwen2.5-VL:
-    ``svdprune.families.supported_methods("qwen25vl")``).
+    """Install ``method`` keeping ``budget`` vision tokens on a transformers ``LlavaForConditionalGeneration``,
+    ``Qwen2_5_VLForConditionalGeneration`` or ``LlavaNextForConditionalGeneration`` (the methods a family runs:
+    ``svdprune.families.supported_methods(name)``).
 
     params: the method's parameters as in ``configs/method/<method>.yaml`` (its defaults are used for the rest),
     e.g. ``tau=0.9`` for svd, ``agg_layer=1`` for fastv. seed: as run.py's ``seed`` (random-k).
-    budget_ratio: Qwen2.5-VL only, as run.py's: each image keeps this share (0, 1] of its own tokens instead of
-    ``budget`` tokens.
+    budget_ratio: families whose images have their own token counts (Qwen2.5-VL, LLaVA-NeXT), as run.py's: each
+    image keeps this share (0, 1] of its own tokens instead of ``budget`` tokens.
     tokenizer: only for a method that reads the question (TRIM; see :class:`PruneHandle`).
     Returns the :class:`PruneHandle`; ``handle.remove()`` restores the model. A model already pruned is refused.
     """

@@ -1,10 +1,11 @@
 """The engine: the LLM half every model family shares. It imports no model family (:mod:`svdprune.families` picks one).
 
-A model family's *front* (:func:`svdprune.families.front`) is one file: ``svdprune/families/llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side
-cut] -> projector, the vicuna prompt, 1-D positions, the per-image prompt prefix) and ``svdprune/families/qwen25vl.py``
-(Qwen2.5-VL: its own-size images, window-attention tower + merger, chat prompt, 3-D M-RoPE positions). A front turns
-questions and images into a :class:`~svdprune.pruning.TokenState` (LLM-input embeddings with the kept image tokens,
-positions, padding) and calls the shared part here:
+A model family's *front* is its module in ``svdprune/families/`` (picked by :func:`svdprune.families.front`):
+``llava15.py`` (LLaVA-1.5: CLIP tower -> [encoder-side cut] -> projector, the vicuna prompt, 1-D positions, the
+per-image prompt prefix), ``qwen25vl.py`` (Qwen2.5-VL: its own-size images, window-attention tower + merger, chat
+prompt, 3-D M-RoPE positions), ``llava_next.py`` (LLaVA-NeXT: AnyRes views packed with a newline per row, 1-D
+positions). A front turns questions and images into a :class:`~svdprune.pruning.TokenState` (LLM-input embeddings
+with the kept image tokens, positions, padding) and calls the shared part here:
 
 * :func:`prefill` / :func:`prefill_states`: the loop over the LLM's decoder layers (HF's own ``LlamaDecoderLayer`` /
   ``Qwen2_5_VLDecoderLayer`` with SDPA, the model's rotary embedding, ``DynamicCache``), letting a decoder-side method

@@ -31,9 +31,9 @@ def stat_columns(per_row: list[dict]) -> dict[str, list]:
 
 def parts_by_image_tokens(lm: LoadedModel, method, image_tokens: list[int]) -> list[tuple[list[int], object]]:
     """(row indices, the method for them) groups of one prefill each (``image_tokens``: each row's image token
-    count): an encoder-side method or vanilla runs all rows together; a decoder-side cut needs the same number of image tokens in every row, so its rows go in groups of
-    equal image size, each with the method fitted to that size (``for_image_tokens``; an image at or under its
-    budget without a cut)."""
+    count): an encoder-side method or vanilla runs all rows together; a decoder-side cut needs the same number of
+    image tokens in every row, so its rows go in groups of equal image size, each with the method fitted to that size
+    (``for_image_tokens``; an image at or under its budget without a cut)."""
     if method.kind != "decoder":
         return [(list(range(len(image_tokens))), method)]
     n_layers = lm.language_model.config.num_hidden_layers
