@@ -147,6 +147,31 @@ def test_supported_methods_keep_their_budget(next_lm, inputs, name):
             assert min(counts) < inputs[key].num_tokens
 
 
+@pytest.mark.parametrize("name", ["vanilla", "svd", "divprune"])
+def test_shared_prefix_equals_the_whole_prompt(next_lm, inputs, name):
+    """Vanilla and encoder-side methods prefill each image's prefix once (carried to the next batch) and only the
+    question suffixes per question: the same answers, prompt lengths and records as the whole prompt, and a second
+    batch on carried prefixes runs no vision tower."""
+    method = build_method(name, 24, default_params(name))
+    keys, questions = [0, 1, 2, 3, 0, 2], QUESTIONS + ["Is it red?", "Is it blue?"]
+    whole = llava_next._generate_whole(next_lm, method, questions, keys, inputs, instruction=None, max_new_tokens=4,
+                                       seed=0)
+    prefixes: dict = {}
+    shared = generate_by_image(next_lm, method, questions, keys, inputs, instruction=None, max_new_tokens=4,
+                               prefixes=prefixes)
+    assert shared.token_ids == whole.token_ids and shared.prompt_lengths == whole.prompt_lengths
+    assert shared.image_tokens_per_layer == whole.image_tokens_per_layer and shared.stats == whole.stats
+    assert set(prefixes) == {0, 1, 2, 3}
+    calls = []
+    hook = next_lm.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        again = generate_by_image(next_lm, method, questions[:2], keys[:2], {}, instruction=None, max_new_tokens=4,
+                                  prefixes=prefixes)
+    finally:
+        hook.remove()
+    assert not calls and again.token_ids == whole.token_ids[:2]
+
+
 def test_encoder_cut_leaves_newlines_out(next_lm, inputs):
     """An encoder-side cut chooses among the image's patch tokens only (kept_indices index them), and the kept tokens
     are those patch tokens."""

@@ -28,8 +28,9 @@ Methods: those whose algorithm needs only the LLM-input tokens or the LLM's atte
 LLaVA-NeXT code (VisionZip, VisPruner, HoloV, FlowCut, CDPruner publish one), which this family does not model yet.
 Pooling is refused by its own check (an AnyRes image is not one h x w grid).
 
-Batches: the vision tower runs once per distinct image; every question's whole prompt is prefilled (no prefix
-sharing yet); a decoder-side cut prefills rows in groups of one image token count (:mod:`._per_image`).
+Batches: the vision tower and the cut run once per distinct image; vanilla and encoder-side methods also prefill
+each image's prompt prefix once (:class:`NextPrefix`) and each question only its suffix, as on the other families; a
+decoder-side cut prefills whole prompts, in groups of one image token count (:mod:`._per_image`).
 """
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ from ..errors import UserError
 from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrained, check_local_folder, dtype_of,
                       hub_loading, in_project, read_config_json, resolve_device)
 from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_token, vicuna_prompt
-from ..pruning import PruneContext, TokenState
-from ..surgery import finish, left_pad, padded_positions
-from ._per_image import generate_parts, image_budget, prefill_parts, stat_columns
+from ..pruning import PruneContext, TokenState, Vanilla
+from ..surgery import (finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
+                       shares_prefix)
+from ._per_image import generate_parts, group_indices, image_budget, prefill_parts, stat_columns
 
 NAME = "llava_next"  # model.family
 LABEL = "LLaVA-NeXT"
@@ -277,8 +279,20 @@ def generate(lm: LoadedModel, method, questions: list[str], images: list[Image.I
 def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
     """Greedy answers for a batch of questions (``families.generate_by_image``'s contract; ``images``: key ->
-    :class:`NextImage`): the vision tower and the cut once per distinct image, every question's whole prompt
-    prefilled (``prefixes`` is not used: no prefix sharing on this family yet)."""
+    :class:`NextImage`): the vision tower and the cut once per distinct image. Vanilla and encoder-side methods also
+    prefill the prompt up to and including the image tokens once per image (:class:`NextPrefix`, carried to the next
+    batch in ``prefixes``) and only the question suffixes per question; decoder-side cuts depend on the question, so
+    their prompts are prefilled whole, in groups of one image token count."""
+    if shares_prefix(method):
+        return _generate_shared_prefix(lm, method, questions, image_keys, images, instruction=instruction,
+                                       max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)
+    return _generate_whole(lm, method, questions, image_keys, images, instruction=instruction,
+                           max_new_tokens=max_new_tokens, seed=seed)
+
+
+def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                    instruction: str | None, max_new_tokens: int, seed: int):
+    """Every question's whole prompt prefilled (a decoder-side cut in groups of one image token count)."""
     distinct = list(dict.fromkeys(image_keys))
     cuts = dict(zip(distinct, cut_images(lm, method, [images[key] for key in distinct], seed=seed,
                                          instruction=instruction)))
@@ -286,9 +300,71 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
             for question, key in zip(questions, image_keys)]
     out = generate_parts(lm, method, questions, rows, _state, instruction=instruction, seed=seed,
                          max_new_tokens=max_new_tokens)
+    return _collect(lm, questions, instruction, out)
+
+
+def _collect(lm: LoadedModel, questions: list[str], instruction: str | None, out: list):
     prompts = [prompt(q, instruction) for q in questions]
     return finish(lm, [o[0] for o in out], prompts, [o[1] for o in out], [o[2] for o in out],
                   stat_columns([o[3] for o in out]))
+
+
+@dataclass
+class NextPrefix:
+    """One image's question-independent prompt part, prefilled once and shared by the image's questions.
+
+    row: the prefix (ids: BOS, system prompt, "USER: ", the kept image tokens; their embeddings; per-image stats);
+    kv: per LLM layer (keys, values), each (H_kv, P, head_dim), P = len(row.ids)."""
+
+    row: _Row
+    kv: list
+
+
+def encode_prefixes(lm: LoadedModel, method, images: list[NextImage], *, instruction: str | None,
+                    seed: int) -> list[NextPrefix]:
+    """Vision tower, cut and the prefix prefill of n distinct images; prefixes of one length are prefilled together."""
+    before, _ = _parts(lm, "", instruction)
+    cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
+    rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
+    kv: list = [None] * len(rows)
+    for members in group_indices([len(row.ids) for row in rows]).values():
+        cache = new_cache(lm)
+        prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
+        for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
+            kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
+        del cache
+    return [NextPrefix(row, kv[i]) for i, row in enumerate(rows)]
+
+
+def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
+                            instruction: str | None, max_new_tokens: int, seed: int, prefixes: dict | None):
+    """Vanilla and encoder-side methods: each image's prefix prefilled once (or taken from ``prefixes``), each
+    question's suffix after it at 1-D positions continuing the prefix; rows whose prefixes have one length share a
+    suffix prefill."""
+    prefixes = {} if prefixes is None else prefixes
+    distinct = list(dict.fromkeys(image_keys))
+    missing = [key for key in distinct if key not in prefixes]
+    if missing:
+        new = encode_prefixes(lm, method, [images[key] for key in missing], instruction=instruction, seed=seed)
+        prefixes.update(zip(missing, new))
+    suffixes = []
+    for question, key in zip(questions, image_keys):
+        before, after = _parts(lm, question, instruction)
+        assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
+        suffixes.append(after)
+    n_layers = len(lm.language_model.layers)
+    out: list = [None] * len(questions)
+    for length, members in group_indices([len(prefixes[key].row.ids) for key in image_keys]).items():
+        rows = [prefixes[image_keys[i]] for i in members]
+        cache = new_cache(lm)
+        # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
+        last_hidden, group = prefill_suffixes(
+            lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
+                 for layer in range(n_layers)], length, [suffixes[i] for i in members], cache)
+        generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
+        for j, (i, row) in enumerate(zip(members, rows)):
+            out[i] = (generated[j], [len(row.row.embeds)] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
+    return _collect(lm, questions, instruction, out)
 
 
 # ---------------------------------------------------------------- a user's own inputs (svdprune.prune, lmms-eval)
