@@ -207,7 +207,7 @@ def _by_image(lm, method, records, batch_size, instruction, max_new_tokens, seed
             return error
 
     prefetcher = Prefetcher(list(remaining), load, workers, ahead)
-    prefixes: dict = {}  # image -> its prefix (llava15.ImagePrefix, qwen25vl.QwenPrefix), while a batch needs it
+    prefixes: dict = {}  # image -> its prefix (the family's: llava15.ImagePrefix, _per_image.SharedPrefix), while a batch needs it
     start, size = 0, batch_size
     try:
         while start < len(order):

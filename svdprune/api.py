@@ -168,7 +168,7 @@ class PruneHandle:
             if values.get(key) is not None:
                 raise UserError(f"svdprune: {key} given; a pruned Qwen2.5-VL takes images only (pixel_values, "
                                 "image_grid_thw)")
-        return self._prefill(input_ids, values.get("attention_mask"), pixel_values, cache, values, extra)
+        return self._prefill(input_ids, values.get("attention_mask"), cache, values, extra)
 
     def _unpruned(self, *args, **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k not in self._extra_inputs}  # ours, not the model's
@@ -176,7 +176,7 @@ class PruneHandle:
             return self._previous_forward(*args, **kwargs)
         return type(self.model).forward(self.model, *args, **kwargs)
 
-    def _prefill(self, input_ids, attention_mask, pixel_values, cache, values: dict, extra: dict):
+    def _prefill(self, input_ids, attention_mask, cache, values: dict, extra: dict):
         from .surgery import merge_prefills, new_cache, prefill_states
 
         lm = self._lm

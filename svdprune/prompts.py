@@ -30,6 +30,20 @@ def vicuna_prompt(question: str, instruction: str | None = ANSWER_INSTRUCTION) -
     return f"{SYSTEM} USER: {user} ASSISTANT:"
 
 
+def vicuna_question(tokenizer, suffix_ids: list[int]) -> str:
+    """The question of a vicuna_v1 prompt from the ids after its image: the user turn up to " ASSISTANT:" (exact when
+    the tokenizer's decode inverts its encode)."""
+    text = tokenizer.decode(suffix_ids, skip_special_tokens=True)
+    text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
+    return text.strip()
+
+
+def vicuna_answer(tokenizer, prompt: str, continuation: str) -> str:
+    """A vicuna_v1 prompt followed by the assistant turn holding ``continuation`` (lmms-eval's own llava model's
+    loglikelihood text: prompt + " " + continuation + "</s>")."""
+    return f"{prompt} {continuation}{tokenizer.eos_token or '</s>'}"
+
+
 def tokenizer_image_token(prompt: str, tokenizer, image_token_id: int, num_image_tokens: int) -> list[int]:
     """Token ids of ``prompt`` with ``<image>`` replaced by ``num_image_tokens`` image-token ids.
 

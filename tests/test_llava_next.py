@@ -249,3 +249,21 @@ def test_prune_remove_restores_the_model(next_lm, images):
         next_lm.model(**hf)
         handle.remove()
         assert torch.equal(next_lm.model(**hf).logits, before)
+
+
+def test_a_saved_folder_loads_as_from_pretrained_in_bfloat16(next_lm, images, tmp_path):
+    """load_pretrained on a saved folder gives transformers' own from_pretrained(dtype=bfloat16), bit for bit, and its
+    image processor (read back from the folder) the same pixels as the in-memory one."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    next_lm.model.save_pretrained(tmp_path)
+    next_lm.tokenizer.save_pretrained(tmp_path)
+    next_lm.image_processor.save_pretrained(tmp_path)
+    ours = llava_next.load_pretrained(str(tmp_path), None, "bfloat16", "cpu", progress=False)
+    theirs = LlavaNextForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mine, want = ours.model.state_dict(), theirs.state_dict()
+    assert mine.keys() == want.keys()
+    assert all(mine[k].dtype == want[k].dtype and torch.equal(mine[k], want[k]) for k in want)
+    assert ours.num_patches == next_lm.num_patches == 336
+    for image in images:
+        assert torch.equal(llava_next.preprocess(ours, image).pixels, llava_next.preprocess(next_lm, image).pixels)

@@ -1,10 +1,15 @@
 """What the families whose images each have their own token count share (Qwen2.5-VL, LLaVA-NeXT): a budget per
-image, and the groups of rows a decoder-side cut prefills together."""
+image, the groups of rows a decoder-side cut prefills together, and the image prefix prefilled once and shared by
+the image's questions."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
 
 from ..models import LoadedModel
 from ..pruning import PruneContext, Vanilla
-from ..surgery import greedy, new_cache, prefill
+from ..surgery import greedy, new_cache, prefill, prefill_suffixes
 
 
 def image_budget(method, num_tokens: int) -> int:
@@ -69,4 +74,70 @@ def generate_parts(lm: LoadedModel, method, questions: list[str], rows: list, ma
         for j, i in enumerate(members):
             stats = {**rows[i].stats, **{key: values[j] for key, values in context.stats.items()}}
             out[i] = (generated[j], counts[j], len(rows[i].ids), stats)
+    return out
+
+
+def image_token_counts(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """Image tokens per row of a user's (B, L) ids, padding left out."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    return ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
+
+
+# ---------------------------------------------------------------- one prefix per image
+
+@dataclass
+class SharedPrefix:
+    """One image's question-independent prompt part, prefilled once and shared by the image's questions.
+
+    row: the prefix (``ids``: the prompt up to and including the image's kept tokens; ``embeds``: those tokens;
+    ``stats``: the method's per-image values); kv: per LLM layer (keys, values), each (H_kv, P, head_dim),
+    P = len(row.ids); text_start: the position the text after the image continues at (Qwen2.5-VL's M-RoPE: the
+    image's start + max(h, w)); None: right after the prefix, 1-D positions."""
+
+    row: object
+    kv: list
+    text_start: int | None = None
+
+
+def prefill_prefixes(lm: LoadedModel, rows: list, make_state, text_starts: list[int] | None = None) -> list[SharedPrefix]:
+    """Prefill the prefix rows (their cut already made); rows of one length are prefilled together (no padding),
+    each keeps its own copy of the KV (a view would keep the group's KV alive)."""
+    kv: list = [None] * len(rows)
+    for members in group_indices([len(row.ids) for row in rows]).values():
+        cache = new_cache(lm)
+        prefill(lm, make_state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
+        for j, i in enumerate(members):
+            kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
+        del cache
+    return [SharedPrefix(row, kv[i], None if text_starts is None else text_starts[i]) for i, row in enumerate(rows)]
+
+
+def generate_shared_prefix(lm: LoadedModel, questions: list[str], image_keys: list, prefixes: dict, encode,
+                           question_parts, *, max_new_tokens: int, axes: int = 1) -> list[tuple]:
+    """Vanilla and encoder-side methods: each image's prefix prefilled once (``encode(keys)``: the
+    :class:`SharedPrefix` of the images not yet in ``prefixes``, which keeps them for the next batch), each question's
+    suffix (``question_parts(question)``: its ids before and after the image) after it; rows whose prefixes have one
+    length share a suffix prefill. Per question (generated ids, per-layer image counts, prompt length, stats)."""
+    missing = [key for key in dict.fromkeys(image_keys) if key not in prefixes]
+    if missing:
+        prefixes.update(zip(missing, encode(missing)))
+    suffixes = []
+    for question, key in zip(questions, image_keys):
+        before, after = question_parts(question)
+        assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
+        suffixes.append(after)
+    n_layers = len(lm.language_model.layers)
+    out: list = [None] * len(questions)
+    for length, members in group_indices([len(prefixes[key].row.ids) for key in image_keys]).items():
+        rows = [prefixes[image_keys[i]] for i in members]
+        starts = None if rows[0].text_start is None else torch.tensor([row.text_start for row in rows])
+        cache = new_cache(lm)
+        # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
+        last_hidden, group = prefill_suffixes(
+            lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
+                 for layer in range(n_layers)], length, [suffixes[i] for i in members], cache,
+            text_start=starts, axes=axes)
+        generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
+        for j, (i, row) in enumerate(zip(members, rows)):
+            out[i] = (generated[j], [len(row.row.embeds)] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
     return out

@@ -19,7 +19,8 @@ from PIL import Image
 from ..errors import UserError
 from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrained, check_local_folder, dtype_of,
                       hub_loading, in_project, read_config_json, resolve_device)
-from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, preprocess_image, tokenizer_image_token, vicuna_prompt
+from ..prompts import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, preprocess_image, tokenizer_image_token, vicuna_answer,
+                       vicuna_prompt, vicuna_question)
 from ..pruning import PruneContext, TokenState, reads_question_text
 from ..surgery import (Generation, finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
                       shares_prefix)
@@ -455,11 +456,8 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
-    """The question of a prompt from the ids after its image: the user turn up to vicuna_v1's " ASSISTANT:" (exact
-    when the tokenizer's decode inverts its encode)."""
-    text = lm.tokenizer.decode(suffix_ids, skip_special_tokens=True)
-    text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
-    return text.strip()
+    """The question of a prompt from the ids after its image (vicuna_v1: the user turn up to " ASSISTANT:")."""
+    return vicuna_question(lm.tokenizer, suffix_ids)
 
 
 def model_output(logits, loss, cache):
@@ -489,6 +487,5 @@ def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image])
 
 
 def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
-    """The prompt followed by an assistant turn holding ``continuation`` (lmms-eval's loglikelihood; its own llava
-    model's text: prompt + " " + continuation + "</s>")."""
-    return f"{prompt_text} {continuation}{lm.tokenizer.eos_token or '</s>'}"
+    """The prompt followed by an assistant turn holding ``continuation`` (lmms-eval's loglikelihood)."""
+    return vicuna_answer(lm.tokenizer, prompt_text, continuation)

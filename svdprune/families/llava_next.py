@@ -29,7 +29,7 @@ LLaVA-NeXT code (VisionZip, VisPruner, HoloV, FlowCut, CDPruner publish one), wh
 Pooling is refused by its own check (an AnyRes image is not one h x w grid).
 
 Batches: the vision tower and the cut run once per distinct image; vanilla and encoder-side methods also prefill
-each image's prompt prefix once (:class:`NextPrefix`) and each question only its suffix, as on the other families; a
+each image's prompt prefix once (:class:`._per_image.SharedPrefix`) and each question only its suffix, as on the other families; a
 decoder-side cut prefills whole prompts, in groups of one image token count (:mod:`._per_image`).
 """
 from __future__ import annotations
@@ -43,11 +43,12 @@ from PIL import Image
 from ..errors import UserError
 from ..models import (LoadedModel, build_tiny_tokenizer, cast_like_from_pretrained, check_local_folder, dtype_of,
                       hub_loading, in_project, read_config_json, resolve_device)
-from ..prompts import CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_token, vicuna_prompt
-from ..pruning import PruneContext, TokenState, Vanilla
-from ..surgery import (finish, greedy, left_pad, new_cache, padded_positions, prefill, prefill_suffixes,
-                       shares_prefix)
-from ._per_image import generate_parts, group_indices, image_budget, prefill_parts, stat_columns
+from ..prompts import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_token, vicuna_answer, vicuna_prompt,
+                       vicuna_question)
+from ..pruning import PruneContext, TokenState
+from ..surgery import finish, left_pad, padded_positions, shares_prefix
+from ._per_image import (SharedPrefix, generate_parts, generate_shared_prefix, image_budget, image_token_counts,
+                         prefill_parts, prefill_prefixes, stat_columns)
 
 NAME = "llava_next"  # model.family
 LABEL = "LLaVA-NeXT"
@@ -280,7 +281,7 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
                       instruction: str | None, max_new_tokens: int = 128, seed: int = 0, prefixes: dict | None = None):
     """Greedy answers for a batch of questions (``families.generate_by_image``'s contract; ``images``: key ->
     :class:`NextImage`): the vision tower and the cut once per distinct image. Vanilla and encoder-side methods also
-    prefill the prompt up to and including the image tokens once per image (:class:`NextPrefix`, carried to the next
+    prefill the prompt up to and including the image tokens once per image (a ``SharedPrefix``, carried to the next
     batch in ``prefixes``) and only the question suffixes per question; decoder-side cuts depend on the question, so
     their prompts are prefilled whole, in groups of one image token count."""
     if shares_prefix(method):
@@ -309,61 +310,24 @@ def _collect(lm: LoadedModel, questions: list[str], instruction: str | None, out
                   stat_columns([o[3] for o in out]))
 
 
-@dataclass
-class NextPrefix:
-    """One image's question-independent prompt part, prefilled once and shared by the image's questions.
-
-    row: the prefix (ids: BOS, system prompt, "USER: ", the kept image tokens; their embeddings; per-image stats);
-    kv: per LLM layer (keys, values), each (H_kv, P, head_dim), P = len(row.ids)."""
-
-    row: _Row
-    kv: list
-
-
 def encode_prefixes(lm: LoadedModel, method, images: list[NextImage], *, instruction: str | None,
-                    seed: int) -> list[NextPrefix]:
-    """Vision tower, cut and the prefix prefill of n distinct images; prefixes of one length are prefilled together."""
+                    seed: int) -> list[SharedPrefix]:
+    """Vision tower, cut and the prefix prefill of n distinct images: BOS, system prompt, "USER: " and the image's
+    kept tokens; the question's text continues right after them."""
     before, _ = _parts(lm, "", instruction)
     cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
-    rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
-    kv: list = [None] * len(rows)
-    for members in group_indices([len(row.ids) for row in rows]).values():
-        cache = new_cache(lm)
-        prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
-        for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
-            kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
-        del cache
-    return [NextPrefix(row, kv[i]) for i, row in enumerate(rows)]
+    return prefill_prefixes(lm, [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)],
+                            _state)
 
 
 def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                             instruction: str | None, max_new_tokens: int, seed: int, prefixes: dict | None):
-    """Vanilla and encoder-side methods: each image's prefix prefilled once (or taken from ``prefixes``), each
-    question's suffix after it at 1-D positions continuing the prefix; rows whose prefixes have one length share a
-    suffix prefill."""
-    prefixes = {} if prefixes is None else prefixes
-    distinct = list(dict.fromkeys(image_keys))
-    missing = [key for key in distinct if key not in prefixes]
-    if missing:
-        new = encode_prefixes(lm, method, [images[key] for key in missing], instruction=instruction, seed=seed)
-        prefixes.update(zip(missing, new))
-    suffixes = []
-    for question, key in zip(questions, image_keys):
-        before, after = _parts(lm, question, instruction)
-        assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
-        suffixes.append(after)
-    n_layers = len(lm.language_model.layers)
-    out: list = [None] * len(questions)
-    for length, members in group_indices([len(prefixes[key].row.ids) for key in image_keys]).items():
-        rows = [prefixes[image_keys[i]] for i in members]
-        cache = new_cache(lm)
-        # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
-        last_hidden, group = prefill_suffixes(
-            lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
-                 for layer in range(n_layers)], length, [suffixes[i] for i in members], cache)
-        generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
-        for j, (i, row) in enumerate(zip(members, rows)):
-            out[i] = (generated[j], [len(row.row.embeds)] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
+    """Vanilla and encoder-side methods: each image's prefix once (or from ``prefixes``), each question's suffix
+    after it at 1-D positions (:func:`svdprune.families._per_image.generate_shared_prefix`)."""
+    out = generate_shared_prefix(
+        lm, questions, image_keys, {} if prefixes is None else prefixes,
+        lambda keys: encode_prefixes(lm, method, [images[key] for key in keys], instruction=instruction, seed=seed),
+        lambda question: _parts(lm, question, instruction), max_new_tokens=max_new_tokens)
     return _collect(lm, questions, instruction, out)
 
 
@@ -391,9 +355,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
         views = pixel_values[b, :count] if pixel_values.dim() == 5 else pixel_values[start:start + count]
         start += count
         images.append(NextImage(views.to(torch.float32), size, tiles, token_layout(config, size, tiles)))
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    counts = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
-    for b, (count, image) in enumerate(zip(counts, images)):
+    for b, (count, image) in enumerate(zip(image_token_counts(lm, input_ids, attention_mask), images)):
         if count != image.num_tokens:
             raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_sizes "
                             f"{image.image_size.tolist()} make {image.num_tokens}")
@@ -404,10 +366,8 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
-    """The question of a prompt from the ids after its image: the user turn up to vicuna_v1's " ASSISTANT:"."""
-    text = lm.tokenizer.decode(suffix_ids, skip_special_tokens=True)
-    text = text[:text.rfind("ASSISTANT:")] if "ASSISTANT:" in text else text
-    return text.strip()
+    """The question of a prompt from the ids after its image (vicuna_v1: the user turn up to " ASSISTANT:")."""
+    return vicuna_question(lm.tokenizer, suffix_ids)
 
 
 def model_output(logits, loss, cache):
@@ -439,7 +399,8 @@ def model_inputs(lm: LoadedModel, prompts: list[str], images: list[Image.Image])
 
 
 def answer_text(lm: LoadedModel, prompt_text: str, continuation: str) -> str:
-    return f"{prompt_text} {continuation}{lm.tokenizer.eos_token or '</s>'}"
+    """The prompt followed by an assistant turn holding ``continuation`` (lmms-eval's loglikelihood)."""
+    return vicuna_answer(lm.tokenizer, prompt_text, continuation)
 
 
 # ---------------------------------------------------------------- loading

@@ -24,8 +24,8 @@ reach the LLM"), or with ``budget_ratio`` a share of each image's own tokens (:f
 most its budget of tokens keeps them all.
 
 Batches: the vision tower runs once per distinct image; vanilla and encoder-side methods also prefill each image's
-prompt prefix once (:class:`QwenPrefix`) and each question only its suffix, as LLaVA-1.5's by-image path does;
-decoder-side methods prefill whole prompts, in groups of equal image size (:func:`decoder_parts`).
+prompt prefix once (:class:`~svdprune.families._per_image.SharedPrefix`) and each question only its suffix, as LLaVA-1.5's by-image path does;
+decoder-side methods prefill whole prompts, in groups of equal image size (:func:`._per_image.parts_by_image_tokens`).
 
 Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run; a method that needs what
 this family lacks (:data:`LACKS`: a [CLS] token, CLIP's layers or text tower, one token count for every image) is
@@ -42,10 +42,10 @@ from ..errors import UserError
 from ..models import (LoadedModel, dtype_of, cast_like_from_pretrained, check_local_folder, hub_loading, in_project,
                      resolve_device)
 from ..prompts import CLIP_MEAN, CLIP_STD
-from ..pruning import PruneContext, TokenState, Vanilla
-from ..surgery import finish, greedy, left_pad, new_cache, prefill, prefill_suffixes, shares_prefix
-from ._per_image import (generate_parts, group_indices, image_budget, parts_by_image_tokens, prefill_parts,
-                         stat_columns)
+from ..pruning import PruneContext, TokenState
+from ..surgery import finish, left_pad, shares_prefix
+from ._per_image import (SharedPrefix, generate_parts, generate_shared_prefix, image_budget, image_token_counts,
+                         prefill_parts, prefill_prefixes, stat_columns)
 
 NAME = "qwen25vl"  # model.family
 MODEL_TYPE = "qwen2_5_vl"  # its config.json's model_type
@@ -235,11 +235,6 @@ def _rows(lm: LoadedModel, method, questions: list[str], image_keys: list, image
             for question, key in zip(questions, image_keys)]
 
 
-def decoder_parts(lm: LoadedModel, method, rows: list[_Row]) -> list[tuple[list[int], object]]:
-    """:func:`svdprune.families._per_image.decoder_parts` of the rows' image token counts."""
-    return parts_by_image_tokens(lm, method, [len(row.embeds) for row in rows])
-
-
 def _state(lm: LoadedModel, rows: list[_Row]):
     """Left-padded :class:`~svdprune.pruning.TokenState` of the rows: (3, B, L) positions (padded slots 0, never
     attended), the rows' image embeddings in their image slots (each row its own count)."""
@@ -271,9 +266,9 @@ def generate_by_image(lm: LoadedModel, method, questions: list[str], image_keys:
     """Greedy answers for a batch of questions on Qwen2.5-VL (``families.generate_by_image``'s contract, whose caller
     has checked the method; ``images``: key -> :class:`QwenImage`). The vision tower and the encoder-side cut run once per distinct image. Vanilla and
     encoder-side methods also prefill the prompt up to and including the image tokens once per image
-    (:class:`QwenPrefix`, carried to the next batch in ``prefixes``) and only the question suffixes per question;
+    (a :class:`~svdprune.families._per_image.SharedPrefix`, carried to the next batch in ``prefixes``) and only the question suffixes per question;
     decoder-side cuts depend on the question, so their prompts are prefilled whole, in groups of equal image size
-    (:func:`decoder_parts`)."""
+    (:func:`._per_image.parts_by_image_tokens`)."""
     if shares_prefix(method):
         return _generate_shared_prefix(lm, method, questions, image_keys, images, instruction=instruction,
                                        max_new_tokens=max_new_tokens, seed=seed, prefixes=prefixes)
@@ -299,69 +294,24 @@ def _generate_whole(lm: LoadedModel, method, questions: list[str], image_keys: l
     return _collect(lm, questions, instruction, out)
 
 
-@dataclass
-class QwenPrefix:
-    """One image's question-independent prompt part: the ids before the image (system turn, user turn up to
-    ``<|vision_start|>``) and its kept tokens, prefilled once and shared by the image's questions.
-
-    row: the prefix as a :class:`_Row` (ids, 3-D positions, kept embeddings, per-image stats);
-    kv: per LLM layer (keys, values), each (H_kv, P, head_dim), P = len(row.ids);
-    text_start: the position the text after the image continues at (its start + max(h, w)).
-    """
-
-    row: _Row
-    kv: list
-    text_start: int
-
-
 def encode_prefixes(lm: LoadedModel, method, images: list[QwenImage], *, instruction: str | None,
-                    seed: int) -> list[QwenPrefix]:
-    """Vision tower, cut and the prefix prefill of n distinct images; images whose prefixes have the same length
-    are prefilled together (no padding)."""
+                    seed: int) -> list[SharedPrefix]:
+    """Vision tower, cut and the prefix prefill of n distinct images: the ids before the image (system turn, user
+    turn up to ``<|vision_start|>``) and its kept tokens; the text after continues at the image's start + max(h, w)."""
     before, _ = question_parts(lm, "", instruction)
     cuts = cut_images(lm, method, images, seed=seed, instruction=instruction)
     rows = [make_row(lm, method, before, [], image, cut) for image, cut in zip(images, cuts)]
-    kv: list = [None] * len(rows)
-    for members in group_indices([len(row.ids) for row in rows]).values():
-        cache = new_cache(lm)
-        prefill(lm, _state(lm, [rows[i] for i in members]), Vanilla(), PruneContext(questions=None), cache)
-        for j, i in enumerate(members):  # each image its own copy: a view would keep the group's KV alive
-            kv[i] = [(layer.keys[j].clone(), layer.values[j].clone()) for layer in cache.layers]
-        del cache
-    return [QwenPrefix(row, kv[i], len(before) + max(image.token_grid))
-            for i, (row, image) in enumerate(zip(rows, images))]
+    return prefill_prefixes(lm, rows, _state, [len(before) + max(image.token_grid) for image in images])
 
 
 def _generate_shared_prefix(lm: LoadedModel, method, questions: list[str], image_keys: list, images: dict, *,
                             instruction: str | None, max_new_tokens: int, seed: int, prefixes: dict | None):
-    """Vanilla and encoder-side methods: each image's prefix prefilled once (or taken from ``prefixes``), each
-    question's suffix after it; rows whose prefixes have one length share a suffix prefill."""
-    prefixes = {} if prefixes is None else prefixes
-    distinct = list(dict.fromkeys(image_keys))
-    missing = [key for key in distinct if key not in prefixes]
-    if missing:
-        new = encode_prefixes(lm, method, [images[key] for key in missing], instruction=instruction, seed=seed)
-        prefixes.update(zip(missing, new))
-    suffixes = []
-    for question, key in zip(questions, image_keys):
-        before, after = question_parts(lm, question, instruction)
-        assert before == prefixes[key].row.ids[:len(before)], "prompts do not share the prefix"
-        suffixes.append(after)
-    by_length = group_indices([len(prefixes[key].row.ids) for key in image_keys])
-    n_layers = len(lm.language_model.layers)
-    out: list = [None] * len(questions)
-    for length, members in by_length.items():
-        rows = [prefixes[image_keys[i]] for i in members]
-        cache = new_cache(lm)
-        # handed over without a name: once in the cache, the batch's prefix KV is referenced there only
-        last_hidden, group = prefill_suffixes(
-            lm, [(torch.stack([row.kv[layer][0] for row in rows]), torch.stack([row.kv[layer][1] for row in rows]))
-                 for layer in range(n_layers)], length, [suffixes[i] for i in members], cache,
-            text_start=torch.tensor([row.text_start for row in rows]), axes=3)
-        generated = greedy(lm, last_hidden, [group], cache, max_new_tokens)
-        for j, (i, row) in enumerate(zip(members, rows)):
-            k = len(row.row.embeds)
-            out[i] = (generated[j], [k] * n_layers, length + len(suffixes[i]), dict(row.row.stats))
+    """Vanilla and encoder-side methods: each image's prefix once (or from ``prefixes``), each question's suffix
+    after it at M-RoPE positions (:func:`svdprune.families._per_image.generate_shared_prefix`)."""
+    out = generate_shared_prefix(
+        lm, questions, image_keys, {} if prefixes is None else prefixes,
+        lambda keys: encode_prefixes(lm, method, [images[key] for key in keys], instruction=instruction, seed=seed),
+        lambda question: question_parts(lm, question, instruction), max_new_tokens=max_new_tokens, axes=3)
     return _collect(lm, questions, instruction, out)
 
 
@@ -531,7 +481,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
     image by ``image_grid_thw``, vision tower + merger and the cut per image, each row's image run replaced by its kept
     tokens at their 3-D positions, left-padded. Returns (parts, the token rows, per-row stats); parts: one (row
     indices, TokenState, the method to run, its context) per prefill: all rows for vanilla and encoder-side methods,
-    one group per image size for a decoder-side cut, fitted to that size (:func:`decoder_parts`, as run.py's)."""
+    one group per image size for a decoder-side cut, fitted to that size (as run.py's)."""
     pixel_values, image_grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
     input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
     if pixel_values is None or image_grid_thw is None or image_grid_thw.shape[0] != len(rows):
@@ -541,9 +491,7 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
     grid = image_grid_thw.cpu()
     patches = torch.split(pixel_values.to(torch.float32), [int(g.prod()) for g in grid])
     images = [QwenImage(p, g) for p, g in zip(patches, grid)]
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    pads = ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
-    for b, (count, image) in enumerate(zip(pads, images)):
+    for b, (count, image) in enumerate(zip(image_token_counts(lm, input_ids, attention_mask), images)):
         if count != image.num_tokens:
             raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_grid_thw "
                             f"{grid[b].tolist()} makes {image.num_tokens}")
