@@ -1,5 +1,5 @@
 """Reading a run's predictions.jsonl: one line parser and one read-only reader, shared by the runner (which
-also repairs files, harness/results.py) and every report (eval/reports.py, eval/score.py's callers,
+also repairs files, harness/results.py) and every report (eval/reports/, eval/score.py's callers,
 harness/sweep_status.py), so that a damaged file is described the same way wherever it is read."""
 from __future__ import annotations
 

@@ -135,6 +135,23 @@ def paper_projector_macs(image_tokens: int, g: Geometry = LLAVA15_7B) -> float:
     return float(image_tokens * (g.vision_hidden * g.text_hidden + g.text_hidden * g.text_hidden))
 
 
+# The figures the paper's Table 2 prints for the parts pruning after the tower leaves alone: vision tower 190.6 G
+# (paper_vision_macs() is 190.61 G), projector 20.97 M MACs per image token (paper_projector_macs(1) 20.97152 M).
+# The reports' per-run compute uses them as printed, so its vanilla row is the paper's 3.456 T.
+PAPER_VISION_MACS = 190.6e9
+PAPER_PROJECTOR_MACS_PER_TOKEN = 20.97e6
+
+
+def paper_convention_tmacs(image_tokens_per_layer: Sequence[float], n_text: int = PAPER_TEXT_TOKENS) -> float:
+    """Total T-MACs of one LLaVA-1.5-7B image + question in the paper's convention: vision + projector (layer
+    0's image tokens) + the LLM layer by layer (:func:`paper_layer_macs`, FastV's MLP term) with that layer's
+    image-token count plus ``n_text`` (decoder-side methods change the count between layers)."""
+    tokens = list(image_tokens_per_layer)
+    g = LLAVA15_7B
+    llm = sum(paper_layer_macs(k + n_text, g.text_hidden, g.text_intermediate) for k in tokens)
+    return (PAPER_VISION_MACS + PAPER_PROJECTOR_MACS_PER_TOKEN * tokens[0] + llm) / 1e12
+
+
 def svd_macs(n: int, d: int, vectors: str = "u") -> float:
     """Textbook MACs (flops / 2) of the SVD of one (n, d) matrix, R-SVD column of Golub & Van Loan.
 

@@ -21,11 +21,11 @@ from harness.settings import check_overrides
 from harness.shard import Shard
 from harness.sweeps import skip_reason
 from svdprune.errors import UserError
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import make_table1  # noqa: E402
-import report_extras  # noqa: E402
+make_table1 = load_script("make_table1")
+report_extras = load_script("report_extras")
 
 
 def make_cfg(overrides):

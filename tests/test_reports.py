@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,23 +13,16 @@ import numpy as np
 import pytest
 
 from eval import reports
+from eval.reports import extras
 from eval.fixtures import write_local_fixture
+from tests.script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "llava-hf/llava-1.5-7b-hf"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_report_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-make_table1 = _script("make_table1")
-plot_tau = _script("plot_tau")
-extras = _script("report_extras")
+make_table1 = load_script("make_table1")
+plot_tau = load_script("plot_tau")
 
 # Method defaults of the fixture's own configs/ (independent of the project's method files). The int keys
 # of pyramiddrop's schedules become strings in metrics.json, as in real runs.
@@ -427,5 +419,15 @@ def test_mini_cases_counts_each_case():
                  "test-1": "is there not a red shape?",  # colour present, right
                  "test-2": "is no circle present?",  # shape absent, right
                  "test-3": "what color is the shape?"}
-    assert _script("mini_cases").case_accuracy(rows, questions) == {
+    assert load_script("mini_cases").case_accuracy(rows, questions) == {
         "color": (1, 1), "color present": (1, 2), "shape absent": (1, 1)}
+
+
+def test_reports_compute_is_the_flops_model():
+    """The reports' per-run compute is svdprune.flops' paper convention (one FLOPs model): the layer count and
+    n_text they assume are its, and its vanilla total is the paper's 3.456 T."""
+    from svdprune import flops
+
+    assert reports.compute.LLM_LAYERS == flops.LLAVA15_7B.text_layers
+    assert reports.paper_convention_tmacs([576.0] * 32) == flops.paper_convention_tmacs([576.0] * 32)
+    assert round(flops.paper_convention_tmacs([576.0] * 32), 3) == 3.456

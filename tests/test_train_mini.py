@@ -1,4 +1,4 @@
-"""scripts/train_mini.py: labels read off the questions, patch coverage read off the pixels, token-count sampling,
+"""training/mini.py (scripts/train_mini.py): labels read off the questions, patch coverage read off the pixels, token-count sampling,
 and one end-to-end run of both stages on a few real easy-VQA images (a loadable LLaVA checkpoint comes out)."""
 import random
 import subprocess
@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw
 
 from eval.easyvqa import SHAPES, case, yes_no_case
 
+from training import mini as train_mini
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import train_mini  # noqa: E402
 
 COLORS = ["black", "blue", "brown", "gray", "green", "red", "teal", "yellow"]
 

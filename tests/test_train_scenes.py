@@ -1,8 +1,6 @@
-"""scripts/train_scenes.py: the shared-prefix loss equals train_mini's full-row loss, scene targets match the
+"""training/scenes.py (scripts/train_scenes.py): the shared-prefix loss equals train_mini's full-row loss, scene targets match the
 scene, and the normalisation equals the project's preprocessing."""
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,10 +8,8 @@ import torch
 from eval.scenes import COLORS, GRID, PATCH, SHAPES, SIZE, Scene, patches_of, render, scene
 from svdprune.prompts import preprocess_image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import train_mini  # noqa: E402
-import train_scenes  # noqa: E402
+from training import mini as train_mini
+from training import scenes as train_scenes
 
 
 def _tiny(tokenizer):
