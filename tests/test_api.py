@@ -278,12 +278,10 @@ def test_a_llava_hf_preprocessor_config_with_do_pad_gives_run_pys_pixels(tmp_pat
     """llava-hf/llava-1.5-7b-hf's own preprocessor_config.json (CLIPImageProcessor: resize + centre crop) read as
     LlavaImageProcessorPil(do_pad=True): official LLaVA-1.5's pad-to-square pixels, the README's recipe."""
     import json
-    import sys
 
     from transformers import LlavaImageProcessorPil
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_random_llava import PREPROCESSOR_CONFIG
+    from svdprune.checkpoints.llava15 import PREPROCESSOR_CONFIG
 
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG))
     image_processor = LlavaImageProcessorPil.from_pretrained(tmp_path, do_pad=True)

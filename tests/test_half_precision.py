@@ -3,7 +3,6 @@ every buffer that ``from_pretrained`` keeps in float32 (Llama's rotary ``inv_fre
 outputs are bit-identical to those of the plainly loaded model, on the committed mini checkpoint and on a
 shallow random model of LLaVA-1.5-7B's exact config."""
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ from svdprune.families import load_model
 from svdprune.families.llava15 import build_tiny
 from svdprune.models import build_tiny_tokenizer
 
+from svdprune.checkpoints.llava15 import LLAVA_15_7B_CONFIG
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_random_llava import LLAVA_15_7B_CONFIG  # noqa: E402
 
 HALF = [torch.bfloat16, torch.float16]
 POSITIONS = 700  # far enough that a bf16 inv_freq moves the rotary angle by ~0.9 rad (the issue's measurement)
