@@ -8,6 +8,8 @@ Scoring: exact match (the ``gqa`` scorer: one single-word reference answer per q
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import re
 
 from svdprune.errors import UserError
@@ -64,3 +66,15 @@ def load(cfg) -> Dataset:
     ]
     return Dataset(name="easyvqa", records=records, scorer="gqa", revision="easy-vqa==1.0",
                    info={"split": split})
+
+
+def case_accuracy(rows: list[dict], questions: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """{case: (correct, total)} over prediction rows (answers[0] is the reference; :func:`case` splits them); questions
+    maps question_id -> question text. scripts/mini_cases.py prints it; the mini model card reports it."""
+    correct, total = Counter(), Counter()
+    for row in rows:
+        kind = case(questions[row["question_id"]], row["answers"][0])
+        total[kind] += 1
+        correct[kind] += row["prediction"] == row["answers"][0]
+    return {kind: (correct[kind], total[kind]) for kind in sorted(total)}
+

@@ -12,6 +12,7 @@ import errno
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -39,6 +40,36 @@ from .shard import merge_shards, read_shard, remove_finished_shard_folders, shar
 _ROW_KEYS = {"kept_tokens", "prompt_tokens", "generated_tokens"}
 
 
+@dataclass
+class _Prepared:
+    """What a run has settled before it touches its folder: checked settings, the method, the questions, the model
+    and the budget and batch size fitted to it."""
+
+    settings: Settings
+    method_name: str
+    params: dict
+    method: object
+    dataset: object
+    records: list[Record]
+    lm: object
+    budget: object
+    batch_size: int
+
+
+@dataclass
+class _Answered:
+    """What the locked part of a run did: every finished row (resumed and new), this shard's questions, those it
+    had left, the ones skipped for an unreadable image, and the generation totals."""
+
+    finished: dict
+    mine: list[Record]
+    todo: list[Record]
+    skipped: list[str]
+    max_positions: int | None
+    generated_tokens: int
+    generation_seconds: float
+
+
 def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
     """One run, resumable; returns the metrics written to metrics.json (see :func:`run_metrics`). ``models``:
     the process's kept model (harness/model_cache.py; run.py passes one so that a sweep loads each model once),
@@ -49,7 +80,31 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         import torch
 
         torch.set_num_threads(settings.threads)
-    method_name, budget, shard = cfg.method.name, settings.budget, settings.shard
+    memo = models.memo if models is not None and cfg.get("reuse_model", True) else None
+    prep = _prepare(cfg, settings, models, memo)
+    prints = fingerprints(cfg, prep.dataset, memo)
+    out_dir, digest = run_folder(cfg, prep.budget, prints)
+    check_folder_path("output_dir", str(out_dir))  # results/<dataset> or <method> may be a file
+    shard = settings.shard
+    answered = _answer(cfg, prep, out_dir, digest, prints)
+    if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
+        merged = _merge_if_complete(out_dir, prep.records, digest, shard)
+        if merged is None:
+            new = len(answered.todo) - len(answered.skipped)
+            print(f"{_run_line_head(prep.dataset.name, prep.method_name, prep.budget, settings.budget_ratio, prep.params)}: "
+                  f"shard {shard} answered its {len(answered.mine)} questions ({new} new); metrics.json is written by "
+                  f"the shard that finishes last -> {out_dir}")
+            return {"shard": str(shard), "n": len(answered.mine), "newly_answered": new, "run_folder": str(out_dir)}
+        answered.finished.update((row["question_id"], row) for row in merged)
+    metrics = _write_metrics(cfg, prep, answered, out_dir, digest, prints, started)
+    _print_summary(prep, answered, metrics, out_dir)
+    return metrics
+
+
+def _prepare(cfg: DictConfig, settings: Settings, models: LoadedModels | None, memo) -> _Prepared:
+    """The method (its parameters checked, and against the family before loading), the selected questions, the
+    model (the kept one when ``models`` holds the same weights), the budget fitted to it and the batch size."""
+    method_name, budget = cfg.method.name, settings.budget
     params = OmegaConf.to_container(cfg.method.params, resolve=True) if cfg.method.get("params") is not None else {}
     method = build_method(method_name, budget, params)  # validates the method's own parameters
     method.check_family(family_of(cfg.model).CAPABILITIES)  # e.g. a budget without a schedule, before loading
@@ -64,9 +119,7 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
                         f"subset={settings.subset})")
 
     progress = bool(cfg.get("progress", True))
-    reuse = models is not None and cfg.get("reuse_model", True)
-    memo = models.memo if reuse else None
-    if reuse:
+    if memo is not None:
         model_print = model_identity(cfg.model, memo)["fingerprint"]  # the kept model only if the weights are the same
         lm = models.get(cfg.model, model_print, progress)
     else:
@@ -80,12 +133,14 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
         from svdprune.memory import auto_batch_size
 
         batch_size = auto_batch_size(lm.model.config, method, lm.dtype, settings.max_new_tokens, lm.device)
+    return _Prepared(settings, method_name, params, method, dataset, records, lm, budget, batch_size)
 
-    prints = fingerprints(cfg, dataset, memo)
-    out_dir, digest = run_folder(cfg, budget, prints)
-    run_name = out_dir.name
+
+def _answer(cfg: DictConfig, prep: _Prepared, out_dir: Path, digest: str, prints: dict) -> _Answered:
+    """Under the run folder's lock (a shard's own folder for a shard): resume the finished predictions (refusing
+    another configuration's), answer the rest batch by batch and append each batch's rows as it is done."""
+    settings, shard = prep.settings, prep.settings.shard
     predictions_path = out_dir / "predictions.jsonl"
-    check_folder_path("output_dir", str(out_dir))  # results/<dataset> or <method> may be a file
     # a shard locks (and writes) only its own folder; the run folder is locked to merge (harness/shard.py)
     lock_folder = out_dir / shard.folder_name if shard is not None else out_dir
     with _write_errors_are_user_errors(out_dir), RunLock(lock_folder):
@@ -102,77 +157,88 @@ def run(cfg: DictConfig, models: LoadedModels | None = None) -> dict:
             raise UserError(f"{predictions_path} holds predictions of another configuration (hash "
                             f"{stale.pop()[:10]}{_what_differs(out_dir, prints)}); choose another run_name or "
                             "output_dir")
-        mine = shard_records(records, shard)
+        mine = shard_records(prep.records, shard)
         todo = [r for r in mine if r.question_id not in finished]
-        max_positions, warned = _max_positions(lm), False
-        skipped: list[str] = []
-
-        generated_tokens, generation_seconds = 0, 0.0
+        answered = _Answered(finished, mine, todo, [], _max_positions(prep.lm), 0, 0.0)
+        warned = False
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not cfg.get("progress", True),
-                   desc=f"{dataset.name}/{method_name}/{budget_label(budget, settings.budget_ratio)}", unit="q")
+                   desc=f"{prep.dataset.name}/{prep.method_name}/{budget_label(prep.budget, settings.budget_ratio)}",
+                   unit="q")
         with PredictionWriter(shard_predictions_path(out_dir, shard) if shard else predictions_path) as writer:
             for batch, out, seconds in answer_batches(
-                    lm, method, todo, batch_size=batch_size, schedule=settings.schedule,
-                    instruction=dataset.instruction, max_new_tokens=settings.max_new_tokens, seed=cfg.seed,
-                    on_bad_image=settings.on_bad_image, skipped=skipped):
-                generation_seconds += seconds
-                rows = []
-                for i, record in enumerate(batch):
-                    generated_tokens += len(out.token_ids[i])
-                    row = {
-                        "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
-                        "answers": record.answers, "question_type": record.question_type,
-                        "kept_tokens": kept_tokens(out.image_tokens_per_layer[i]),
-                        "image_tokens_per_layer": out.image_tokens_per_layer[i],
-                        "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
-                        "config_hash": digest,
-                    }
-                    row.update({key: values[i] for key, values in out.stats.items()})
-                    row.update(record.extra.get("recorded", {}))  # per-question facts a dataset records (evidence)
+                    prep.lm, prep.method, todo, batch_size=prep.batch_size, schedule=settings.schedule,
+                    instruction=prep.dataset.instruction, max_new_tokens=settings.max_new_tokens, seed=cfg.seed,
+                    on_bad_image=settings.on_bad_image, skipped=answered.skipped):
+                answered.generation_seconds += seconds
+                rows = [_prediction_row(record, out, i, digest) for i, record in enumerate(batch)]
+                for record, row in zip(batch, rows):
+                    answered.generated_tokens += row["generated_tokens"]
                     finished[record.question_id] = row
-                    rows.append(row)
                 writer.write(rows)
-                warned = _warn_positions(rows, max_positions, cfg.model.name, warned)
+                warned = _warn_positions(rows, answered.max_positions, cfg.model.name, warned)
                 bar.update(len(batch))
         bar.close()
-    if shard is not None:  # the shard that completes the run merges the shard files into predictions.jsonl
-        merged = _merge_if_complete(out_dir, records, digest, shard)
-        if merged is None:
-            print(f"{_run_line_head(dataset.name, method_name, budget, settings.budget_ratio, params)}: shard {shard} "
-                  f"answered its {len(mine)} questions ({len(todo) - len(skipped)} new); metrics.json is written by the shard that finishes last "
-                  f"-> {out_dir}")
-            return {"shard": str(shard), "n": len(mine), "newly_answered": len(todo) - len(skipped),
-                    "run_folder": str(out_dir)}
-        finished.update((row["question_id"], row) for row in merged)
-    folder_skipped = _skipped_in_folder(out_dir, digest, skipped, finished)
+    return answered
+
+
+def _prediction_row(record: Record, out, i: int, digest: str) -> dict:
+    """predictions.jsonl's row of the batch's ``i``-th question: what the runner records, the method's per-question
+    statistics, then what the dataset records per question (evidence)."""
+    row = {
+        "question_id": record.question_id, "prompt": out.prompts[i], "prediction": out.texts[i],
+        "answers": record.answers, "question_type": record.question_type,
+        "kept_tokens": kept_tokens(out.image_tokens_per_layer[i]),
+        "image_tokens_per_layer": out.image_tokens_per_layer[i],
+        "prompt_tokens": out.prompt_lengths[i], "generated_tokens": len(out.token_ids[i]),
+        "config_hash": digest,
+    }
+    row.update({key: values[i] for key, values in out.stats.items()})
+    row.update(record.extra.get("recorded", {}))  # per-question facts a dataset records (evidence)
+    return row
+
+
+def _write_metrics(cfg: DictConfig, prep: _Prepared, answered: _Answered, out_dir: Path, digest: str, prints: dict,
+                   started: float) -> dict:
+    """metrics.json of the run folder (over every question it answers), written atomically; finished shard folders
+    removed."""
+    settings, lm = prep.settings, prep.lm
+    new = len(answered.todo) - len(answered.skipped)
+    folder_skipped = _skipped_in_folder(out_dir, digest, answered.skipped, answered.finished)
     with _write_errors_are_user_errors(out_dir):
-        metrics = run_metrics(dataset, records, finished, settings, cfg, method, params, budget, max_positions,
-                              folder_skipped)
+        metrics = run_metrics(prep.dataset, prep.records, answered.finished, settings, cfg, prep.method, prep.params,
+                              prep.budget, answered.max_positions, folder_skipped)
+        seconds = answered.generation_seconds
         metrics.update({
             "model": prints["model_name"], "model_fingerprint": prints["model"],
             "model_revision": lm.revision, "dataset_fingerprint": prints["dataset"],
             **({"method_weights_fingerprint": prints["method_weights"]} if "method_weights" in prints else {}),
             "dtype": str(lm.dtype).replace("torch.", ""), "dtype_setting": str(cfg.model.get("dtype")),
             "device": str(lm.device),
-            "batch_size": batch_size, "batch_size_setting": settings.batch_size, "schedule": settings.schedule,
+            "batch_size": prep.batch_size, "batch_size_setting": settings.batch_size, "schedule": settings.schedule,
             "max_new_tokens": settings.max_new_tokens,
-            "max_position_embeddings": max_positions,
-            "config_hash": digest, "run_name": run_name,
-            "newly_answered": len(todo) - len(skipped), "skipped_unreadable_images": folder_skipped,
-            "wall_time_s": time.perf_counter() - started, "generation_time_s": generation_seconds,
-            "tokens_per_s": generated_tokens / generation_seconds if generation_seconds else None,
-            "questions_per_s": (len(todo) - len(skipped)) / generation_seconds if generation_seconds else None,
+            "max_position_embeddings": answered.max_positions,
+            "config_hash": digest, "run_name": out_dir.name,
+            "newly_answered": new, "skipped_unreadable_images": folder_skipped,
+            "wall_time_s": time.perf_counter() - started, "generation_time_s": seconds,
+            "tokens_per_s": answered.generated_tokens / seconds if seconds else None,
+            "questions_per_s": new / seconds if seconds else None,
         })
         write_json_atomic(out_dir / "metrics.json", metrics)
-        remove_finished_shard_folders(out_dir, set(finished), digest)  # e.g. of an abandoned shard=i/3 attempt
+        remove_finished_shard_folders(out_dir, set(answered.finished), digest)  # e.g. of an abandoned shard=i/3 attempt
+    return metrics
+
+
+def _print_summary(prep: _Prepared, answered: _Answered, metrics: dict, out_dir: Path) -> None:
+    """The run's one line: accuracy on this run's questions (and the folder's, when it holds more), where it went."""
     this = metrics["this_run"]
     union = ("" if metrics["n"] == this["n"]
              else f"; the run folder answers {metrics['n']}: {_accuracy_text(metrics['accuracy'])}")
+    skipped = answered.skipped
     skip = f", {len(skipped)} skipped (unreadable image)" if skipped else ""
     accuracy = _accuracy_text(this["accuracy"]) + ("" if metrics["scored"] else " (unscored: no reference answers)")
-    print(f"{_run_line_head(dataset.name, method_name, budget, settings.budget_ratio, params)}: accuracy {accuracy} on "
-          f"{this['n']} questions ({len(todo) - len(skipped)} new{skip}, {metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
-    return metrics
+    print(f"{_run_line_head(prep.dataset.name, prep.method_name, prep.budget, prep.settings.budget_ratio, prep.params)}: "
+          f"accuracy {accuracy} on {this['n']} questions ({len(answered.todo) - len(skipped)} new{skip}, "
+          f"{metrics['wall_time_s']:.1f} s){union} -> {out_dir}")
 
 
 def _skipped_in_folder(out_dir: Path, digest: str, skipped: list[str], finished: dict) -> list[str]:

@@ -6,21 +6,10 @@ split by whether the thing they name is in the image (``eval.easyvqa.case``). Th
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
-from eval.easyvqa import case, load
+from eval.easyvqa import case_accuracy, load
 from harness.results import read_predictions
-
-
-def case_accuracy(rows: list[dict], questions: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """{case: (correct, total)} over prediction rows; questions maps question_id -> question text."""
-    correct, total = Counter(), Counter()
-    for row in rows:
-        kind = case(questions[row["question_id"]], row["answers"][0])
-        total[kind] += 1
-        correct[kind] += row["prediction"] == row["answers"][0]
-    return {kind: (correct[kind], total[kind]) for kind in sorted(total)}
 
 
 def main() -> None:

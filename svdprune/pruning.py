@@ -337,7 +337,7 @@ class _Registry(Mapping):
             for package_name in METHOD_PACKAGES:
                 package = importlib.import_module(package_name)
                 for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-                    if not info.name.startswith("_"):
+                    if not info.name.startswith("_") and not info.ispkg:  # baselines.official: references, not methods
                         importlib.import_module(f"{package_name}.{info.name}")
             self._loaded = True  # after every import: a module that fails is raised again, never a partial registry
         return _REGISTERED

@@ -1,18 +1,20 @@
 """The efficiency scripts run end to end on the tiny model on CPU and write what they promise
 (no timing assertions: only structure, labels and counts)."""
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+from bench import latency
+from bench import models as bench_models
+from svdprune import probing, timing
+from svdprune.pruning import default_params
+from tests.script_modules import SCRIPTS, load_script
 
-import bench_latency  # noqa: E402
-import bench_throughput  # noqa: E402
-import flops as flops_script  # noqa: E402
+bench_latency = load_script("bench_latency")
+bench_throughput = load_script("bench_throughput")
+flops_script = load_script("flops")
 
 TINY = ["--model", "tiny", "--device", "cpu", "--threads", "1", "--tiny-layers", "3", "4"]
 
@@ -59,10 +61,10 @@ def test_prefill_mark_splits_the_engines_generate(tiny):
     from svdprune.prompts import ANSWER_INSTRUCTION
     from svdprune.svd import SvdPrune
 
-    clock = bench_latency.Clock(torch.device("cpu"))
-    mark = bench_latency.PrefillMark(tiny, clock)
+    clock = timing.Clock(torch.device("cpu"))
+    mark = timing.PrefillMark(tiny, clock)
     try:
-        out = bench_latency.run_question(tiny, SvdPrune(16), [bench_latency.probe_image()], ["What is it?"], 4, clock,
+        out = latency.run_question(tiny, SvdPrune(16), [probing.probe_image()], ["What is it?"], 4, clock,
                                          mark, ANSWER_INSTRUCTION)
     finally:
         mark.remove()
@@ -72,14 +74,14 @@ def test_prefill_mark_splits_the_engines_generate(tiny):
 
 
 def test_adhoc_runs_do_not_write_committed_results():
-    assert bench_latency.output_dir(None) == bench_latency.SCRATCH
-    assert bench_latency.SCRATCH.resolve() != (SCRIPTS.parent / "results" / "efficiency").resolve()
-    assert bench_latency.output_dir("elsewhere") == Path("elsewhere")
+    assert bench_models.output_dir(None) == bench_models.SCRATCH
+    assert bench_models.SCRATCH.resolve() != (SCRIPTS.parent / "results" / "efficiency").resolve()
+    assert bench_models.output_dir("elsewhere") == Path("elsewhere")
 
 
 def test_model_argument_takes_a_folder():
     parser = __import__("argparse").ArgumentParser()
-    bench_latency.common_arguments(parser)
+    bench_models.common_arguments(parser)
     assert (parser.parse_args([]).model, parser.parse_args([]).model_path) == ("tiny", None)
     args = parser.parse_args(["--model", "/some/llava-folder"])
     assert (args.model, args.model_path) == ("real", "/some/llava-folder")
@@ -90,7 +92,7 @@ def test_timed_method_records_the_pruning_step():
     from svdprune.svd import SvdPrune
 
     method = SvdPrune(8)
-    timed = bench_latency.TimedMethod(method, bench_latency.Clock(torch.device("cpu")))
+    timed = timing.TimedMethod(method, timing.Clock(torch.device("cpu")))
     kept = method.reduce(torch.randn(2, 576, 16), PruneContext(questions=["a", "b"]))
     assert kept.shape == (2, 8, 16)
     assert len(timed.spans["prune"]) == 1 and not timed.spans["encode"]
@@ -118,7 +120,7 @@ def test_flops_script_end_to_end(tmp_path):
     assert by[("svd", 16)]["paper_total_T"] == pytest.approx(0.524, rel=0.01)
     assert by[("svd", 16)]["paper_overhead_G"] > 0 and by[("vanilla", 576)]["paper_overhead_G"] == 0
     fastv = by[("fastv", 16)]
-    agg = flops_script.method_params("fastv").get("agg_layer", 2)
+    agg = default_params("fastv").get("agg_layer", 2)
     assert fastv["llm_tokens_per_layer"].split() == ["576"] * agg + ["16"] * (32 - agg)
     assert fastv["paper_total_T"] > by[("svd", 16)]["paper_total_T"]  # decoder-side: early layers see 576
     assert by[("not_a_method", None)]["note"] == "not registered"
@@ -145,11 +147,11 @@ def test_kernel_time_counts_each_device_kernel_once():
     memcpy = FunctionEvent(id=3, name="Memcpy HtoD", thread=0, start_us=70, end_us=75, use_device="cuda",
                            device_type=DeviceType.CUDA)
     events = EventList([op, kernel, memcpy], use_device="cuda")
-    assert bench_latency.device_kernel_ms(events) == pytest.approx(0.055)
+    assert timing.device_kernel_ms(events) == pytest.approx(0.055)
     assert sum(e.self_device_time_total for e in events) / 1000 == pytest.approx(0.105)  # the old, double sum
 
 
 def test_the_flops_table_lists_the_papers_methods_as_the_registry_does():
     from svdprune.pruning import METHODS
 
-    assert set(flops_script.PAPER_METHODS) == {name for name, cls in METHODS.items() if cls.in_paper}
+    assert set(probing.PAPER_METHODS) == {name for name, cls in METHODS.items() if cls.in_paper}

@@ -1,12 +1,10 @@
 """scripts/gpu_check.py (issue 22, item 5) runs as it is: CI runs its CPU dry run (the same code paths, small
 sizes); on a machine with a GPU, ``python scripts/gpu_check.py`` is the real check (README: GPU day one)."""
 import csv
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import gpu_check  # noqa: E402
+from tests.script_modules import load_script
+
+gpu_check = load_script("gpu_check")
 
 
 def test_cpu_dry_run_writes_every_section(tmp_path):

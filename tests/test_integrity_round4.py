@@ -413,10 +413,13 @@ def test_mistyped_key_on_the_command_line(tmp_path):
 def test_prune_from_a_non_editable_install(tmp_path):
     """prune() reads no file outside the package: installed as a wheel would install it (no configs/ folder), the
     defaults it uses are run.py's (issue 33)."""
+    import re
     import shutil
 
     source, target = tmp_path / "src", tmp_path / "site"  # a copy: the build writes build/ beside its source
-    for name in ("svdprune", "baselines", "eval", "harness"):
+    packages = re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(),
+                                                     re.M).group(1))
+    for name in sorted({package.split(".")[0] for package in packages}):  # every package the wheel installs
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)

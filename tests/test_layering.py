@@ -1,4 +1,5 @@
-"""Imports go one way: svdprune/ + baselines/ (model, methods) <- eval/ (data, scorers, reports) <- harness/."""
+"""Imports go one way: svdprune/ + baselines/ (model, methods) <- eval/ (data, scorers, reports) <- harness/ <- bench/,
+training/ (benchmarks, the offline models' training) <- scripts/ (command lines, which import no other script)."""
 import ast
 import re
 from pathlib import Path
@@ -6,7 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"svdprune": {"eval", "harness"}, "baselines": {"eval", "harness"}, "eval": {"harness"}}
+TOP = {"bench", "training"}
+FORBIDDEN = {"svdprune": {"eval", "harness"} | TOP, "baselines": {"eval", "harness"} | TOP, "eval": {"harness"} | TOP,
+             "harness": TOP}
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -27,7 +30,7 @@ def test_imports_go_one_way(package):
     assert not offending, sorted(offending)
 
 
-PACKAGES = ("svdprune", "baselines", "eval", "harness")
+PACKAGES = ("svdprune", "baselines", "eval", "harness", "bench", "training")
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -133,3 +136,27 @@ def test_a_family_names_no_method(family):
     from svdprune.pruning import METHODS
 
     assert not _code_words(ROOT / "svdprune" / "families" / f"{family}.py") & (set(METHODS) - {"vanilla"})
+
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
+def test_a_script_imports_no_other_script(script):
+    """scripts/ are command lines over the installed packages: none imports another (their shared code is a
+    package's)."""
+    names = {p.stem for p in SCRIPTS}
+    assert not _imported_packages(ROOT / "scripts" / script) & names
+
+
+def test_no_file_edits_sys_path():
+    """Imports resolve through the installed packages (and pytest's rootdir for tests.*), never a path edit."""
+    offending = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if any(part.startswith(".") for part in path.relative_to(ROOT).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                offending.append(str(path.relative_to(ROOT)))
+    assert not offending, sorted(set(offending))

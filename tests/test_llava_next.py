@@ -73,7 +73,7 @@ def test_inputs_equal_llava_hf_processor(next_lm, images, inputs):
 def test_pixels_equal_official_process_anyres_image(next_lm):
     """Bit for bit the pixels official LLaVA-NeXT's process_anyres_image gives (recorded from haotian-liu/LLaVA by
     scripts/official_fixtures.py llava_next_anyres), also where llava-hf's tiling differs (the first two cases)."""
-    from tests.official_inputs import ANYRES, anyres_image, input_digest
+    from baselines.official.inputs import ANYRES, anyres_image, input_digest
 
     fixture = json.loads((ROOT / "tests" / "fixtures" / "official" / "llava_next_anyres.json").read_text())
     config = next_lm.model.config

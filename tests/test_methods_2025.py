@@ -1,5 +1,5 @@
 """The 2025 methods against their authors' code (fixtures recorded by scripts/official_fixtures.py on the
-seeded inputs of tests/official_inputs.py), and their behaviour inside the engine."""
+seeded inputs of baselines/official/inputs.py), and their behaviour inside the engine."""
 from __future__ import annotations
 
 import json
@@ -18,12 +18,12 @@ from svdprune.errors import UserError
 from svdprune.prompts import ANSWER_INSTRUCTION
 from svdprune.families import generate
 from baselines.tokencarve import TokenCarve, carve, fused_ranks, information_scores, stage_counts
-from tests.official_inputs import (cdpruner_inputs, dart_inputs, flowcut_inputs, flowcut_tower, holov_inputs,
+from baselines.official.inputs import (cdpruner_inputs, dart_inputs, flowcut_inputs, flowcut_tower, holov_inputs,
                                    input_digest, tokencarve_inputs, vispruner_inputs)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"
 INPUTS_DIFFER = ("the seeded inputs differ from the recorded ones (torch's generator changed, or this CPU has "
-                 "no AVX2: see tests/official_inputs.py)")
+                 "no AVX2: see baselines/official/inputs.py)")
 
 
 def fixture(method: str) -> dict:

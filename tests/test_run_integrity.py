@@ -455,11 +455,7 @@ def test_threads_setting(shapes_folder, tmp_path):
 
 
 def test_eval_mini_small_runs_do_not_overwrite_committed_results():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_mini", ROOT / "scripts" / "eval_mini.py")
-    eval_mini = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_mini)
+    from harness import mini_eval as eval_mini
     committed, all_budgets = ROOT / "results" / "mini", eval_mini.BUDGETS
     assert eval_mini.output_folder(1000, all_budgets, None, False) == committed
     assert eval_mini.output_folder(240, (64, 16), None, True) == committed  # --regression: asked for

@@ -1,6 +1,6 @@
 """Seeded inputs of LLaVA-1.5-7B's shapes on which the official implementations were run
-(scripts/official_fixtures.py records their outputs in tests/fixtures/official/; tests/test_methods_2025.py
-compares ours). Each fixture stores the sha256 of its inputs, so a change of torch's generator is caught
+(:mod:`baselines.official.record`, through scripts/official_fixtures.py, records their outputs in
+tests/fixtures/official/; tests/test_methods_2025.py and tests/test_llava_next.py compare ours). Each fixture stores the sha256 of its inputs, so a change of torch's generator is caught
 instead of comparing different inputs.
 
 The inputs are the same bytes on every x86 CPU with AVX2 or AVX-512: ``torch.randn`` and float32 matrix products
