@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from eval.reports import CONFIGS, PAPER_NUMBERS, ReportError
-from eval.reports.tau import collect, write_tau_ablation  # noqa: F401  (collect: the runs it plots)
+from eval.reports.tau import write_tau_ablation
 
 
 def main(argv: list[str] | None = None) -> int:

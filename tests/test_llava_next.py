@@ -172,15 +172,47 @@ def test_shared_prefix_equals_the_whole_prompt(next_lm, inputs, name):
     assert not calls and again.token_ids == whole.token_ids[:2]
 
 
-def test_encoder_cut_leaves_newlines_out(next_lm, inputs):
-    """An encoder-side cut chooses among the image's patch tokens only (kept_indices index them), and the kept tokens
-    are those patch tokens."""
-    method = build_method("svd", 16, default_params("svd"))
-    tokens = llava_next.vision_tokens(next_lm, [inputs[0]])[0]
-    kept, stats = llava_next.select(next_lm, method, tokens, inputs[0], seed=0, instruction=None)
-    patches = tokens[~inputs[0].newline_mask()]
-    assert kept.shape[0] == 16 and max(stats["kept_indices"]) < patches.shape[0]
-    assert torch.equal(kept, patches[stats["kept_indices"]])
+@pytest.mark.parametrize("name", ["svd", "divprune", "random"])
+def test_encoder_cut_chooses_among_the_whole_span(next_lm, inputs, name):
+    """An encoder-side cut chooses among the image's whole packed span, newline tokens included, as the authors'
+    LLaVA-NeXT code of DivPrune does (kept_indices index the span; the kept tokens are those, in packed order), and
+    budget_ratio is a share of that span."""
+    image = inputs[0]
+    tokens = llava_next.vision_tokens(next_lm, [image])[0]
+    assert tokens.shape[0] == image.num_tokens == 166 and int(image.newline_mask().sum()) == image.layout[1]
+    kept, stats = llava_next.select(next_lm, build_method(name, 16, default_params(name)), tokens, image, seed=0,
+                                    instruction=None)
+    assert kept.shape[0] == 16 and stats["kept_indices"] == sorted(stats["kept_indices"])
+    assert torch.equal(kept, tokens[stats["kept_indices"]])
+    method = build_method(name, 16, default_params(name))
+    method.budget_ratio = 0.25  # what the runner sets for budget_ratio=0.25
+    kept, _ = llava_next.select(next_lm, method, tokens, image, seed=0, instruction=None)
+    assert kept.shape[0] == int(0.25 * 166) == 41
+
+
+def test_divprune_equals_the_authors_llava_next_code_on_recorded_inputs():
+    """DivPrune's authors' LLaVA-1.6 path (vbdi/divprune 799e2d9: their ``DivPrune`` on ``image_features[0]``, the
+    whole packed span, newline tokens included), recorded on seeded spans of a 336 x 336 (1,176 tokens) and a
+    672 x 672 image (2,928) by ``scripts/official_fixtures.py divprune_llava_next``: ours picks the same tokens in the
+    same order. Each keeps exactly one newline token (they are one repeated vector)."""
+    from baselines.divprune import DivPrune
+    from baselines.official.inputs import divprune_next_inputs, input_digest
+    from svdprune.pruning import PruneContext
+
+    recorded = json.loads((ROOT / "tests" / "fixtures" / "official" / "divprune_llava_next.json").read_text())
+    assert recorded["official"]["commit"] == "799e2d950aa01ba7860907f5a6d86061f885dca6"
+    spans = {}
+    for case in recorded["cases"]:
+        key = (case["seed"], tuple(case["layout"]))
+        if key not in spans:
+            spans[key] = divprune_next_inputs(case["seed"], *case["layout"])
+            assert input_digest(*spans[key]) == recorded["input_sha256"][f"{key[0]}/{'x'.join(map(str, key[1]))}"]
+        tokens, newlines = spans[key]
+        context = PruneContext(questions=None)
+        context.features_are_llm_inputs = True
+        kept = DivPrune(case["budget"]).reduce(tokens[None], context)[0]
+        assert context.stats["kept_indices"][0] == case["kept"], (key, case["budget"])
+        assert torch.equal(kept, tokens[case["kept"]]) and int(newlines[case["kept"]].sum()) == 1
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - set(supported_methods("llava_next"))))
@@ -267,3 +299,44 @@ def test_a_saved_folder_loads_as_from_pretrained_in_bfloat16(next_lm, images, tm
     assert ours.num_patches == next_lm.num_patches == 336
     for image in images:
         assert torch.equal(llava_next.preprocess(ours, image).pixels, llava_next.preprocess(next_lm, image).pixels)
+
+
+def test_dart_equals_the_authors_llava_next_code_on_recorded_inputs():
+    """DART's authors' LLaVA-NeXT path (ZichenWen1/DART 9fee9fa, ``config.text_length`` set: the whole image span
+    of base view, tiles and newline tokens is the candidate set, T = min(budget, span - 4) // 8), recorded on
+    seeded inputs with the spans of a 336 x 336 (1,176 tokens) and a 672 x 672 (2,928) image by
+    ``scripts/official_fixtures.py dart_llava_next``: our selection over the same span is the same positions."""
+    from baselines.dart import Dart, dart_retained
+    from baselines.official.inputs import dart_inputs, input_digest
+
+    recorded = json.loads((ROOT / "tests" / "fixtures" / "official" / "dart_llava_next.json").read_text())
+    assert recorded["official"]["commit"] == "9fee9fa199d591cf91891ad468ab52c754de9bf5"
+    assert {640, 320, 160} <= {case["budget"] for case in recorded["cases"]}
+    prefix, suffix = recorded["prefix"], recorded["suffix"]
+    inputs = {}
+    for case in recorded["cases"]:
+        key = (case["seed"], case["image_tokens"])
+        if key not in inputs:
+            inputs[key] = dart_inputs(case["seed"], prefix, suffix, case["image_tokens"])
+            assert input_digest(*inputs[key]) == recorded["input_sha256"][f"{key[0]}/{key[1]}"]
+        keys, states = inputs[key]
+        length, span = keys.shape[2], case["image_tokens"]
+        norms = torch.norm(keys.transpose(1, 2).reshape(1, length, -1), p=1, dim=-1)[0]
+        method = Dart(case["budget"])
+        kept = dart_retained(norms, states[0], list(range(prefix, prefix + span)), list(range(prefix + span, length)),
+                             method.pivot_image, method.pivot_text, method.per_pivot)
+        assert kept == case["kept_positions"], (key, case["budget"])
+        assert len(kept) == 4 + 8 * (case["budget"] // 8) == method.kept_image_tokens(span)
+
+
+def test_dart_on_llava_next_takes_newline_tokens_as_candidates(next_lm, inputs):
+    """The image span DART cuts in the engine is the authors' one: every image position, newline tokens included
+    (their eval takes all tokens between the prefix and the text): 36 of 166 at budget 32, and the recorded kept
+    indices are indices into that whole span."""
+    from baselines.dart import Dart
+
+    out = generate_by_image(next_lm, Dart(32), [QUESTIONS[0]], [0], inputs, instruction=None, max_new_tokens=2)
+    counts = out.image_tokens_per_layer[0]
+    assert counts[:2] == [166, 166] and counts[2:] == [36] * (len(counts) - 2)
+    kept = out.stats["kept_indices"][0]
+    assert len(kept) == 36 and max(kept) < 166

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from eval import reports
-from eval.reports import extras
+from eval.reports import extras, tau
 from eval.fixtures import write_local_fixture
 from tests.script_modules import load_script
 
@@ -245,7 +245,7 @@ def test_tau_plot(tree, tmp_path):
 
 def test_tau_rank_source_is_the_largest_run(tree):
     results, configs = tree
-    _, ranks = plot_tau.collect(results, "gqa", MODEL, configs)
+    _, ranks = tau.collect(results, "gqa", MODEL, configs)
     assert ranks == {0.5: [1, 1, 1, 1], 0.9: [10, 12, 14, 16]}  # tau .9: the 192 run (4 ranks), not the 64 one
 
 

@@ -28,6 +28,15 @@ FIXTURES = {
                  "budgets": [192, 128, 64, 32, 16, 1, 7, 300]},
     # a LLaVA-1.5 prompt: 35 tokens before the image, 576 image tokens, 25 after it (question, ASSISTANT:)
     "dart": {"seeds": [0, 1, 2], "prefix": 35, "suffix": 25, "budgets": [192, 128, 64, 32, 16, 8, 300]},
+    # LLaVA-NeXT (the authors' own code): an image span of 1,176 tokens (336 x 336, official 2 x 1 tiles: 576 base +
+    # 2 x 288 unpadded tile tokens + 24 newlines) and of 2,928 (672 x 672: 576 + 4 x 576 + 48 newlines); 320 is
+    # the released retain_token_num_for_llava_next; 1,172 = 1,176 - 4 pivots, the largest budget the code keeps whole
+    "dart_llava_next": {"seeds": [0, 1], "prefix": 35, "suffix": 25, "images": [1176, 2928],
+                        "budgets": [640, 320, 160, 64, 16, 1172]},
+    # DivPrune's LLaVA-NeXT path: a packed image span (base view, tiles unpadded to the image's aspect, one newline
+    # token after each row: the same vector each time) of a 336 x 336 image (576 + 24 x (24 + 1) = 1,176 tokens) and
+    # of a 672 x 672 one (576 + 48 x (48 + 1) = 2,928)
+    "divprune_llava_next": {"seeds": [0, 1], "layouts": [[576, 24, 24], [576, 48, 48]], "budgets": [640, 320, 160, 64]},
     # seed 1 puts attention sinks in one chunk (as CLIP-L has): chunks then overflow and the released code pads
     "holov": {"seeds": [0, 1], "budgets": [192, 128, 64, 32, 16, 1, 100, 400]},
     # the released default weight 0.5 (fused ranks tie often: cases with a tie at a cut are skipped), and others
@@ -79,15 +88,32 @@ def cdpruner_inputs(seed: int, windows: int) -> tuple[torch.Tensor, torch.Tensor
     return tokens, image, text
 
 
-def dart_inputs(seed: int, prefix: int = 35, suffix: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+def dart_inputs(seed: int, prefix: int = 35, suffix: int = 25, image: int = PATCHES) -> tuple[torch.Tensor, torch.Tensor]:
     """(keys of layer 1 after RoPE (1, 32, L, 128), final-norm states of layer 1's output (1, L, 4096)), float32,
-    L = prefix + 576 + suffix. Token states share a rank-16 component (as real hidden states do)."""
+    L = prefix + image + suffix (``image``: LLaVA-1.5's 576, or a LLaVA-NeXT image's whole span: base view, tiles
+    and newline tokens). Token states share a rank-16 component (as real hidden states do)."""
     generator = torch.Generator().manual_seed(seed)
-    length = prefix + PATCHES + suffix
+    length = prefix + image + suffix
     keys = torch.randn(1, 32, length, 128, generator=generator) * (1 + torch.rand(1, 1, length, 1, generator=generator))
     common = torch.randn(1, length, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
     states = torch.randn(1, length, LLM_WIDTH, generator=generator) + 0.5 * common
     return keys, states
+
+
+def divprune_next_inputs(seed: int, base: int, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a LLaVA-NeXT image's packed LLM-input tokens (base + rows * (cols + 1), 4096), the newline mask), float32: the
+    base view's and the tiles' tokens share a rank-16 component (as projected CLIP features do), and the learned
+    ``image_newline`` is one vector repeated after each row."""
+    generator = torch.Generator().manual_seed(seed)
+    patches = base + rows * cols
+    common = torch.randn(patches, 16, generator=generator) @ torch.randn(16, LLM_WIDTH, generator=generator)
+    features = torch.randn(patches, LLM_WIDTH, generator=generator) + 0.5 * common
+    newline = torch.randn(LLM_WIDTH, generator=generator)
+    grid = features[base:].view(rows, cols, LLM_WIDTH)
+    grid = torch.cat([grid, newline.expand(rows, 1, LLM_WIDTH)], dim=1).reshape(rows * (cols + 1), LLM_WIDTH)
+    mask = torch.zeros(rows, cols + 1, dtype=torch.bool)
+    mask[:, -1] = True
+    return torch.cat([features[:base], grid]), torch.cat([torch.zeros(base, dtype=torch.bool), mask.flatten()])
 
 
 def holov_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from baselines.official.inputs import (ANYRES, FIXTURES, anyres_image, cdpruner_inputs, dart_inputs, flowcut_inputs,
-                                       flowcut_tower, holov_inputs, input_digest, tokencarve_inputs, vispruner_inputs)
+from baselines.official.inputs import (ANYRES, FIXTURES, anyres_image, cdpruner_inputs, dart_inputs,
+                                       divprune_next_inputs, flowcut_inputs, flowcut_tower, holov_inputs, input_digest,
+                                       tokencarve_inputs, vispruner_inputs)
 
 BUDGETS = (192, 128, 64, 32, 16)
 
@@ -190,6 +191,76 @@ def record_dart(repo: Path) -> dict:
             "prefix": spec["prefix"], "suffix": spec["suffix"],
             "input_sha256": {str(s): input_digest(*dart_inputs(s, spec["prefix"], spec["suffix"]))
                              for s in spec["seeds"]},
+            "skipped_for_ties": [], "cases": cases}
+
+
+DART_LLAVA_NEXT = {"repo": "ZichenWen1/DART", "commit": "9fee9fa199d591cf91891ad468ab52c754de9bf5",
+                   "path": "llava/model/language_model/modeling_llama_self.py",
+                   "function": "DART.get_retained_image_token"}
+
+
+def record_dart_llava_next(repo: Path) -> dict:
+    """The authors' LLaVA-NeXT path of ``get_retained_image_token`` (``config.text_length`` set, as their eval
+    scripts set it for a llava-v1.6 model: the prompt's ids less the one ``<image>``): the image span is every
+    token between the 35-token prefix and the text (base view, tiles and newline tokens), and T =
+    min(retain_token_num_for_llava_next, span - pivot_image_token) // 8 with retain = the budget. Commit
+    9fee9fa (Zichen Wen, 2025-03-19, "update llava-next" and its fixes), read from a clone of the authors'
+    repository or of a fork that holds that commit (xqy1111111/DART: ZichenWen1/DART could not be fetched here)."""
+    import math
+    from types import SimpleNamespace
+
+    retained = official_function(repo, DART_LLAVA_NEXT["commit"], DART_LLAVA_NEXT["path"], "get_retained_image_token",
+                                 "DART", {"torch": torch, "math": math, "LlamaConfig": object})
+    spec = FIXTURES["dart_llava_next"]
+    cases = []
+    for seed in spec["seeds"]:
+        for image in spec["images"]:
+            keys, states = dart_inputs(seed, spec["prefix"], spec["suffix"], image)
+            for budget in spec["budgets"]:
+                dart_config = {"K": 2, "image_token_start_index": spec["prefix"], "image_token_length": 576,
+                               "max_num_trunction": 128, "reduction_ratio": 0.778, "pivot_image_token": 4,
+                               "pivot_text_token": 4, "retain_token_num_for_llava_next": budget}
+                config = SimpleNamespace(DART_config=dart_config, text_length=keys.shape[2] - image)
+                kept = sorted(retained(None, config, states, keys).tolist())  # any_states = layer K-1's keys
+                cases.append({"seed": seed, "image_tokens": image, "budget": budget, "kept_positions": kept})
+    return {"method": "dart", "family": "llava_next", "official": DART_LLAVA_NEXT,
+            "inputs": "baselines/official/inputs.py:dart_inputs", "prefix": spec["prefix"], "suffix": spec["suffix"],
+            "input_sha256": {f"{s}/{n}": input_digest(*dart_inputs(s, spec["prefix"], spec["suffix"], n))
+                             for s in spec["seeds"] for n in spec["images"]},
+            "skipped_for_ties": [], "cases": cases}
+
+
+DIVPRUNE_LLAVA_NEXT = {"repo": "vbdi/divprune", "commit": "799e2d950aa01ba7860907f5a6d86061f885dca6",
+                       "path": "LLaVA/llava/model/llava_arch.py", "function": "LlavaMetaForCausalLM.DivPrune"}
+
+
+def record_divprune_llava_next(repo: Path) -> dict:
+    """The authors' ``DivPrune`` (with their ``pairwise_cosine_similarity``) as their LLaVA-1.6 path calls it: on the
+    whole packed image span of the LLM-input embeddings (``new_input_embeds[0][35:35 + img_feature_len]``, with
+    ``img_feature_len = image_features[0].shape[0]``: base view, unpadded tiles and newline tokens), keeping
+    ``int(round(ratio * span))`` tokens, here ratio = budget / span. Float32 inputs (their model dtype is fp16)."""
+    from types import SimpleNamespace
+
+    similarity = official_function(repo, DIVPRUNE_LLAVA_NEXT["commit"], DIVPRUNE_LLAVA_NEXT["path"],
+                                   "pairwise_cosine_similarity", "LlavaMetaForCausalLM", {"torch": torch})
+    divprune = official_function(repo, DIVPRUNE_LLAVA_NEXT["commit"], DIVPRUNE_LLAVA_NEXT["path"], "DivPrune",
+                                 "LlavaMetaForCausalLM", {"torch": torch})
+    model = SimpleNamespace(pairwise_cosine_similarity=lambda matrix: similarity(None, matrix))
+    spec = FIXTURES["divprune_llava_next"]
+    cases = []
+    for seed in spec["seeds"]:
+        for base, rows, cols in spec["layouts"]:
+            tokens, _ = divprune_next_inputs(seed, base, rows, cols)
+            span = tokens.shape[0]
+            for budget in spec["budgets"]:
+                picks, _ = divprune(model, tokens, span, None, threshold_ratio=budget / span)
+                assert len(picks) == budget
+                cases.append({"seed": seed, "layout": [base, rows, cols], "budget": budget,
+                              "picks": picks.tolist(), "kept": sorted(picks.tolist())})
+    return {"method": "divprune", "family": "llava_next", "official": DIVPRUNE_LLAVA_NEXT,
+            "inputs": "baselines/official/inputs.py:divprune_next_inputs",
+            "input_sha256": {f"{s}/{'x'.join(map(str, layout))}": input_digest(*divprune_next_inputs(s, *layout))
+                             for s in spec["seeds"] for layout in spec["layouts"]},
             "skipped_for_ties": [], "cases": cases}
 
 
@@ -402,4 +473,6 @@ def record_llava_next_anyres(repo: Path) -> dict:
 
 
 RECORDERS = {"llava_next_anyres": record_llava_next_anyres, "vispruner": record_vispruner, "cdpruner": record_cdpruner,
-             "dart": record_dart, "holov": record_holov, "tokencarve": record_tokencarve, "flowcut": record_flowcut}
+             "dart": record_dart, "dart_llava_next": record_dart_llava_next,
+             "divprune_llava_next": record_divprune_llava_next, "holov": record_holov,
+             "tokencarve": record_tokencarve, "flowcut": record_flowcut}

@@ -14,13 +14,18 @@ What differs from LLaVA-1.5, and how this file meets the engine (:mod:`svdprune.
 * **Prompt.** The vicuna_v1 conversation of LLaVA-NeXT's eval for the vicuna model, the same text as LLaVA-1.5's
   (:func:`svdprune.prompts.vicuna_prompt`).
 
-Budgets (a decision; the authors' LLaVA-NeXT code is not yet the reference here, see below). A count ``budget=640``
-means 640 image tokens reach the LLM, whatever the image's own count; ``budget_ratio`` a share of the image's own
-tokens. An encoder-side method (SVD-Prune, DivPrune, random-k) cuts an image's *patch* tokens (base view and
-unpadded tiles, in that order, after the projector: the tokens the LLM would see) and the newline tokens are not
-candidates and are left out of a cut image (they mark rows of a grid a cut no longer has); the budget is over patch
-tokens. A decoder-side method (FastV, PyramidDrop, SparseVLM, DART) sees every image position, newlines included,
-as image tokens, as the HF model lays them out. An image with at most its budget of patch tokens keeps everything.
+Budgets, as the two authors' LLaVA-NeXT codes among the methods that run here have it (DivPrune: vbdi/divprune's
+``prepare_inputs_labels_for_multimodal`` selects among ``image_features[0]``, the whole packed span; DART: its
+llava-v1.6 path takes every token between the prompt's prefix and its text). The image's tokens are its whole
+packed span: base view, unpadded tiles and newline tokens, in that order, after the projector (the tokens the LLM
+would see). A count ``budget=640`` means 640 of them reach the LLM, whatever the image's own count N;
+``budget_ratio`` a share of N (rounded down; DivPrune's own code rounds to nearest). An encoder-side method
+(SVD-Prune, DivPrune, random-k) selects among all N, newline tokens included (each is the same learned vector: a
+diversity or leverage selection keeps about one), and the kept ones stay in their packed order at contiguous
+positions, as the authors' code leaves them. A decoder-side method (FastV, PyramidDrop, SparseVLM, DART) sees the
+same N tokens at their positions in the prompt. An image with at most its budget of tokens keeps everything.
+tests/fixtures/official/{divprune,dart}_llava_next.json hold the authors' code's selections on seeded spans of a
+336 x 336 and a 672 x 672 image (``scripts/official_fixtures.py``); ours are the same tokens.
 
 Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run. Methods that read CLIP's
 [CLS] attention, run inside CLIP's layers, use CLIP's text tower or a fixed token count are refused with the reason
@@ -213,11 +218,10 @@ def pack(views: torch.Tensor, image: NextImage, newline: torch.Tensor) -> torch.
 
 def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed: int,
            instruction: str | None) -> tuple[torch.Tensor, dict]:
-    """One image's encoder-side cut over its patch tokens (newlines not candidates, left out of a cut image):
-    (kept tokens (k, d), the method's stats). Vanilla, decoder-side methods and an image with at most its budget of
-    patch tokens keep every token."""
-    patches = ~image.newline_mask().to(tokens.device)
-    n = int(patches.sum())
+    """One image's encoder-side cut over its whole packed span (base view, unpadded tiles, newline tokens: the
+    candidates of the authors' LLaVA-NeXT code, see the module's docstring): (kept tokens (k, d) in packed order, the
+    method's stats). Vanilla, decoder-side methods and an image with at most its budget of tokens keep every token."""
+    n = tokens.shape[0]
     if method.kind != "encoder" or n <= image_budget(method, n):
         return tokens, {}
     if method.budget_ratio is not None:
@@ -225,12 +229,11 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed
     context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
     context.pixels_float32 = image.pixels[None]  # what per-image randomness derives from (random-k)
     context.features_are_llm_inputs = True  # the projector ran: DivPrune measures distances on these as they are
-    candidates = tokens[patches]  # (n, d): base view, then the unpadded tiles row by row
-    kept = method.reduce(candidates[None], context)[0]  # (k, d)
+    kept = method.reduce(tokens[None], context)[0]  # (k, d) of (n, d): base view, then the tile rows, each ending in a newline
     stats = {key: values[0] for key, values in context.stats.items()}
     if "kept_indices" in stats:
         index = torch.tensor(stats["kept_indices"], device=tokens.device)
-        if not torch.equal(candidates.index_select(0, index), kept):
+        if not torch.equal(tokens.index_select(0, index), kept):
             raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
     return kept, stats
 
@@ -251,7 +254,7 @@ def make_row(lm: LoadedModel, method, before: list[int], after: list[int], image
     embeds, stats = cut
     per_image = {"image_tokens_unpruned": image.num_tokens}
     if method.budget_ratio is not None:
-        per_image["image_budget"] = image_budget(method, image.num_tokens - image.layout[1])
+        per_image["image_budget"] = image_budget(method, image.num_tokens)
     return _Row(before + [lm.image_token_id] * len(embeds) + after, embeds, {**per_image, **stats})
 
 
