@@ -22,6 +22,12 @@ features as the official code does (k image positions, contiguous position ids, 
 instead removes the dropped tokens from ``inputs_embeds`` and gathers ``position_ids`` / ``cache_position`` at
 the kept slots, so the kept image tokens keep their original, gapped positions: the same kept set, but other LLM
 inputs than the authors' code (and ours) give, so llava-hf numbers from llmc are not the FasterVLM of the paper.
+
+An image of several CLIP views (LLaVA-NeXT's AnyRes: a base view and tiles) -- the authors' LLaVA-1.6 code
+(Theia-4869/FasterVLM f5d5f12, ``LlavaMetaForCausalLM.encode_images`` and ``prepare_inputs_labels_for_multimodal``):
+the same selection on every view, each keeping ``visual_token_num`` tokens by its own [CLS] attention, and the views
+merged ``spatial`` without unpadding or newline tokens (their code sets ``mm_patch_merge_type = 'spatial'``). This
+file selects per view; the family merges (the ``view_cls_attention`` capability, svdprune/families/).
 """
 from __future__ import annotations
 
@@ -40,12 +46,12 @@ class FasterVLM(EncoderPruner):
     """Keeps the ``budget`` patches the CLS token attends to most (layer -2, head mean), raster order."""
 
     name, label, in_paper, table_row = "fastervlm", "FasterVLM", False, 40
-    needs = frozenset({"cls_attention"})
+    needs = frozenset({"view_cls_attention"})  # [CLS] attention per CLIP view (svdprune/families/)
 
     kind = "encoder"
 
     def __init__(self, budget: int):
-        self.budget = check_budget(NAME, budget)
+        self.budget = check_budget(NAME, budget, high=None)  # the model's own count: check() and encode()
 
     def check(self, lm) -> None:
         producing_layer(lm.feature_layer, len(vision_layers(lm.vision_tower)))

@@ -37,6 +37,12 @@ run at another batch size (another BLAS blocking) can change which of those equa
 
 The committed fixture ``tests/fixtures/official/vispruner.json`` holds the official code's kept indices on
 seeded inputs of LLaVA-1.5-7B's shapes (``tests/test_methods_2025.py`` requires ours to equal them).
+
+An image of several CLIP views (LLaVA-NeXT's AnyRes) -- the authors' LLaVA-1.6 code (Theia-4869/VisPruner aefa01a,
+``encode_images`` and ``prepare_inputs_labels_for_multimodal``): the same selection on every view (T per view,
+int(T * r) important and the rest diverse), and the views merged ``spatial`` without unpadding or newline tokens
+(their code strips ``_unpad`` from ``mm_patch_merge_type``). This file selects per view; the family merges (the
+``view_cls_attention`` capability, svdprune/families/).
 """
 from __future__ import annotations
 
@@ -103,7 +109,7 @@ class VisPruner(EncoderPruner):
     """Keeps int(T * r) patches by CLS attention and T - int(T * r) diverse ones; raster order."""
 
     name, label, in_paper, table_row = "vispruner", "VisPruner", False, 60
-    needs = frozenset({"cls_attention"})
+    needs = frozenset({"view_cls_attention"})  # [CLS] attention per CLIP view (svdprune/families/)
 
     kind = "encoder"
 
@@ -111,12 +117,17 @@ class VisPruner(EncoderPruner):
     PARAMS = {"important_ratio": Number(0, 1, default=0.5)}
 
     def __init__(self, budget: int, important_ratio: float = 0.5):
-        self.budget = check_budget(NAME, budget)
+        self.budget = check_budget(NAME, budget, high=None)  # the model's own count: check() and encode()
         if isinstance(important_ratio, bool) or not isinstance(important_ratio, (int, float)) \
                 or not 0 <= important_ratio <= 1:
             raise UserError(f"{NAME}: method.params.important_ratio={important_ratio!r}; allowed: a number in [0, 1]")
         self.important_ratio = float(important_ratio)
         self.important, self.diverse = split_budget(self.budget, self.important_ratio)
+
+    def with_budget(self, budget: int) -> "VisPruner":
+        clone = super().with_budget(budget)
+        clone.important, clone.diverse = split_budget(budget, self.important_ratio)
+        return clone
 
     def describe(self) -> dict:
         return {"important": self.important, "diverse": self.diverse}

@@ -2,6 +2,7 @@
 AnyRes inputs as llava-hf's processor makes them, vanilla equal to HF generate on a left-padded batch of image sizes,
 every supported method through the engine, run.py and svdprune.prune()."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +141,17 @@ def test_supported_methods_keep_their_budget(next_lm, inputs, name):
              for q, k in zip(QUESTIONS, keys)]
     assert batched.token_ids == alone
     for counts, key in zip(batched.image_tokens_per_layer, keys):
-        if method.kind == "encoder":
+        if "view_cls_attention" in method.needs:  # 32 split evenly over the image's views (base + tiles)
+            views = inputs[key].pixels.shape[0]
+            assert counts == [views * (32 // views)] * len(counts)
+        elif method.kind == "encoder":
             assert counts == [32] * len(counts)
         else:
             assert counts[0] == inputs[key].num_tokens and counts[-1] <= inputs[key].num_tokens
             assert min(counts) < inputs[key].num_tokens
 
 
-@pytest.mark.parametrize("name", ["vanilla", "svd", "divprune"])
+@pytest.mark.parametrize("name", ["vanilla", "svd", "divprune", "fastervlm"])
 def test_shared_prefix_equals_the_whole_prompt(next_lm, inputs, name):
     """Vanilla and encoder-side methods prefill each image's prefix once (carried to the next batch) and only the
     question suffixes per question: the same answers, prompt lengths and records as the whole prompt, and a second
@@ -340,3 +344,51 @@ def test_dart_on_llava_next_takes_newline_tokens_as_candidates(next_lm, inputs):
     assert counts[:2] == [166, 166] and counts[2:] == [36] * (len(counts) - 2)
     kept = out.stats["kept_indices"][0]
     assert len(kept) == 36 and max(kept) < 166
+
+
+def authors_spatial_merge(token_ids: torch.Tensor, masks: torch.Tensor, tiles: tuple[int, int]) -> list[int]:
+    """FasterVLM's / VisPruner's LLaVA-NeXT merge of (V, P) per-view values under (V, P) keep masks, as their
+    ``prepare_inputs_labels_for_multimodal`` does it with ``mm_patch_merge_type`` ``spatial``: the base view's kept
+    values, then the tiles viewed as (tile rows, tile columns, side, side), permuted (0, 2, 1, 3), flattened, masked."""
+    side = math.isqrt(token_ids.shape[1])
+    rows, cols = tiles
+    tiles_ids = token_ids[1:].view(rows, cols, side, side).permute(0, 2, 1, 3).flatten(0, 3)
+    tiles_mask = masks[1:].view(rows, cols, side, side).permute(0, 2, 1, 3).flatten(0, 3)
+    return token_ids[0][masks[0]].tolist() + tiles_ids[tiles_mask].tolist()
+
+
+@pytest.mark.parametrize("name", ["fastervlm", "vispruner"])
+def test_per_view_methods_select_per_view_and_merge_as_their_authors(next_lm, inputs, name):
+    """FasterVLM and VisPruner on AnyRes, as their authors' LLaVA-1.6 code: the method's own selection on each view
+    (here 32 // views per view; each view alone selects the same patches as in the batch of views), and the views'
+    kept tokens merged without unpadding or newline tokens in the order of the authors' index-mask merge
+    (re-derived above from their code); the merged tokens are the projected kept features in that order."""
+    from svdprune.pruning import PruneContext
+
+    for key in (0, 2):  # a 1 x 2 tiling (3 views) and a 2 x 2 one (5 views)
+        image = inputs[key]
+        views = image.pixels.shape[0]
+        method = build_method(name, 32, default_params(name))
+        merged, stats = llava_next.select_per_view(next_lm, method, image, seed=0, instruction=None)
+        kept = stats["kept_indices"]
+        per_view = 32 // views
+        assert merged.shape[0] == views * per_view and all(len(k) == per_view for k in kept)
+        pixels = image.pixels.to(next_lm.device, next_lm.dtype)
+        for v in range(views):  # each view on its own: the same selection
+            alone = method.with_budget(per_view)
+            context = PruneContext(questions=None, model=next_lm.model, lm=next_lm)
+            features = alone.encode(next_lm.vision_tower, pixels[v:v + 1], next_lm.feature_layer, context)
+            alone.reduce(features, context)
+            assert context.stats["kept_indices"][0] == kept[v]
+        vision = next_lm.vision_tower.config
+        side = vision.image_size // vision.patch_size
+        masks = torch.zeros(views, side * side, dtype=torch.bool)
+        for v, indices in enumerate(kept):
+            masks[v, indices] = True
+        ids = torch.arange(views * side * side).view(views, side * side)
+        expected = authors_spatial_merge(ids, masks, image.tiles)
+        order = [v * side * side + p for v, p in llava_next.spatial_merge_order(image, kept, side)]
+        assert order == expected
+        hidden = next_lm.vision_tower(pixels, output_hidden_states=True).hidden_states[next_lm.feature_layer][:, 1:]
+        projected = next_lm.projector(hidden).flatten(0, 1)  # (V * P, d)
+        assert torch.allclose(merged, projected[expected], atol=1e-6)

@@ -7,7 +7,12 @@ front of the shared LLM engine (:mod:`svdprune.surgery`). It provides:
 * ``NAME`` (the ``model.family`` value), ``LABEL`` (for people), ``MODEL_TYPE`` (its config.json's
   ``model_type``), ``MODEL_CLASS`` (the transformers class :func:`svdprune.prune` accepts for it);
 * ``CAPABILITIES`` (what it offers the methods; a method's ``needs`` must be among them) and ``LACKS`` (capability ->
-  why the family lacks it, for the refusal);
+  why the family lacks it, for the refusal). ``cls_attention``: a CLIP tower whose [CLS] attention the method reads,
+  one view per image; ``view_cls_attention``: the same for each CLIP view of an image, the family running the
+  method on an image's views as one batch (a per-view budget) and merging the views' kept tokens as FasterVLM's and
+  VisPruner's LLaVA-NeXT code does (base view, then the tiles' tokens in the tiled grid's raster order, no
+  unpadding, no newline tokens); ``vision_layers``: CLIP's encoder layers; ``clip_text``: CLIP's text tower;
+  ``fixed_grid``: one token count for every image;
 * loading: ``load(model_cfg, progress)`` (``model.kind`` pretrained: a hub id or local folder; tiny: the random test
   model), ``from_model(model, tokenizer)`` (a model the user loaded), ``max_image_tokens(model_cfg)`` (without
   loading; None when unknown). Each returns or reads a :class:`svdprune.models.LoadedModel`, which carries the vision

@@ -33,7 +33,8 @@ TINY_GRID = 336 // 14  # the tiny model's patch grid side (build_tiny: 336 px im
 #: what this family provides to the methods (their ``needs``, svdprune/pruning.py): a CLIP vision tower with a [CLS]
 #: token and its attention, whose encoder layers a method may prune inside, whose text tower scores patches against
 #: the question, and one token count (576) for every image
-CAPABILITIES = frozenset({"cls_attention", "vision_layers", "clip_text", "fixed_grid"})
+# view_cls_attention: an image is one CLIP view here, so a per-view method's views need no merging
+CAPABILITIES = frozenset({"cls_attention", "view_cls_attention", "vision_layers", "clip_text", "fixed_grid"})
 LACKS: dict[str, str] = {}
 
 

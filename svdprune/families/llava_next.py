@@ -27,11 +27,14 @@ same N tokens at their positions in the prompt. An image with at most its budget
 tests/fixtures/official/{divprune,dart}_llava_next.json hold the authors' code's selections on seeded spans of a
 336 x 336 and a 672 x 672 image (``scripts/official_fixtures.py``); ours are the same tokens.
 
-Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run. Methods that read CLIP's
-[CLS] attention, run inside CLIP's layers, use CLIP's text tower or a fixed token count are refused with the reason
-(:data:`LACKS`): on AnyRes each of those is a per-view decision that each method's authors make in their own
-LLaVA-NeXT code (VisionZip, VisPruner, HoloV, FlowCut, CDPruner publish one), which this family does not model yet.
-Pooling is refused by its own check (an AnyRes image is not one h x w grid).
+Methods: those whose algorithm needs only the LLM-input tokens or the LLM's attention run, and the per-view methods
+(``view_cls_attention``: FasterVLM, VisPruner) run as their authors' LLaVA-NeXT code runs them
+(:func:`select_per_view`: their selection on every view, ``budget`` split evenly over the views, the kept tokens merged
+without unpadding or newline tokens). Methods that read CLIP's [CLS] attention one view per image, run inside CLIP's
+layers, use CLIP's text tower or a fixed token count are refused with the reason (:data:`LACKS`): on AnyRes each of
+those is a per-view design of its own in its authors' LLaVA-NeXT code (VisionZip's, for one, restores the tiles'
+dominant tokens to the grid and appends each tile's [CLS] and contextual tokens), not modelled yet. Pooling is
+refused by its own check (an AnyRes image is not one h x w grid).
 
 Batches: the vision tower and the cut run once per distinct image; vanilla and encoder-side methods also prefill
 each image's prompt prefix once (:class:`._per_image.SharedPrefix`) and each question only its suffix, as on the other families; a
@@ -62,10 +65,12 @@ MODEL_CLASS = "LlavaNextForConditionalGeneration"  # what svdprune.prune() accep
 #: inputs a pruned forward takes beyond the model's own: ``image_tiles`` (B, 2), each image's (rows, columns) of tiles
 #: when the pixels were not tiled as llava-hf's processor tiles them (:func:`model_inputs` tiles as official LLaVA-NeXT)
 EXTRA_INPUTS = ("image_tiles",)
-CAPABILITIES = frozenset()
+#: view_cls_attention: the per-view methods (FasterVLM, VisPruner) run on an image's views and their kept tokens are
+#: merged as those methods' authors merge them on LLaVA-NeXT (:func:`select_per_view`)
+CAPABILITIES = frozenset({"view_cls_attention"})
 LACKS = {
     "cls_attention": "it reads the vision tower's [CLS] attention, and an AnyRes image is a base view and tiles, each "
-                     "with its own [CLS]; how to combine them is a per-method LLaVA-NeXT decision not modelled yet",
+                     "with its own [CLS]; how its authors combine them on LLaVA-NeXT is not modelled yet",
     "vision_layers": "it works inside CLIP's encoder layers, and an AnyRes image is several CLIP views packed after "
                      "the projector; per-view pruning inside CLIP is not modelled yet",
     "clip_text": "it scores patches against the question with CLIP's text tower, per view on AnyRes; not modelled yet",
@@ -222,6 +227,8 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed
     candidates of the authors' LLaVA-NeXT code, see the module's docstring): (kept tokens (k, d) in packed order, the
     method's stats). Vanilla, decoder-side methods and an image with at most its budget of tokens keep every token."""
     n = tokens.shape[0]
+    if method.kind == "encoder" and "view_cls_attention" in method.needs:
+        return select_per_view(lm, method, image, seed, instruction)
     if method.kind != "encoder" or n <= image_budget(method, n):
         return tokens, {}
     if method.budget_ratio is not None:
@@ -236,6 +243,51 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed
         if not torch.equal(tokens.index_select(0, index), kept):
             raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
     return kept, stats
+
+
+def view_budget(method, image: NextImage, patches: int) -> int:
+    """Tokens each view of ``image`` keeps under a per-view method: ``budget`` split evenly over the views (so at most
+    ``budget`` reach the LLM), or with ``budget_ratio`` that share of a view's patches; at most a view's patches."""
+    views = image.pixels.shape[0]
+    share = method.budget // views if method.budget_ratio is None else int(method.budget_ratio * patches)
+    return min(patches, max(1, share))
+
+
+def spatial_merge_order(image: NextImage, kept: list[list[int]], side: int) -> list[tuple[int, int]]:
+    """(view, patch) of the kept tokens in the order FasterVLM's and VisPruner's LLaVA-NeXT code lays them out
+    (``mm_patch_merge_type`` ``spatial``, no unpadding, no newline tokens): the base view's kept patches in raster
+    order, then the tiles' kept patches in the raster order of the whole tiled grid (rows of tiles x ``side`` rows,
+    columns of tiles x ``side`` columns)."""
+    _, tiles_w = image.tiles
+    order = [(0, p) for p in sorted(kept[0])]
+    tile_tokens = []
+    for view in range(1, len(kept)):
+        tile_row, tile_col = divmod(view - 1, tiles_w)
+        for p in kept[view]:
+            row, col = divmod(p, side)
+            tile_tokens.append(((tile_row * side + row) * tiles_w * side + tile_col * side + col, view, p))
+    return order + [(view, p) for _, view, p in sorted(tile_tokens)]
+
+
+def select_per_view(lm: LoadedModel, method, image: NextImage, seed: int,
+                    instruction: str | None) -> tuple[torch.Tensor, dict]:
+    """A per-view method (``view_cls_attention``: FasterVLM, VisPruner) on one image, as its authors' LLaVA-NeXT code
+    runs it: the method's own selection on each view (the base view and every tile, one batch, :func:`view_budget`
+    tokens each), the kept features projected, and the views merged by :func:`spatial_merge_order`. The image's token
+    count is then views x per-view budget, not its packed count. Stats: ``kept_indices``, the kept patches of each
+    view (raster indices)."""
+    vision = lm.vision_tower.config
+    side = vision.image_size // vision.patch_size  # a view's patches per side
+    per_view = method.with_budget(view_budget(method, image, side * side))
+    pixels = image.pixels.to(lm.device, lm.dtype)  # (V, 3, S, S)
+    context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
+    features = per_view.encode(lm.vision_tower, pixels, lm.feature_layer, context)  # (V, P, Dv), scores stashed
+    kept = per_view.reduce(features, context)  # (V, T, Dv), each view's kept patches in raster order
+    indices = context.stats["kept_indices"]  # V lists, ascending
+    projected = lm.projector(kept)  # (V, T, d)
+    row = {(v, p): projected[v, i] for v, view in enumerate(indices) for i, p in enumerate(view)}
+    order = spatial_merge_order(image, indices, side)
+    return torch.stack([row[key] for key in order]), {"kept_indices": indices}
 
 
 @dataclass
@@ -254,7 +306,8 @@ def make_row(lm: LoadedModel, method, before: list[int], after: list[int], image
     embeds, stats = cut
     per_image = {"image_tokens_unpruned": image.num_tokens}
     if method.budget_ratio is not None:
-        per_image["image_budget"] = image_budget(method, image.num_tokens)
+        per_image["image_budget"] = len(embeds) if "view_cls_attention" in method.needs \
+            else image_budget(method, image.num_tokens)
     return _Row(before + [lm.image_token_id] * len(embeds) + after, embeds, {**per_image, **stats})
 
 

@@ -64,6 +64,8 @@ CAPABILITIES = frozenset()
 LACKS = {
     "cls_attention": "it reads the vision tower's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no [CLS] "
                      "token",
+    "view_cls_attention": "it reads each CLIP view's [CLS] attention, and Qwen2.5-VL's window-attention ViT has no "
+                          "[CLS] token",
     "vision_layers": "it works inside CLIP's encoder layers, and Qwen2.5-VL's vision tower is not CLIP",
     "clip_text": "it scores patches against the question with CLIP's text tower, which Qwen2.5-VL does not have",
     "fixed_grid": "its schedule is fitted to one token count for every image (LLaVA-1.5's 576), and Qwen2.5-VL's images "
