@@ -15,8 +15,9 @@ from harness.mutations import mutations, run
 
 
 def main() -> int:
+    names = sorted(mutations())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mutations", nargs="+", choices=sorted(mutations()), default=sorted(mutations()))
+    parser.add_argument("--mutations", nargs="+", choices=names, default=names)
     args = parser.parse_args()
     return run(args.mutations)
 

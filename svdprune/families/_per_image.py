@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from ..models import LoadedModel
 from ..pruning import PruneContext, Vanilla
 from ..surgery import greedy, new_cache, prefill, prefill_suffixes
@@ -81,6 +82,25 @@ def image_token_counts(lm: LoadedModel, input_ids: torch.Tensor, attention_mask:
     """Image tokens per row of a user's (B, L) ids, padding left out."""
     real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     return ((input_ids == lm.image_token_id) & real).sum(-1).tolist()
+
+
+def check_image_tokens(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, images: list,
+                       named) -> None:
+    """A user's prompts hold as many image tokens as their images make (``image.num_tokens``), else a one-line
+    UserError naming the prompt; ``named(b)``: how prompt b's image was given, e.g. ``image_sizes [300, 120] make``."""
+    for b, (count, image) in enumerate(zip(image_token_counts(lm, input_ids, attention_mask), images)):
+        if count != image.num_tokens:
+            raise UserError(f"svdprune: prompt {b} has {count} image tokens but its {named(b)} {image.num_tokens}")
+
+
+def prefill_cut_rows(lm: LoadedModel, method, rows: list[tuple[list[int], list[int]]], images: list, cuts: list,
+                     make_row, make_state, *, seed: int, questions: list[str] | None):
+    """A user's prompts with their images' cuts -> (prefill parts (:func:`prefill_parts`), the token rows, per-row
+    stats), as ``prefill_inputs`` returns them; ``make_row(lm, method, before, after, image, cut)`` builds one row,
+    ``make_state`` is the family's left-padded state of some rows."""
+    built = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
+    parts = prefill_parts(lm, method, built, make_state, seed=seed, questions=questions, instruction=None)
+    return parts, [row.ids for row in built], stat_columns([row.stats for row in built])
 
 
 # ---------------------------------------------------------------- one prefix per image

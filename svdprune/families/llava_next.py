@@ -55,8 +55,8 @@ from ..prompts import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, tokenizer_image_t
                        vicuna_question)
 from ..pruning import PruneContext, TokenState
 from ..surgery import finish, left_pad, padded_positions, shares_prefix
-from ._per_image import (SharedPrefix, generate_parts, generate_shared_prefix, image_budget, image_token_counts,
-                         prefill_parts, prefill_prefixes, stat_columns)
+from ._per_image import (SharedPrefix, check_image_tokens, generate_parts, generate_shared_prefix, image_budget,
+                         prefill_cut_rows, prefill_prefixes, stat_columns)
 
 NAME = "llava_next"  # model.family
 LABEL = "LLaVA-NeXT"
@@ -227,8 +227,6 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed
     candidates of the authors' LLaVA-NeXT code, see the module's docstring): (kept tokens (k, d) in packed order, the
     method's stats). Vanilla, decoder-side methods and an image with at most its budget of tokens keep every token."""
     n = tokens.shape[0]
-    if method.kind == "encoder" and "view_cls_attention" in method.needs:
-        return select_per_view(lm, method, image, seed, instruction)
     if method.kind != "encoder" or n <= image_budget(method, n):
         return tokens, {}
     if method.budget_ratio is not None:
@@ -243,6 +241,11 @@ def select(lm: LoadedModel, method, tokens: torch.Tensor, image: NextImage, seed
         if not torch.equal(tokens.index_select(0, index), kept):
             raise ValueError(f"{type(method).__name__}: kept_indices do not name the tokens it returned")
     return kept, stats
+
+
+def per_view(method) -> bool:
+    """Whether ``method`` selects on each CLIP view of an image (``view_cls_attention``: FasterVLM, VisPruner)."""
+    return method.kind == "encoder" and "view_cls_attention" in method.needs
 
 
 def view_budget(method, image: NextImage, patches: int) -> int:
@@ -278,16 +281,16 @@ def select_per_view(lm: LoadedModel, method, image: NextImage, seed: int,
     view (raster indices)."""
     vision = lm.vision_tower.config
     side = vision.image_size // vision.patch_size  # a view's patches per side
-    per_view = method.with_budget(view_budget(method, image, side * side))
+    view_method = method.with_budget(view_budget(method, image, side * side))
     pixels = image.pixels.to(lm.device, lm.dtype)  # (V, 3, S, S)
     context = PruneContext(questions=None, seed=seed, model=lm.model, lm=lm, instruction=instruction)
-    features = per_view.encode(lm.vision_tower, pixels, lm.feature_layer, context)  # (V, P, Dv), scores stashed
-    kept = per_view.reduce(features, context)  # (V, T, Dv), each view's kept patches in raster order
+    features = view_method.encode(lm.vision_tower, pixels, lm.feature_layer, context)  # (V, P, Dv), scores stashed
+    kept = view_method.reduce(features, context)  # (V, T, Dv), each view's kept patches in raster order
     indices = context.stats["kept_indices"]  # V lists, ascending
-    projected = lm.projector(kept)  # (V, T, d)
-    row = {(v, p): projected[v, i] for v, view in enumerate(indices) for i, p in enumerate(view)}
-    order = spatial_merge_order(image, indices, side)
-    return torch.stack([row[key] for key in order]), {"kept_indices": indices}
+    projected = lm.projector(kept).flatten(0, 1)  # (V * T, d)
+    slot = {(v, p): v * kept.shape[1] + i for v, view in enumerate(indices) for i, p in enumerate(view)}
+    order = torch.tensor([slot[key] for key in spatial_merge_order(image, indices, side)], device=projected.device)
+    return projected.index_select(0, order), {"kept_indices": indices}
 
 
 @dataclass
@@ -298,6 +301,8 @@ class _Row:
 
 
 def cut_images(lm: LoadedModel, method, images: list[NextImage], *, seed: int, instruction: str | None) -> list:
+    if per_view(method):  # its own pass over each image's views: the packed tokens are not needed
+        return [select_per_view(lm, method, image, seed, instruction) for image in images]
     tokens = vision_tokens(lm, images)
     return [select(lm, method, t, image, seed, instruction) for t, image in zip(tokens, images)]
 
@@ -306,8 +311,7 @@ def make_row(lm: LoadedModel, method, before: list[int], after: list[int], image
     embeds, stats = cut
     per_image = {"image_tokens_unpruned": image.num_tokens}
     if method.budget_ratio is not None:
-        per_image["image_budget"] = len(embeds) if "view_cls_attention" in method.needs \
-            else image_budget(method, image.num_tokens)
+        per_image["image_budget"] = len(embeds) if per_view(method) else image_budget(method, image.num_tokens)
     return _Row(before + [lm.image_token_id] * len(embeds) + after, embeds, {**per_image, **stats})
 
 
@@ -411,14 +415,10 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
         views = pixel_values[b, :count] if pixel_values.dim() == 5 else pixel_values[start:start + count]
         start += count
         images.append(NextImage(views.to(torch.float32), size, tiles, token_layout(config, size, tiles)))
-    for b, (count, image) in enumerate(zip(image_token_counts(lm, input_ids, attention_mask), images)):
-        if count != image.num_tokens:
-            raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_sizes "
-                            f"{image.image_size.tolist()} make {image.num_tokens}")
+    check_image_tokens(lm, input_ids, attention_mask, images,
+                       lambda b: f"image_sizes {images[b].image_size.tolist()} make")
     cuts = cut_images(lm, method, images, seed=seed, instruction=None)
-    n_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
-    parts = prefill_parts(lm, method, n_rows, _state, seed=seed, questions=questions, instruction=None)
-    return parts, [row.ids for row in n_rows], stat_columns([row.stats for row in n_rows])
+    return prefill_cut_rows(lm, method, rows, images, cuts, make_row, _state, seed=seed, questions=questions)
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:

@@ -44,8 +44,8 @@ from ..models import (LoadedModel, dtype_of, cast_like_from_pretrained, check_lo
 from ..prompts import CLIP_MEAN, CLIP_STD
 from ..pruning import PruneContext, TokenState
 from ..surgery import finish, left_pad, shares_prefix
-from ._per_image import (SharedPrefix, generate_parts, generate_shared_prefix, image_budget, image_token_counts,
-                         prefill_parts, prefill_prefixes, stat_columns)
+from ._per_image import (SharedPrefix, check_image_tokens, generate_parts, generate_shared_prefix, image_budget,
+                         prefill_cut_rows, prefill_prefixes, stat_columns)
 
 NAME = "qwen25vl"  # model.family
 MODEL_TYPE = "qwen2_5_vl"  # its config.json's model_type
@@ -493,14 +493,9 @@ def prefill_inputs(lm: LoadedModel, method, rows: list[tuple[list[int], list[int
     grid = image_grid_thw.cpu()
     patches = torch.split(pixel_values.to(torch.float32), [int(g.prod()) for g in grid])
     images = [QwenImage(p, g) for p, g in zip(patches, grid)]
-    for b, (count, image) in enumerate(zip(image_token_counts(lm, input_ids, attention_mask), images)):
-        if count != image.num_tokens:
-            raise UserError(f"svdprune: prompt {b} has {count} image tokens but its image_grid_thw "
-                            f"{grid[b].tolist()} makes {image.num_tokens}")
+    check_image_tokens(lm, input_ids, attention_mask, images, lambda b: f"image_grid_thw {grid[b].tolist()} makes")
     cuts = cut_images(lm, method, images, seed=seed, instruction=None)
-    q_rows = [make_row(lm, method, before, after, image, cut) for (before, after), image, cut in zip(rows, images, cuts)]
-    parts = prefill_parts(lm, method, q_rows, _state, seed=seed, questions=questions, instruction=None)
-    return parts, [row.ids for row in q_rows], stat_columns([row.stats for row in q_rows])
+    return prefill_cut_rows(lm, method, rows, images, cuts, make_row, _state, seed=seed, questions=questions)
 
 
 def question_text(lm: LoadedModel, suffix_ids: list[int]) -> str:
